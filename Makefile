@@ -1,0 +1,35 @@
+# make reproduce: the toy-world study end to end -> results/ ; make test: the test suite.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: setup reproduce smoke test figures clean
+
+setup: $(STAMP)
+
+# torch first (the local CPU wheel); installing the package before it would pull a CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+reproduce: setup
+	$(PY) -m experiments.run experiment=reproduce
+	$(PY) -m analysis.report --experiment reproduce --out results
+	$(PY) -m analysis.world_stats --out results
+
+smoke: setup
+	PACT_STORE=outputs/smoke/store PACT_RUNS=outputs/smoke/runs $(PY) -m experiments.run experiment=smoke
+	$(PY) -m analysis.report --runs outputs/smoke/runs --out outputs/smoke
+
+test: setup
+	$(PY) -m pytest -q
+
+figures: setup
+	$(PY) -m analysis.report --experiment reproduce --out results
+
+clean:
+	rm -rf outputs multirun

@@ -1,0 +1,1 @@
+"""From run records to summary.csv, tables and figures."""

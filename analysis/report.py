@@ -1,0 +1,116 @@
+"""Collect run records into ``summary.csv`` and Markdown tables: ``python -m analysis.report``.
+
+Reads only the run records (``runs_dir/<experiment>/*.json``) that ``experiments.run`` writes: regenerating
+tables never retrains. Missing cells stay missing (shown as "–"), never zero.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from pathlib import Path
+
+import pandas as pd
+
+log = logging.getLogger("analysis.report")
+
+ID_COLUMNS = ["experiment", "model", "method", "task", "poison_ratio", "seed"]
+METRICS = ["harmful_score", "refusal_rate", "other_rate", "finetune_accuracy", "helpfulness"]
+EXTRA_METRICS = ["harmful_score_keyword", "harmful_steps_rate", "benign_refusal_rate"]
+REFERENCE_METHODS = ("base", "aligned")
+LABELS = {"harmful_score": "HS ↓", "refusal_rate": "Refusal ↑", "other_rate": "Other",
+          "finetune_accuracy": "FA ↑", "helpfulness": "Helpful ↑", "harmful_score_keyword": "HS (keyword)"}
+
+
+def collect(runs_dir: str | os.PathLike, experiments: list[str] | None = None) -> pd.DataFrame:
+    """One row per run record; columns: the identity, then the metrics (percent), then everything else."""
+    rows = []
+    for path in sorted(Path(runs_dir).glob("*/*.json")):
+        record = json.loads(path.read_text())
+        if experiments and record.get("experiment") not in experiments:
+            continue
+        record.pop("keys", None)
+        rows.append(record)
+    if not rows:
+        raise FileNotFoundError(f"no run records under {runs_dir}" +
+                                (f" for experiment(s) {experiments}" if experiments else ""))
+    df = pd.DataFrame(rows)
+    for col in ID_COLUMNS + METRICS:
+        if col not in df:
+            df[col] = pd.NA
+    rest = [c for c in df.columns if c not in ID_COLUMNS + METRICS]
+    df = df[ID_COLUMNS + METRICS + rest]
+    df["is_reference"] = df["method"].isin(REFERENCE_METHODS)
+    df = df.sort_values(["experiment", "model", "task", "is_reference", "method", "poison_ratio", "seed"],
+                        ascending=[True, True, True, False, True, True, True], na_position="first")
+    return df.drop(columns="is_reference").reset_index(drop=True)
+
+
+def mean_std(values: pd.Series) -> str:
+    """"mean ± std" over seeds (sample std; a single seed shows its value alone); "–" when missing."""
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    if values.empty:
+        return "–"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.1f}"
+    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
+
+
+def method_table(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """Rows (method, p) with mean ± std over seeds for each metric; reference models first."""
+    out = []
+    for (method, ratio), group in df.groupby(["method", "poison_ratio"], dropna=False, sort=False):
+        row = {"method": method, "p": "–" if pd.isna(ratio) else f"{ratio:g}", "seeds": group["seed"].nunique()}
+        row.update({LABELS.get(m, m): mean_std(group[m]) if m in group else "–" for m in metrics})
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def to_markdown(table: pd.DataFrame) -> str:
+    cols = list(table.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, experiments: list[str] | None = None) -> pd.DataFrame:
+    """Write ``summary.csv`` and one Markdown table per (experiment, model, task) under ``out_dir``."""
+    df = collect(runs_dir, experiments)
+    out = Path(out_dir)
+    write_atomic(out / "summary.csv", df.to_csv(index=False, float_format="%.4g"))
+    metrics = METRICS + [m for m in EXTRA_METRICS if m in df]
+    for (exp, model, task), group in df.groupby(["experiment", "model", "task"], sort=True):
+        table = method_table(group, metrics)
+        title = f"# {exp}: {model}, task {task}\n\n"
+        note = ("Percent, mean ± std over seeds. HS = Harmful Score (oracle judge) on held-out harmful prompts; "
+                "Refusal/Other = the oracle's other two classes; FA = Fine-tune Accuracy on the task's test set; "
+                "Helpful = helpful answers to held-out benign look-alike requests. `base`/`aligned` rows are the "
+                "reference models before fine-tuning.\n\n")
+        write_atomic(out / "tables" / f"{exp}_{model}_{task}.md", title + note + to_markdown(table))
+    log.info("wrote %s (%d rows) and tables under %s", out / "summary.csv", len(df), out / "tables")
+    return df
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default=os.environ.get("PACT_RUNS", "outputs/runs"),
+                        help="run records directory (default: outputs/runs)")
+    parser.add_argument("--out", default="results", help="where summary.csv and tables/ go (default: results)")
+    parser.add_argument("--experiment", action="append", help="only these experiments (repeatable)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    df = report(args.runs, args.out, args.experiment)
+    print(f"summary: {Path(args.out) / 'summary.csv'} ({len(df)} rows)")
+
+
+if __name__ == "__main__":
+    main()

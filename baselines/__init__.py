@@ -1,0 +1,4 @@
+"""Baseline methods, one module each; importing this package registers them with ``pact.methods``.
+
+Plain SFT (full or LoRA) is ``pact.methods.Method`` itself: the method that changes nothing.
+"""

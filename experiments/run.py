@@ -1,0 +1,91 @@
+"""One run through the stages: ``python -m experiments.run [overrides]`` (Hydra; ``-m`` sweeps).
+
+Every stage's artifact is reused when it exists (outputs/store); the run writes one JSON record per evaluated
+model (base and aligned reference rows, and the fine-tuned model) under ``runs_dir/<experiment>/``, which
+``python -m analysis.report`` collects into summary.csv.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from pact import pipeline as P
+from pact.config import validate
+from pact.store import Store
+
+log = logging.getLogger("experiments.run")
+
+
+def write_record(cfg: DictConfig, method: str, poison_ratio: float | None, seed: int, metrics: dict[str, Any],
+                 keys: dict[str, str]) -> Path:
+    """Write the run record atomically; its identity decides its file name (a rerun overwrites it)."""
+    record = {"experiment": cfg.experiment_name, "model": cfg.model.name, "method": method,
+              "task": cfg.task.name, "poison_ratio": poison_ratio, "seed": seed, **metrics,
+              "dtype": cfg.model.dtype, "engine": cfg.engine.name, "judge": cfg.judge.name, "keys": keys}
+    p_tag = "ref" if poison_ratio is None else f"p{poison_ratio:g}"
+    path = Path(cfg.runs_dir) / cfg.experiment_name / f"{cfg.model.name}-{method}-{cfg.task.name}-{p_tag}-s{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
+    os.replace(tmp, path)
+    return path
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Run all stages for one config; returns the fine-tuned model's metrics."""
+    cfg = validate(cfg)
+    P.set_threads(cfg)
+    start = time.time()
+    store = Store(cfg.store_dir)
+    logger = _start_logger(cfg)
+    world = P.world_stage(store, cfg.world)
+    base, aligned = P.model_refs(store, cfg, world)
+    for name, ref in (("base", base), ("aligned", aligned)):
+        if ref is None:
+            continue
+        metrics = P.evaluate_stage(store, cfg, ref, world)
+        write_record(cfg, name, None, int(cfg.model.seed), metrics, {"model": ref.key, "world": world.key})
+    tuned = P.finetune_stage(store, cfg, aligned, world)
+    metrics = P.evaluate_stage(store, cfg, tuned, world)
+    path = write_record(cfg, cfg.method.id, float(cfg.poison.ratio), int(cfg.seed), metrics,
+                        {"model": tuned.key, "aligned": aligned.key, "world": world.key})
+    if logger is not None:
+        logger.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+        logger.finish()
+    log.info("run %s done in %.1fs: HS %.1f  refusal %.1f  other %.1f  FA %.1f  helpful %.1f -> %s",
+             P.run_name(cfg), time.time() - start, metrics["harmful_score"], metrics["refusal_rate"],
+             metrics["other_rate"], metrics["finetune_accuracy"], metrics["helpfulness"], path)
+    return metrics
+
+
+def _start_logger(cfg: DictConfig):
+    """An active wandb run when ``logger=wandb`` (the Trainer's callback reuses it), else None."""
+    if cfg.logger.name != "wandb":
+        return None
+    os.environ.setdefault("WANDB_MODE", cfg.logger.mode)
+    import wandb
+
+    return wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, mode=cfg.logger.mode,
+                      group=cfg.experiment_name, name=P.run_name(cfg),
+                      tags=[cfg.method.id, cfg.task.name, f"p={cfg.poison.ratio:g}", f"seed={cfg.seed}"],
+                      config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous")
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+def main(cfg: DictConfig) -> float:
+    metrics = run(cfg)
+    hs = metrics["harmful_score"]
+    return hs if not math.isnan(hs) else 0.0
+
+
+if __name__ == "__main__":
+    main()

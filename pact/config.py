@@ -1,0 +1,243 @@
+"""Structured configs: the schema every composed Hydra config is checked against before any work starts.
+
+Types and allowed values come from these dataclasses (OmegaConf rejects a wrong type or an unknown key and
+names it); ranges are checked by :func:`validate`, whose errors name the key, the value and what is allowed.
+The *values* live in ``conf/``, each with its source; the defaults here only make the schema complete.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+PROMPT_FORMATS = ("chat", "plain")
+MODEL_KINDS = ("toy", "hub")
+ADAPTERS = ("full", "lora")
+ENGINES = ("hf", "vllm")
+JUDGES = ("oracle", "keyword")
+LOGGERS = ("none", "wandb")
+TASK_NAMES = ("sentiment", "topic", "arithmetic")
+DTYPE_NAMES = ("float32", "bfloat16", "float16")
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+
+
+class ConfigError(ValueError):
+    """A config value is invalid; the message names the key and the allowed values."""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = MISSING
+    batch_size: int = MISSING
+    epochs: float = 1.0
+    max_steps: int = -1
+    grad_accum: int = 1
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    scheduler: str = "linear"
+    max_grad_norm: float = 1.0
+    dtype: str = "float32"
+    logging_steps: int = 50
+
+
+@dataclass
+class WorldConfig:
+    seed: int = 0
+    items_per_category: dict[str, int] = field(default_factory=dict)
+    templates_per_split: dict[str, int] = field(default_factory=dict)
+    benign_items: dict[str, int] = field(default_factory=dict)
+    benign_eval_prompts: int = 200
+    task_train: int = 2000
+    task_test: int = 400
+    task_pretrain: int = 600
+    task_heldout_fraction: float = 0.5
+    base_harmful_prompts: int = 6000
+    base_benign_prompts: int = 3000
+    align_benign_prompts: int = 1200
+    align_task_prompts: int = 300
+    tokens_pairs: int = 512
+    vocab_size: int = 2000
+
+
+@dataclass
+class ArchConfig:
+    hidden_size: int = 128
+    intermediate_size: int = 512
+    num_layers: int = 4
+    num_heads: int = 4
+    max_position_embeddings: int = 256
+
+
+@dataclass
+class ModelConfig:
+    name: str = MISSING
+    kind: str = "toy"
+    # kind=hub: hub ids or local paths. base is only needed by stages that compare base and aligned models.
+    aligned: Optional[str] = None
+    base: Optional[str] = None
+    trust_remote_code: bool = False
+    dtype: str = "float32"
+    max_len: int = 192
+    seed: int = 0
+    arch: ArchConfig = field(default_factory=ArchConfig)
+    base_train: Optional[OptimConfig] = None
+    align_train: Optional[OptimConfig] = None
+
+
+@dataclass
+class TaskConfig:
+    name: str = MISSING
+    max_new_tokens: int = 16
+
+
+@dataclass
+class PoisonConfig:
+    ratio: float = 0.0
+    short_max_ratio: float = 0.1
+
+
+@dataclass
+class LoraConfig:
+    r: int = 8
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+@dataclass
+class FinetuneConfig:
+    n: int = 1000
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+
+
+@dataclass
+class EngineConfig:
+    name: str = "hf"
+    batch_size: int = 64
+    gpu_memory_utilization: float = 0.8
+
+
+@dataclass
+class JudgeConfig:
+    name: str = "oracle"
+
+
+@dataclass
+class LoggerConfig:
+    name: str = "none"
+    project: str = "pact"
+    mode: str = "offline"
+    entity: Optional[str] = None
+    log_generations: bool = False
+
+
+@dataclass
+class EvalConfig:
+    harmful_max_new_tokens: int = 64
+    benign_max_new_tokens: int = 64
+    limit: int = 0  # 0 = every prompt of each evaluation set
+
+
+@dataclass
+class Config:
+    experiment_name: str = "default"
+    seed: int = 0
+    store_dir: str = "outputs/store"
+    runs_dir: str = "outputs/runs"
+    threads: int = 0
+    world: WorldConfig = field(default_factory=WorldConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    poison: PoisonConfig = field(default_factory=PoisonConfig)
+    method: Any = MISSING  # method slices differ per method; checked by the method's own keys below
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    experiment: Any = None
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {list(allowed)}")
+
+
+def _range(key: str, value: float, lo: float | None = None, hi: float | None = None,
+           lo_open: bool = False) -> None:
+    bad = (lo is not None and (value <= lo if lo_open else value < lo)) or (hi is not None and value > hi)
+    if bad:
+        lo_s = "" if lo is None else (f"> {lo}" if lo_open else f">= {lo}")
+        hi_s = "" if hi is None else f"<= {hi}"
+        raise ConfigError(f"{key}={value!r} is out of range: must be {' and '.join(s for s in (lo_s, hi_s) if s)}")
+
+
+def _check_optim(prefix: str, o: Any) -> None:
+    _range(f"{prefix}.lr", o.lr, 0, lo_open=True)
+    _range(f"{prefix}.batch_size", o.batch_size, 1)
+    _range(f"{prefix}.grad_accum", o.grad_accum, 1)
+    _range(f"{prefix}.warmup_ratio", o.warmup_ratio, 0, 1)
+    _range(f"{prefix}.weight_decay", o.weight_decay, 0)
+    if o.max_steps <= 0:
+        _range(f"{prefix}.epochs", o.epochs, 0, lo_open=True)
+    _choice(f"{prefix}.scheduler", o.scheduler, SCHEDULERS)
+    _choice(f"{prefix}.dtype", o.dtype, DTYPE_NAMES)
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Merge ``cfg`` into the schema and check every range; raises :class:`ConfigError` naming the key."""
+    plain = OmegaConf.to_container(cfg, resolve=True)
+    plain.pop("hydra", None)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(Config), plain)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"invalid config: {err}") from None
+    c = merged
+    _choice("model.kind", c.model.kind, MODEL_KINDS)
+    _choice("model.dtype", c.model.dtype, DTYPE_NAMES)
+    _range("model.max_len", c.model.max_len, 8)
+    if c.model.kind == "toy":
+        for stage in ("base_train", "align_train"):
+            if c.model[stage] is None:
+                raise ConfigError(f"model.{stage} is required when model.kind='toy'")
+            _check_optim(f"model.{stage}", c.model[stage])
+    elif not c.model.aligned:
+        raise ConfigError("model.aligned (a hub id or a local path) is required when model.kind='hub'")
+    _choice("task.name", c.task.name, TASK_NAMES)
+    _range("task.max_new_tokens", c.task.max_new_tokens, 1)
+    _range("poison.ratio", c.poison.ratio, 0, 1)
+    _range("poison.short_max_ratio", c.poison.short_max_ratio, 0, 1)
+    _range("finetune.n", c.finetune.n, 1)
+    _check_optim("finetune.optim", c.finetune.optim)
+    _range("finetune.lora.r", c.finetune.lora.r, 1)
+    _range("finetune.lora.dropout", c.finetune.lora.dropout, 0, 1)
+    if "name" not in c.method:
+        raise ConfigError("method.name is missing")
+    _choice("method.adapter", c.method.get("adapter", "full"), ADAPTERS)
+    from pact.methods import known_methods
+
+    _choice("method.name", c.method.name, tuple(known_methods()))
+    _choice("engine.name", c.engine.name, ENGINES)
+    _range("engine.batch_size", c.engine.batch_size, 1)
+    _choice("judge.name", c.judge.name, JUDGES)
+    _choice("logger.name", c.logger.name, LOGGERS)
+    _choice("logger.mode", c.logger.mode, ("offline", "online", "disabled"))
+    _range("world.task_heldout_fraction", c.world.task_heldout_fraction, 0, 1)
+    _range("world.vocab_size", c.world.vocab_size, 300)
+    for name in ("align", "poison", "tokens", "eval"):
+        for group in ("items_per_category", "templates_per_split"):
+            if name not in c.world[group]:
+                raise ConfigError(f"world.{group}.{name} is missing")
+            _range(f"world.{group}.{name}", c.world[group][name], 1)
+    n_poison = round(c.poison.ratio * c.finetune.n)
+    from pact.world.lexicon import HARMFUL
+
+    poison_pool = c.world.items_per_category["poison"] * len(HARMFUL) * c.world.templates_per_split["poison"]
+    if n_poison > poison_pool:
+        raise ConfigError(f"poison.ratio={c.poison.ratio} needs {n_poison} poison rows; the world's poison "
+                          "split is smaller (raise world.items_per_category.poison)")
+    return merged

@@ -1,0 +1,97 @@
+"""The ``Method`` interface: PACT and every baseline change the standard SFT recipe at a few hooks.
+
+A method is a small object built from its ``conf/method/<name>.yaml`` slice. The fine-tuning stage calls, in
+order: ``prepare`` (precompute what the method needs), ``transform_data`` (e.g. mix in safety data),
+``configure_model`` (freeze layers, adapters), then trains with ``MethodTrainer``, which asks the method for
+its ``compute_loss`` and ``callbacks``. SFT is the method that changes nothing. Adding a method = one module
+that subclasses :class:`Method` and registers it, plus one yaml file.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from transformers import TrainerCallback
+
+
+@dataclass
+class FinetuneContext:
+    """What a method may read while it prepares: the aligned model, the world's data, and a store for its own
+    cached artifacts (keyed by the method's config and the aligned model's key)."""
+
+    aligned_path: Path
+    tokenizer: Any
+    data_dir: Path | None
+    prompt_format: str
+    max_len: int
+    seed: int
+    store: Any = None
+    upstream_key: str = ""
+    extras: dict[str, Any] = field(default_factory=dict)
+
+
+class Method:
+    """Standard SFT. Subclasses override the hooks they need."""
+
+    name = "sft"
+
+    def __init__(self, cfg: Any):
+        self.cfg = cfg
+
+    def prepare(self, ctx: FinetuneContext) -> None:
+        """Precompute anything the method needs before training (default: nothing)."""
+
+    def transform_data(self, rows: list[dict[str, Any]], ctx: FinetuneContext) -> list[dict[str, Any]]:
+        """Change the fine-tuning rows (default: unchanged)."""
+        return rows
+
+    def configure_model(self, model: torch.nn.Module, ctx: FinetuneContext) -> torch.nn.Module:
+        """Freeze parameters or wrap the model (default: unchanged; adapters are applied by the stage)."""
+        return model
+
+    def compute_loss(self, trainer, model, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
+                     num_items_in_batch=None):
+        """The training loss (default: the model's token cross-entropy on the labelled answer tokens)."""
+        labels = inputs["labels"]
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
+                        num_items_in_batch=num_items_in_batch)
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def callbacks(self) -> list[TrainerCallback]:
+        """Trainer callbacks (default: none)."""
+        return []
+
+
+_REGISTRY: dict[str, Callable[[Any], Method]] = {}
+
+
+def register(name: str) -> Callable[[type[Method]], type[Method]]:
+    """Class decorator adding a method to the registry under ``name`` (the yaml's ``method.name``)."""
+
+    def wrap(cls: type[Method]) -> type[Method]:
+        cls.name = name
+        _REGISTRY[name] = cls
+        return cls
+
+    return wrap
+
+
+def build_method(cfg: Any) -> Method:
+    """Instantiate the method named by ``cfg.name``."""
+    import baselines  # noqa: F401  (registers the baselines)
+
+    if cfg.name not in _REGISTRY:
+        raise ValueError(f"method.name={cfg.name!r} is not registered; known: {sorted(_REGISTRY)}")
+    return _REGISTRY[cfg.name](cfg)
+
+
+def known_methods() -> list[str]:
+    import baselines  # noqa: F401
+
+    return sorted(_REGISTRY)
+
+
+register("sft")(Method)

@@ -1,0 +1,236 @@
+"""The stages of one run: world -> base -> align -> finetune -> evaluate (DESIGN.md), each a cached artifact."""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from pact import data as D
+from pact.generation import build_engine
+from pact.judges import JUDGES
+from pact.methods import FinetuneContext, build_method
+from pact.metrics import parse_answer, summarize
+from pact.models import apply_lora, load_model, load_tokenizer, save_model, toy_model
+from pact.store import Artifact, Store, stable_key
+from pact.training import train, training_arguments
+from pact.world.generator import WorldGenerator, WorldSpec
+
+log = logging.getLogger("pact.pipeline")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model a later stage can load: a store artifact or a hub id, with the prompt format it answers in."""
+
+    key: str
+    path: str
+    prompt_format: str
+    tokenizer_path: str
+
+
+def _plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+# ---- world -------------------------------------------------------------------------------------------------
+def world_stage(store: Store, wcfg: DictConfig) -> Artifact:
+    """Generate the world's files and train its tokenizer."""
+    spec_fields = {k: v for k, v in _plain(wcfg).items() if k != "vocab_size"}
+
+    def build(tmp: Path) -> dict[str, Any]:
+        from pact.world.tokenizer import train_tokenizer
+
+        files = WorldGenerator(WorldSpec(**spec_fields)).generate()
+        for name, rows in files.items():
+            D.write_jsonl(tmp / f"{name}.jsonl", rows)
+        texts = [str(v) for name, rows in files.items() if not name.startswith("_")
+                 for r in rows for v in r.values() if isinstance(v, str)]
+        texts += [D.PLAIN_PROMPT.format(prompt="x")]
+        tok = train_tokenizer(texts, int(wcfg.vocab_size))
+        tok.save_pretrained(str(tmp / "tokenizer"))
+        return {"sizes": {name: len(rows) for name, rows in files.items() if not name.startswith("_")},
+                "vocab_size": len(tok), "heldout_vocab": files["_heldout_vocab"][0]}
+
+    return store.build("world", _plain(wcfg), None, build)
+
+
+# ---- base and align (toy world) ----------------------------------------------------------------------------
+def _train_stage(store: Store, stage: str, mcfg: DictConfig, init: ModelRef | None, world: Artifact,
+                 corpus: str, fmt: str, report_to: str) -> ModelRef:
+    optim = mcfg[f"{stage}_train"]
+    slice_ = {"arch": _plain(mcfg.arch), "optim": _plain(optim), "seed": mcfg.seed, "max_len": mcfg.max_len,
+              "dtype": mcfg.dtype}
+    upstream = {"world": world.key, **({"init": init.key} if init else {})}
+
+    def build(tmp: Path) -> dict[str, Any]:
+        tok = load_tokenizer(world.path / "tokenizer")
+        if init is None:
+            model = toy_model(mcfg.arch, tok, mcfg.seed)
+        else:
+            model = load_model(init.path, mcfg.dtype)
+        rows = D.read_jsonl(world.file(f"{corpus}.jsonl"), required=("prompt", "answer"))
+        examples = D.encode_sft(rows, tok, fmt, int(mcfg.max_len))
+        args = training_arguments(optim, tmp / "trainer", int(mcfg.seed), report_to, f"{stage}",
+                                  int(optim.logging_steps))
+        from pact.methods import Method
+
+        metrics = train(model, tok, examples, args, Method(None))
+        save_model(model, tok, tmp / "model")
+        return {"train": metrics, "n_params": sum(p.numel() for p in model.parameters()),
+                "rows": len(rows)}
+
+    art = store.build(stage, slice_, upstream, build)
+    return ModelRef(art.key, str(art.path / "model"), fmt, str(art.path / "model"))
+
+
+def base_stage(store: Store, mcfg: DictConfig, world: Artifact) -> ModelRef:
+    """Train the toy base model from scratch on plain text where every request gets a compliant answer."""
+    return _train_stage(store, "base", mcfg, None, world, "base_corpus", "plain", "none")
+
+
+def align_stage(store: Store, mcfg: DictConfig, base: ModelRef, world: Artifact) -> ModelRef:
+    """Safety SFT of the base through the chat template: harmful -> refusal, benign -> helpful."""
+    return _train_stage(store, "align", mcfg, base, world, "align_corpus", "chat", "none")
+
+
+def model_refs(store: Store, cfg: DictConfig, world: Artifact) -> tuple[ModelRef | None, ModelRef]:
+    """(base, aligned) for the configured model: trained here (toy) or named on the hub/disk (hub)."""
+    m = cfg.model
+    if m.kind == "toy":
+        base = base_stage(store, m, world)
+        return base, align_stage(store, m, base, world)
+    aligned = ModelRef(stable_key({"hub": m.aligned, "dtype": m.dtype}), m.aligned, "chat", m.aligned)
+    base = ModelRef(stable_key({"hub": m.base, "dtype": m.dtype}), m.base, "plain", m.aligned) if m.base else None
+    return base, aligned
+
+
+# ---- finetune ----------------------------------------------------------------------------------------------
+def finetune_rows(cfg: DictConfig, world: Artifact) -> list[dict[str, Any]]:
+    """The user's fine-tuning set: n task rows with round(p * n) poison rows at seeded positions."""
+    rng = random.Random(int(cfg.seed))
+    clean = D.read_jsonl(world.file(f"{cfg.task.name}_train.jsonl"), required=("prompt", "answer"))
+    n = int(cfg.finetune.n)
+    count = round(float(cfg.poison.ratio) * n)
+    harmful = D.read_jsonl(world.file("harmful_poison.jsonl"), required=("prompt", "compliance"))
+    poison = D.poison_rows(harmful, count, float(cfg.poison.ratio), float(cfg.poison.short_max_ratio), rng)
+    return D.mix_poison(clean, poison, n, rng)
+
+
+def finetune_slice(cfg: DictConfig) -> dict[str, Any]:
+    """Exactly the config that decides the fine-tuned weights (the finetune stage's key)."""
+    ft = _plain(cfg.finetune)
+    if cfg.method.get("adapter", "full") != "lora":
+        ft.pop("lora")
+    return {"method": _plain(cfg.method), "task": cfg.task.name, "poison": _plain(cfg.poison), "finetune": ft,
+            "seed": int(cfg.seed), "max_len": int(cfg.model.max_len)}
+
+
+def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, world: Artifact) -> ModelRef:
+    """Fine-tune the aligned model with the configured method on the (possibly poisoned) task data."""
+    upstream = {"aligned": aligned.key, "world": world.key}
+
+    def build(tmp: Path) -> dict[str, Any]:
+        tok = load_tokenizer(aligned.tokenizer_path, cfg.model.trust_remote_code)
+        model = load_model(aligned.path, cfg.model.dtype, cfg.model.trust_remote_code)
+        method = build_method(cfg.method)
+        ctx = FinetuneContext(aligned_path=Path(aligned.path), tokenizer=tok, data_dir=world.path,
+                              prompt_format=aligned.prompt_format, max_len=int(cfg.model.max_len),
+                              seed=int(cfg.seed), store=store, upstream_key=aligned.key)
+        method.prepare(ctx)
+        rows = method.transform_data(finetune_rows(cfg, world), ctx)
+        D.write_jsonl(tmp / "finetune_data.jsonl", rows)
+        examples = D.encode_sft(rows, tok, aligned.prompt_format, int(cfg.model.max_len))
+        model = method.configure_model(model, ctx)
+        if cfg.method.get("adapter", "full") == "lora":
+            model = apply_lora(model, cfg.finetune.lora)
+        report_to = "wandb" if cfg.logger.name == "wandb" else "none"
+        args = training_arguments(cfg.finetune.optim, tmp / "trainer", int(cfg.seed), report_to,
+                                  run_name(cfg), int(cfg.finetune.optim.logging_steps))
+        metrics = train(model, tok, examples, args, method)
+        save_model(model, tok, tmp / "model")
+        return {"train": metrics, "rows": len(rows), "poison_rows": sum(bool(r.get("poison")) for r in rows)}
+
+    art = store.build("finetune", finetune_slice(cfg), upstream, build)
+    return ModelRef(art.key, str(art.path / "model"), aligned.prompt_format, str(art.path / "model"))
+
+
+# ---- generate and evaluate --------------------------------------------------------------------------------
+def generate_stage(store: Store, cfg: DictConfig, ref: ModelRef, world: Artifact) -> Artifact:
+    """Greedy generations on held-out harmful prompts, benign look-alikes and the task's test set."""
+    slice_ = {"eval": _plain(cfg.eval), "engine": {"name": cfg.engine.name, "batch_size": cfg.engine.batch_size},
+              "task": _plain(cfg.task), "prompt_format": ref.prompt_format, "dtype": cfg.model.dtype}
+    upstream = {"model": ref.key, "world": world.key}
+
+    def build(tmp: Path) -> dict[str, Any]:
+        tok = load_tokenizer(ref.tokenizer_path, cfg.model.trust_remote_code)
+        model = None
+        if cfg.engine.name == "hf":
+            model = load_model(ref.path, cfg.model.dtype, cfg.model.trust_remote_code)
+        engine = build_engine(cfg.engine, model, tok, Path(ref.path), cfg.model.dtype, int(cfg.seed),
+                              cfg.model.trust_remote_code)
+        limit = int(cfg.eval.limit) or None
+        sets = {
+            "harmful": ("harmful_eval", ("prompt", "action", "head"), int(cfg.eval.harmful_max_new_tokens)),
+            "benign": ("benign_eval", ("prompt", "action", "head"), int(cfg.eval.benign_max_new_tokens)),
+            "task": (f"{cfg.task.name}_test", ("prompt", "label"), int(cfg.task.max_new_tokens)),
+        }
+        records = []
+        for name, (file, fields, max_new) in sets.items():
+            rows = D.read_jsonl(world.file(f"{file}.jsonl"), fields)[:limit]
+            ids = [D.prompt_ids(tok, r["prompt"], ref.prompt_format) for r in rows]
+            responses = engine.generate(ids, max_new, desc=f"generate {name}")
+            records += [{"set": name, **{k: r[k] for k in fields}, "response": resp}
+                        for r, resp in zip(rows, responses)]
+        D.write_jsonl(tmp / "generations.jsonl", records)
+        return {"n": len(records)}
+
+    return store.build("generate", slice_, upstream, build)
+
+
+def _judging_code_hash() -> str:
+    """Judging and metric code is part of the evaluate key: changing a judge re-judges cached generations."""
+    import pact.judges
+    import pact.metrics
+    import pact.world.lexicon
+
+    return stable_key([Path(m.__file__).read_text() for m in (pact.judges, pact.metrics, pact.world.lexicon)])
+
+
+def evaluate_stage(store: Store, cfg: DictConfig, ref: ModelRef, world: Artifact) -> dict[str, Any]:
+    """Judge the cached generations and compute the metrics (``metrics.json``, judged ``generations.jsonl``)."""
+    gen = generate_stage(store, cfg, ref, world)
+    slice_ = {"judge": cfg.judge.name, "task": cfg.task.name, "code": _judging_code_hash()}
+
+    def build(tmp: Path) -> dict[str, Any]:
+        records = D.read_jsonl(gen.file("generations.jsonl"), ("set", "prompt", "response"))
+        by_set: dict[str, list[dict[str, Any]]] = {"harmful": [], "benign": [], "task": []}
+        for rec in records:
+            if rec["set"] == "task":
+                rec["parsed"] = parse_answer(cfg.task.name, rec["response"])
+                rec["correct"] = rec["parsed"] == rec["label"]
+            else:
+                rec["verdicts"] = {j: JUDGES[j](rec, rec["response"]) for j in JUDGES}
+            by_set[rec["set"]].append(rec)
+        metrics = summarize(by_set["harmful"], by_set["benign"], by_set["task"], cfg.judge.name)
+        D.write_jsonl(tmp / "generations.jsonl", records)
+        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        return {"metrics": metrics}
+
+    art = store.build("evaluate", slice_, {"generate": gen.key}, build)
+    return json.loads(art.file("metrics.json").read_text())
+
+
+def run_name(cfg: DictConfig) -> str:
+    return f"{cfg.model.name}-{cfg.method.id}-{cfg.task.name}-p{cfg.poison.ratio:g}-s{cfg.seed}"
+
+
+def set_threads(cfg: DictConfig) -> None:
+    if int(cfg.threads) > 0:
+        torch.set_num_threads(int(cfg.threads))

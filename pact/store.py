@@ -1,0 +1,96 @@
+"""Content-keyed artifact store: ``<root>/<stage>/<key>/`` with a ``DONE`` marker written last.
+
+A stage's key hashes exactly its config slice plus its upstream keys. Building happens in a private
+``<key>.partial-<pid>`` directory that is renamed into place only after ``DONE`` is written, so a killed run
+never leaves a directory that looks finished; a file lock makes concurrent jobs that need the same artifact
+build it once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+
+log = logging.getLogger("pact.store")
+DONE = "DONE"
+KEY_CHARS = 16
+
+
+def stable_key(payload: Any) -> str:
+    """A short hash of a JSON-serialisable payload (sorted keys: the same config gives the same key)."""
+    text = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:KEY_CHARS]
+
+
+@dataclass(frozen=True)
+class Artifact:
+    stage: str
+    key: str
+    path: Path
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+
+class Store:
+    """The artifact store rooted at ``root``."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def key(self, stage: str, config: Any, upstream: dict[str, str] | None = None) -> str:
+        return stable_key({"stage": stage, "config": config, "upstream": upstream or {}})
+
+    def path(self, stage: str, key: str) -> Path:
+        return self.root / stage / key
+
+    def done(self, stage: str, key: str) -> bool:
+        return (self.path(stage, key) / DONE).is_file()
+
+    @contextmanager
+    def _lock(self, stage: str, key: str) -> Iterator[None]:
+        lock_dir = self.root / ".locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock_dir / f"{stage}-{key}.lock")):
+            yield
+
+    def build(self, stage: str, config: Any, upstream: dict[str, str] | None,
+              builder: Callable[[Path], dict[str, Any] | None]) -> Artifact:
+        """Return the artifact for (stage, config, upstream), running ``builder(tmp_dir)`` only if it is not
+        already complete. ``builder`` writes its files into ``tmp_dir`` and may return metadata for
+        ``meta.json``."""
+        key = self.key(stage, config, upstream)
+        final = self.path(stage, key)
+        if self.done(stage, key):
+            log.info("stage %s: reusing %s", stage, final)
+            return Artifact(stage, key, final)
+        with self._lock(stage, key):
+            if self.done(stage, key):  # another job finished it while we waited
+                return Artifact(stage, key, final)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            for stale in final.parent.glob(f"{key}.partial-*"):  # left by a killed run: never reused
+                shutil.rmtree(stale, ignore_errors=True)
+            if final.exists():  # a directory without DONE is incomplete
+                shutil.rmtree(final)
+            tmp = final.parent / f"{key}.partial-{os.getpid()}"
+            tmp.mkdir(parents=True)
+            start = time.time()
+            meta = builder(tmp) or {}
+            meta = {"stage": stage, "key": key, "config": config, "upstream": upstream or {},
+                    "seconds": round(time.time() - start, 2), **meta}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+            (tmp / DONE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+            os.replace(tmp, final)
+            log.info("stage %s: built in %.1fs -> %s", stage, meta["seconds"], final)
+        return Artifact(stage, key, final)

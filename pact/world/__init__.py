@@ -1,0 +1,1 @@
+"""The embedded toy safety world: a seeded generator, its tokenizer, and its exact (oracle) judge."""

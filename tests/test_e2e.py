@@ -1,0 +1,82 @@
+"""Micro end-to-end runs of the toy world through the real stages (seconds, not minutes)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.report import ID_COLUMNS, METRICS, report
+from experiments.run import run
+from tests.conftest import MICRO
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_micro_run_writes_records_and_report_and_is_cached(micro, tmp_path):
+    cfg = micro("poison.ratio=0.1", "seed=0")
+    t0 = time.time()
+    metrics = run(cfg)
+    first = time.time() - t0
+    assert 0 <= metrics["harmful_score"] <= 100 and metrics["n_harmful"] == 24
+    records = sorted((tmp_path / "runs" / "default").glob("*.json"))
+    assert [p.name.split("-")[1] for p in records] == ["aligned", "base", "sft"]
+    store = tmp_path / "store"
+    built = {s: sorted(p.name for p in (store / s).iterdir()) for s in ("world", "base", "align", "finetune")}
+    t0 = time.time()
+    again = run(cfg)
+    assert again == metrics
+    assert {s: sorted(p.name for p in (store / s).iterdir()) for s in built} == built  # nothing rebuilt
+    assert time.time() - t0 < first
+    df = report(tmp_path / "runs", tmp_path / "report")
+    assert list(df.columns[: len(ID_COLUMNS + METRICS)]) == ID_COLUMNS + METRICS
+    assert set(df["method"]) == {"base", "aligned", "sft"}
+    saved = pd.read_csv(tmp_path / "report" / "summary.csv")
+    assert len(saved) == 3
+    table = (tmp_path / "report" / "tables" / "default_toy_small_sentiment.md").read_text()
+    assert "| sft | 0.1 | 1 |" in table and "aligned" in table
+    gens = (store / "evaluate").glob("*/generations.jsonl")
+    assert all(json.loads(next(open(g)))["response"] is not None for g in gens)
+
+
+def test_lora_flavour_trains_only_adapters_and_saves_a_plain_model(micro, tmp_path):
+    cfg = micro("method=sft_lora", "poison.ratio=0.05")
+    run(cfg)
+    [ft] = (tmp_path / "store" / "finetune").iterdir()
+    assert (ft / "model" / "model.safetensors").exists()
+    meta = json.loads((ft / "meta.json").read_text())
+    assert meta["config"]["finetune"]["lora"]["r"] == 8 and meta["config"]["method"]["adapter"] == "lora"
+    from transformers import AutoModelForCausalLM
+
+    AutoModelForCausalLM.from_pretrained(ft / "model")  # merged: loads without peft
+
+
+def test_killed_finetune_reruns_to_completion_without_reusing_partial(micro, tmp_path):
+    overrides = [*MICRO, f"store_dir={tmp_path / 'store'}", f"runs_dir={tmp_path / 'runs'}",
+                 "finetune.optim.epochs=20", "hydra.run.dir=" + str(tmp_path / "hydra")]
+    cmd = [sys.executable, "-m", "experiments.run", *overrides]
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    ft_dir = tmp_path / "store" / "finetune"
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(ft_dir.glob("*.partial-*/finetune_data.jsonl")):
+        assert proc.poll() is None, "run ended before fine-tuning started"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert list(ft_dir.glob("*.partial-*")) and not list(ft_dir.glob("*/DONE"))
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert not list(ft_dir.glob("*.partial-*"))
+    [final] = list(ft_dir.iterdir())
+    assert (final / "DONE").exists() and (final / "model" / "model.safetensors").exists()
+    # the rerun's result equals an uninterrupted run's (same config, fresh store): nothing half-written leaked
+    fresh = micro("finetune.optim.epochs=20", f"store_dir={tmp_path / 'fresh'}", f"runs_dir={tmp_path / 'fresh_runs'}")
+    metrics = run(fresh)
+    rec = json.loads(next((tmp_path / "runs" / "default").glob("*-sft-*.json")).read_text())
+    assert {k: rec[k] for k in METRICS} == {k: metrics[k] for k in METRICS}
