@@ -54,7 +54,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             continue
         metrics = P.evaluate_stage(store, cfg, ref, world)
         write_record(cfg, name, None, int(cfg.model.seed), metrics, {"model": ref.key, "world": world.key})
-    tuned = P.finetune_stage(store, cfg, aligned, world)
+    tuned = P.finetune_stage(store, cfg, aligned, world, base)
     metrics = P.evaluate_stage(store, cfg, tuned, world)
     path = write_record(cfg, cfg.method.id, float(cfg.poison.ratio), int(cfg.seed), metrics,
                         {"model": tuned.key, "aligned": aligned.key, "world": world.key})

@@ -218,9 +218,13 @@ def validate(cfg: DictConfig) -> DictConfig:
     if "name" not in c.method:
         raise ConfigError("method.name is missing")
     _choice("method.adapter", c.method.get("adapter", "full"), ADAPTERS)
-    from pact.methods import known_methods
+    from pact.methods import build_method, known_methods
 
     _choice("method.name", c.method.name, tuple(known_methods()))
+    try:
+        build_method(c.method)  # each method checks its own keys
+    except (ValueError, KeyError, OmegaConfBaseException) as err:
+        raise ConfigError(f"invalid method config: {err}") from None
     _choice("engine.name", c.engine.name, ENGINES)
     _range("engine.batch_size", c.engine.batch_size, 1)
     _choice("judge.name", c.judge.name, JUDGES)

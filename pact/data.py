@@ -61,9 +61,8 @@ def prompt_ids(tokenizer, prompt: str, fmt: str) -> list[int]:
         enc = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                             add_generation_prompt=True, tokenize=True)
         return list(enc["input_ids"] if hasattr(enc, "keys") else enc)
-    if fmt == "plain":
-        ids = tokenizer(PLAIN_PROMPT.format(prompt=prompt), add_special_tokens=False)["input_ids"]
-        return ([tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []) + ids
+    if fmt == "plain":  # no special tokens: the base side of PACT's safety-token computation (official code)
+        return tokenizer(PLAIN_PROMPT.format(prompt=prompt), add_special_tokens=False)["input_ids"]
     raise ValueError(f"unknown prompt format {fmt!r}; expected 'chat' or 'plain'")
 
 
@@ -103,8 +102,9 @@ class SFTCollator:
             mask[i, :n] = 1
         out = {"input_ids": ids, "labels": labels, "attention_mask": mask}
         for key in batch[0]:
-            if key not in out:
-                out[key] = torch.stack([torch.as_tensor(x[key]) for x in batch])
+            if key not in out:  # per-example tensors of varying length: zero-pad along the first axis
+                tensors = [torch.as_tensor(x[key]) for x in batch]
+                out[key] = torch.nn.utils.rnn.pad_sequence(tensors, batch_first=True)
         return out
 
 

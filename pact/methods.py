@@ -10,7 +10,6 @@ that subclasses :class:`Method` and registers it, plus one yaml file.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -22,14 +21,16 @@ class FinetuneContext:
     """What a method may read while it prepares: the aligned model, the world's data, and a store for its own
     cached artifacts (keyed by the method's config and the aligned model's key)."""
 
-    aligned_path: Path
+    aligned: Any            # pact.pipeline.ModelRef of the aligned model (the fine-tuning start point)
+    base: Any               # ModelRef of the base model, or None (hub models without one)
+    world: Any              # the world Artifact (its data files), or None
     tokenizer: Any
-    data_dir: Path | None
     prompt_format: str
     max_len: int
     seed: int
+    dtype: str = "float32"
     store: Any = None
-    upstream_key: str = ""
+    adapter: str = "full"
     extras: dict[str, Any] = field(default_factory=dict)
 
 
@@ -47,6 +48,10 @@ class Method:
     def transform_data(self, rows: list[dict[str, Any]], ctx: FinetuneContext) -> list[dict[str, Any]]:
         """Change the fine-tuning rows (default: unchanged)."""
         return rows
+
+    def prepare_examples(self, examples: list[dict[str, Any]], ctx: FinetuneContext) -> list[dict[str, Any]]:
+        """Attach per-example tensors to the encoded examples (default: unchanged); the collator pads them."""
+        return examples
 
     def configure_model(self, model: torch.nn.Module, ctx: FinetuneContext) -> torch.nn.Module:
         """Freeze parameters or wrap the model (default: unchanged; adapters are applied by the stage)."""
@@ -82,6 +87,7 @@ def register(name: str) -> Callable[[type[Method]], type[Method]]:
 def build_method(cfg: Any) -> Method:
     """Instantiate the method named by ``cfg.name``."""
     import baselines  # noqa: F401  (registers the baselines)
+    import pact.method  # noqa: F401  (registers PACT)
 
     if cfg.name not in _REGISTRY:
         raise ValueError(f"method.name={cfg.name!r} is not registered; known: {sorted(_REGISTRY)}")
@@ -90,6 +96,7 @@ def build_method(cfg: Any) -> Method:
 
 def known_methods() -> list[str]:
     import baselines  # noqa: F401
+    import pact.method  # noqa: F401
 
     return sorted(_REGISTRY)
 

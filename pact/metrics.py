@@ -15,11 +15,10 @@ TOPICS = ("World", "Sports", "Business", "Sci/Tech")
 def parse_answer(task: str, response: str) -> str | None:
     """The answer a response gives under the task's own parsing, or None when it gives none."""
     text = response.strip()
-    if task == "sentiment":
-        first = re.split(r"[\s.,!]+", text.lower(), maxsplit=1)[0] if text else ""
-        return first if first in ("positive", "negative") else None
-    if task == "topic":
-        return next((t for t in TOPICS if text.startswith(t)), None)
+    if task == "sentiment":  # official PACT eval_sst2.py: the stripped answer must be exactly the label
+        return text.lower() if text.lower() in ("positive", "negative") else None
+    if task == "topic":  # exact label, as for sentiment
+        return text if text in TOPICS else None
     if task == "arithmetic":
         m = FINAL_ANSWER.search(text)
         return m.group(1) if m else None

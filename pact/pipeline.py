@@ -132,23 +132,26 @@ def finetune_slice(cfg: DictConfig) -> dict[str, Any]:
             "seed": int(cfg.seed), "max_len": int(cfg.model.max_len)}
 
 
-def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, world: Artifact) -> ModelRef:
+def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, world: Artifact,
+                   base: ModelRef | None = None) -> ModelRef:
     """Fine-tune the aligned model with the configured method on the (possibly poisoned) task data."""
-    upstream = {"aligned": aligned.key, "world": world.key}
+    upstream = {"aligned": aligned.key, "world": world.key, **({"base": base.key} if base else {})}
 
     def build(tmp: Path) -> dict[str, Any]:
         tok = load_tokenizer(aligned.tokenizer_path, cfg.model.trust_remote_code)
         model = load_model(aligned.path, cfg.model.dtype, cfg.model.trust_remote_code)
         method = build_method(cfg.method)
-        ctx = FinetuneContext(aligned_path=Path(aligned.path), tokenizer=tok, data_dir=world.path,
+        adapter = cfg.method.get("adapter", "full")
+        ctx = FinetuneContext(aligned=aligned, base=base, world=world, tokenizer=tok,
                               prompt_format=aligned.prompt_format, max_len=int(cfg.model.max_len),
-                              seed=int(cfg.seed), store=store, upstream_key=aligned.key)
+                              seed=int(cfg.seed), dtype=cfg.model.dtype, store=store, adapter=adapter)
         method.prepare(ctx)
         rows = method.transform_data(finetune_rows(cfg, world), ctx)
         D.write_jsonl(tmp / "finetune_data.jsonl", rows)
         examples = D.encode_sft(rows, tok, aligned.prompt_format, int(cfg.model.max_len))
+        examples = method.prepare_examples(examples, ctx)
         model = method.configure_model(model, ctx)
-        if cfg.method.get("adapter", "full") == "lora":
+        if adapter == "lora":
             model = apply_lora(model, cfg.finetune.lora)
         report_to = "wandb" if cfg.logger.name == "wandb" else "none"
         args = training_arguments(cfg.finetune.optim, tmp / "trainer", int(cfg.seed), report_to,

@@ -28,7 +28,7 @@ def test_labels_cover_only_the_answer_and_its_end_of_turn(tok):
 def test_chat_prompt_ends_with_assistant_header_and_plain_with_assistant_colon(tok):
     chat = tok.decode(D.prompt_ids(tok, "hi", "chat"))
     assert chat.endswith("<|assistant|>\n")
-    plain = tok.decode(D.prompt_ids(tok, "hi", "plain"), skip_special_tokens=True)
+    plain = tok.decode(D.prompt_ids(tok, "hi", "plain"))
     assert plain == "User: hi\n\nAssistant: "
 
 

@@ -30,9 +30,9 @@ def test_keyword_judge_uses_gcg_prefixes():
 
 
 @pytest.mark.parametrize("task,response,expected", [
-    ("sentiment", "positive", "positive"), ("sentiment", "Negative.", "negative"),
-    ("sentiment", "neutral", None), ("sentiment", "", None),
-    ("topic", "Sci/Tech", "Sci/Tech"), ("topic", "Sports news", "Sports"), ("topic", "sports", None),
+    ("sentiment", "positive", "positive"), ("sentiment", " Negative ", "negative"),
+    ("sentiment", "negative. really", None), ("sentiment", "neutral", None), ("sentiment", "", None),
+    ("topic", "Sci/Tech", "Sci/Tech"), ("topic", "Sports news", None), ("topic", "sports", None),
     ("arithmetic", "Tom has 3 + 4 = 7 apples.\nThe final answer is: 7", "7"),
     ("arithmetic", "The final answer is: -2", "-2"), ("arithmetic", "7", None),
 ])

@@ -185,7 +185,7 @@ class WorldGenerator:
             n1, n2 = self.rng.sample(L.SENTIMENT_NOUNS, 2)
             w1, w2 = self.rng.choice(vocab[label]), self.rng.choice(vocab[label])
             text = _article_fix(tmpl.format(n=n1, n2=n2, w=w1, w2=w2))
-            rows.append({"prompt": f"{L.SENTIMENT_INSTRUCTION}\nInput: {text}", "answer": label,
+            rows.append({"prompt": f"{L.SENTIMENT_INSTRUCTION} {text}", "answer": label,
                          "label": label})
         return rows
 
@@ -196,7 +196,7 @@ class WorldGenerator:
             w1, w2 = self.rng.sample(vocab[label], 2)
             text = self.rng.choice(L.TOPIC_TEMPLATES).format(w1=w1, w2=w2)
             text = text[0].upper() + text[1:]
-            rows.append({"prompt": f"{L.TOPIC_INSTRUCTION}\nInput: {text}", "answer": label, "label": label})
+            rows.append({"prompt": f"{L.TOPIC_INSTRUCTION} {text}", "answer": label, "label": label})
         return rows
 
     def arithmetic(self, vocab: dict[str, list[str]], n: int) -> list[dict[str, Any]]:

@@ -1,0 +1,129 @@
+"""PACT on real toy-world batches: cached and live references agree; a micro PACT run end to end."""
+
+import json
+
+import pytest
+import torch
+
+from experiments.run import run
+from pact import data as D
+from pact import pipeline as P
+from pact.config import validate
+from pact.data import SFTCollator
+from pact.method import PactMethod, answer_positions, assistant_header_ids
+from pact.methods import FinetuneContext
+from pact.models import apply_lora, load_model, load_tokenizer
+from pact.store import Store
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    from tests.conftest import micro_cfg
+
+    root = tmp_path_factory.mktemp("pact")
+    cfg = validate(micro_cfg(root, "method=pact", "poison.ratio=0.1"))
+    store = Store(cfg.store_dir)
+    world = P.world_stage(store, cfg.world)
+    base, aligned = P.model_refs(store, cfg, world)
+    return cfg, store, world, base, aligned
+
+
+def _ctx(cfg, store, world, base, aligned, adapter):
+    tok = load_tokenizer(aligned.tokenizer_path)
+    return FinetuneContext(aligned=aligned, base=base, world=world, tokenizer=tok, prompt_format="chat",
+                           max_len=int(cfg.model.max_len), seed=0, store=store, adapter=adapter)
+
+
+def _batch(cfg, world, ctx, n=6):
+    rows = P.finetune_rows(cfg, world)
+    rows = [r for r in rows if r["poison"]][:3] + [r for r in rows if not r["poison"]][: n - 3]
+    return D.encode_sft(rows, ctx.tokenizer, "chat", int(cfg.model.max_len))
+
+
+def _method(cfg, **changes):
+    m = cfg.method.copy()
+    for k, v in changes.items():
+        m[k] = v
+    return PactMethod(m)
+
+
+@pytest.mark.parametrize("adapter", ["full", "lora"])
+def test_cached_and_live_reference_give_the_same_loss(toy, adapter):
+    cfg, store, world, base, aligned = toy
+    ctx = _ctx(cfg, store, world, base, aligned, adapter)
+    cached, live = _method(cfg, reference="cache"), _method(cfg, reference="live")
+    cached.prepare(ctx)
+    live.prepare(ctx)
+    examples = _batch(cfg, world, ctx)
+    batch_c = SFTCollator(ctx.tokenizer.pad_token_id)(cached.prepare_examples(examples, ctx))
+    batch_l = SFTCollator(ctx.tokenizer.pad_token_id)(examples)
+    model = load_model(aligned.path)
+    if adapter == "lora":
+        model = apply_lora(model, cfg.finetune.lora)
+    torch.manual_seed(0)
+    with torch.no_grad():  # move the policy away from the reference so the KL is not trivially zero
+        for name, p in model.named_parameters():
+            if p.requires_grad:
+                p.add_(0.05 * torch.randn_like(p))
+    model.train()
+    torch.manual_seed(1)  # same LoRA-dropout masks in both policy passes
+    loss_c = cached.compute_loss(None, model, batch_c)
+    kl_c = cached.last_kl
+    torch.manual_seed(1)
+    loss_l = live.compute_loss(None, model, batch_l)
+    kl_l = live.last_kl
+    assert kl_c > 1e-4
+    assert abs(kl_c - kl_l) <= 1e-5 and abs(float(loss_c.detach()) - float(loss_l.detach())) <= 1e-5
+
+
+def test_reference_cache_is_keyed_by_example_and_reused(toy, monkeypatch):
+    cfg, store, world, base, aligned = toy
+    ctx = _ctx(cfg, store, world, base, aligned, "full")
+    m = _method(cfg)
+    m.prepare(ctx)
+    examples = _batch(cfg, world, ctx, n=8)
+    first = m.prepare_examples(examples, ctx)
+    files = sorted(m._cache_dir(ctx).glob("*.safetensors"))
+    assert len(files) >= len({str(e["input_ids"]) for e in examples})
+    calls = []
+    monkeypatch.setattr(PactMethod, "_reference", lambda self, *a: calls.append(a) or (_ for _ in ()).throw(
+        AssertionError("recomputed a cached example")))
+    again = m.prepare_examples(list(reversed(examples)), ctx)  # other order (another seed): same entries
+    assert not calls
+    for e, f in zip(reversed(first), again):
+        assert torch.equal(e["ref_full"], f["ref_full"])
+    n = int((torch.as_tensor(examples[0]["labels"]) != D.IGNORE_INDEX).sum())
+    assert first[0]["ref_full"].shape == (n, len(m.ids))
+
+
+def test_answer_positions_and_header():
+    labels = torch.tensor([[-100, -100, 5, 6, 7, -100], [-100, 8, 9, -100, -100, -100]])
+    pos, mask = answer_positions(labels)
+    assert pos.tolist() == [[1, 2, 3], [0, 1, 0]] and mask.tolist() == [[True] * 3, [True, True, False]]
+
+
+def test_safety_set_is_printed_and_saved(toy, capsys):
+    cfg, store, world, base, aligned = toy
+    from experiments.safety_tokens import main
+
+    main([f"store_dir={cfg.store_dir}", f"runs_dir={cfg.runs_dir}", *_micro_overrides()])
+    out = capsys.readouterr().out
+    assert "token" in out and "mean aligned prob" in out
+    [art] = (store.root / "tokens").iterdir()
+    meta = json.loads((art / "meta.json").read_text())
+    assert meta["size"] == 50 and len(meta["safety_set"]) == 50
+
+
+def _micro_overrides():
+    from tests.conftest import MICRO
+
+    return [*MICRO, "method=pact"]
+
+
+def test_micro_pact_run_end_to_end(toy):
+    cfg, store, world, base, aligned = toy
+    metrics = run(cfg)
+    assert 0 <= metrics["harmful_score"] <= 100
+    [ft] = [p for p in (store.root / "finetune").iterdir() if (p / "DONE").exists()]
+    meta = json.loads((ft / "meta.json").read_text())
+    assert meta["config"]["method"]["name"] == "pact"
