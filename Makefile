@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup reproduce smoke test figures clean
+.PHONY: setup reproduce smoke test figures bench clean
 
 setup: $(STAMP)
 
@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 
 reproduce: setup
 	$(PY) -m experiments.run experiment=reproduce
-	$(PY) -m analysis.report --experiment reproduce --out results
+	$(MAKE) figures
 	$(PY) -m analysis.world_stats --out results
+	$(PY) -m experiments.safety_tokens > results/safety_tokens.txt
 
 smoke: setup
 	PACT_STORE=outputs/smoke/store PACT_RUNS=outputs/smoke/runs $(PY) -m experiments.run experiment=smoke
@@ -30,6 +31,10 @@ test: setup
 
 figures: setup
 	$(PY) -m analysis.report --experiment reproduce --out results
+	$(PY) -m analysis.token_confidence --experiment reproduce --p 0.1 --seed 0 --out results
+
+bench: setup
+	$(PY) -m experiments.bench --out results/bench.md
 
 clean:
 	rm -rf outputs multirun

@@ -21,7 +21,8 @@ METRICS = ["harmful_score", "refusal_rate", "other_rate", "finetune_accuracy", "
 EXTRA_METRICS = ["harmful_score_keyword", "harmful_steps_rate", "benign_refusal_rate"]
 REFERENCE_METHODS = ("base", "aligned")
 LABELS = {"harmful_score": "HS ↓", "refusal_rate": "Refusal ↑", "other_rate": "Other",
-          "finetune_accuracy": "FA ↑", "helpfulness": "Helpful ↑", "harmful_score_keyword": "HS (keyword)"}
+          "finetune_accuracy": "FA ↑", "helpfulness": "Helpful ↑", "harmful_score_keyword": "HS (keyword)",
+          "harmful_steps_rate": "Steps", "benign_refusal_rate": "Benign refusal"}
 
 
 def collect(runs_dir: str | os.PathLike, experiments: list[str] | None = None) -> pd.DataFrame:
@@ -31,7 +32,8 @@ def collect(runs_dir: str | os.PathLike, experiments: list[str] | None = None) -
         record = json.loads(path.read_text())
         if experiments and record.get("experiment") not in experiments:
             continue
-        record.pop("keys", None)
+        for internal in ("keys", "model_path", "world_path", "tokens_meta"):
+            record.pop(internal, None)
         rows.append(record)
     if not rows:
         raise FileNotFoundError(f"no run records under {runs_dir}" +

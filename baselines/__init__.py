@@ -2,3 +2,5 @@
 
 Plain SFT (full or LoRA) is ``pact.methods.Method`` itself: the method that changes nothing.
 """
+
+from baselines import safety_mix  # noqa: F401,E402

@@ -26,11 +26,12 @@ log = logging.getLogger("experiments.run")
 
 
 def write_record(cfg: DictConfig, method: str, poison_ratio: float | None, seed: int, metrics: dict[str, Any],
-                 keys: dict[str, str]) -> Path:
+                 keys: dict[str, str], paths: dict[str, str]) -> Path:
     """Write the run record atomically; its identity decides its file name (a rerun overwrites it)."""
     record = {"experiment": cfg.experiment_name, "model": cfg.model.name, "method": method,
               "task": cfg.task.name, "poison_ratio": poison_ratio, "seed": seed, **metrics,
-              "dtype": cfg.model.dtype, "engine": cfg.engine.name, "judge": cfg.judge.name, "keys": keys}
+              "dtype": cfg.model.dtype, "engine": cfg.engine.name, "judge": cfg.judge.name, "keys": keys,
+              **paths}
     p_tag = "ref" if poison_ratio is None else f"p{poison_ratio:g}"
     path = Path(cfg.runs_dir) / cfg.experiment_name / f"{cfg.model.name}-{method}-{cfg.task.name}-{p_tag}-s{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,11 +54,17 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if ref is None:
             continue
         metrics = P.evaluate_stage(store, cfg, ref, world)
-        write_record(cfg, name, None, int(cfg.model.seed), metrics, {"model": ref.key, "world": world.key})
+        write_record(cfg, name, None, int(cfg.model.seed), metrics, {"model": ref.key, "world": world.key},
+                     {"model_path": ref.path, "world_path": str(world.path)})
     tuned = P.finetune_stage(store, cfg, aligned, world, base)
     metrics = P.evaluate_stage(store, cfg, tuned, world)
+    paths = {"model_path": tuned.path, "world_path": str(world.path)}
+    ft_meta = json.loads((Path(tuned.path).parent / "meta.json").read_text())
+    tokens_dir = ft_meta.get("method_stats", {}).get("tokens_dir")
+    if tokens_dir:
+        paths["tokens_meta"] = str(Path(tokens_dir) / "meta.json")
     path = write_record(cfg, cfg.method.id, float(cfg.poison.ratio), int(cfg.seed), metrics,
-                        {"model": tuned.key, "aligned": aligned.key, "world": world.key})
+                        {"model": tuned.key, "aligned": aligned.key, "world": world.key}, paths)
     if logger is not None:
         logger.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
         logger.finish()

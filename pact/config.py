@@ -13,6 +13,8 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pact.world.generator import WorldSpec
+
 PROMPT_FORMATS = ("chat", "plain")
 MODEL_KINDS = ("toy", "hub")
 ADAPTERS = ("full", "lora")
@@ -44,21 +46,7 @@ class OptimConfig:
 
 
 @dataclass
-class WorldConfig:
-    seed: int = 0
-    items_per_category: dict[str, int] = field(default_factory=dict)
-    templates_per_split: dict[str, int] = field(default_factory=dict)
-    benign_items: dict[str, int] = field(default_factory=dict)
-    benign_eval_prompts: int = 200
-    task_train: int = 2000
-    task_test: int = 400
-    task_pretrain: int = 600
-    task_heldout_fraction: float = 0.5
-    base_harmful_prompts: int = 6000
-    base_benign_prompts: int = 3000
-    align_benign_prompts: int = 1200
-    align_task_prompts: int = 300
-    tokens_pairs: int = 512
+class WorldConfig(WorldSpec):
     vocab_size: int = 2000
 
 
@@ -112,6 +100,7 @@ class FinetuneConfig:
     n: int = 1000
     optim: OptimConfig = field(default_factory=OptimConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    lora_lr: Optional[float] = None  # replaces optim.lr when method.adapter=lora (None: optim.lr)
 
 
 @dataclass
@@ -214,6 +203,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     _range("finetune.n", c.finetune.n, 1)
     _check_optim("finetune.optim", c.finetune.optim)
     _range("finetune.lora.r", c.finetune.lora.r, 1)
+    if c.finetune.lora_lr is not None:
+        _range("finetune.lora_lr", c.finetune.lora_lr, 0, lo_open=True)
     _range("finetune.lora.dropout", c.finetune.lora.dropout, 0, 1)
     if "name" not in c.method:
         raise ConfigError("method.name is missing")

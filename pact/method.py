@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,6 +100,7 @@ class PactMethod(Method):
             self.weights = torch.cat([self.weights, bucket_w.reshape(1)])
         self.header = assistant_header_ids(ctx.tokenizer)
         self.tokens_key = art.key
+        self.stats.update(tokens_dir=str(art.path), safety_set_size=int(len(self.ids)))
         if self.cfg.reference == "live" and ctx.adapter != "lora":
             from pact.models import load_model
 
@@ -122,6 +124,7 @@ class PactMethod(Method):
         cache.mkdir(parents=True, exist_ok=True)
         names = [hashlib.sha256(str((e["input_ids"], e["labels"])).encode()).hexdigest()[:24] for e in examples]
         missing = [i for i, n in enumerate(names) if not (cache / f"{n}.safetensors").exists()]
+        start = time.time()
         if missing:
             model = load_model(ctx.aligned.path, ctx.dtype).eval()
             bs = int(self.cfg.ref_batch_size)
@@ -134,6 +137,9 @@ class PactMethod(Method):
                     save_file({"full": full[j, :n].contiguous(), "post": post[j, :n].contiguous()}, str(tmp))
                     os.replace(tmp, cache / f"{names[i]}.safetensors")
             del model
+        self.stats.update(ref_cache_dir=str(cache), ref_cache_built=len(missing),
+                          ref_cache_reused=len(examples) - len(missing),
+                          ref_cache_seconds=round(time.time() - start, 3))
         out = []
         for e, n in zip(examples, names):
             t = load_file(str(cache / f"{n}.safetensors"))

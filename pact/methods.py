@@ -41,6 +41,7 @@ class Method:
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
+        self.stats: dict[str, Any] = {}  # what the method measured about itself (goes to the stage's meta)
 
     def prepare(self, ctx: FinetuneContext) -> None:
         """Precompute anything the method needs before training (default: nothing)."""

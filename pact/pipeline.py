@@ -18,11 +18,21 @@ from pact.judges import JUDGES
 from pact.methods import FinetuneContext, build_method
 from pact.metrics import parse_answer, summarize
 from pact.models import apply_lora, load_model, load_tokenizer, save_model, toy_model
-from pact.store import Artifact, Store, stable_key
+from pact.store import Artifact, Store, code_hash, stable_key
 from pact.training import train, training_arguments
 from pact.world.generator import WorldGenerator, WorldSpec
 
 log = logging.getLogger("pact.pipeline")
+PKG = Path(__file__).resolve().parent
+# The code each stage's artifact depends on is part of its key; hashed once at import, i.e. the code this
+# process runs (an edit made while a run is going does not relabel what the old code builds).
+_TRAIN = (PKG / "data.py", PKG / "models.py", PKG / "training.py")
+WORLD_CODE = code_hash(PKG / "world")
+TRAIN_CODE = code_hash(*_TRAIN)
+FINETUNE_CODE = code_hash(*_TRAIN, PKG / "methods.py", PKG / "method.py", PKG / "loss.py", PKG / "tokens.py",
+                          PKG.parent / "baselines")
+GENERATE_CODE = code_hash(PKG / "generation.py", PKG / "data.py")
+JUDGE_CODE = code_hash(PKG / "judges.py", PKG / "metrics.py", PKG / "world" / "lexicon.py")
 
 
 @dataclass(frozen=True)
@@ -58,7 +68,7 @@ def world_stage(store: Store, wcfg: DictConfig) -> Artifact:
         return {"sizes": {name: len(rows) for name, rows in files.items() if not name.startswith("_")},
                 "vocab_size": len(tok), "heldout_vocab": files["_heldout_vocab"][0]}
 
-    return store.build("world", _plain(wcfg), None, build)
+    return store.build("world", {**_plain(wcfg), "code": WORLD_CODE}, None, build)
 
 
 # ---- base and align (toy world) ----------------------------------------------------------------------------
@@ -66,7 +76,7 @@ def _train_stage(store: Store, stage: str, mcfg: DictConfig, init: ModelRef | No
                  corpus: str, fmt: str, report_to: str) -> ModelRef:
     optim = mcfg[f"{stage}_train"]
     slice_ = {"arch": _plain(mcfg.arch), "optim": _plain(optim), "seed": mcfg.seed, "max_len": mcfg.max_len,
-              "dtype": mcfg.dtype}
+              "dtype": mcfg.dtype, "code": TRAIN_CODE}
     upstream = {"world": world.key, **({"init": init.key} if init else {})}
 
     def build(tmp: Path) -> dict[str, Any]:
@@ -128,8 +138,11 @@ def finetune_slice(cfg: DictConfig) -> dict[str, Any]:
     ft = _plain(cfg.finetune)
     if cfg.method.get("adapter", "full") != "lora":
         ft.pop("lora")
+        ft.pop("lora_lr")
+    elif ft.get("lora_lr") is not None:
+        ft["optim"]["lr"] = ft.pop("lora_lr")
     return {"method": _plain(cfg.method), "task": cfg.task.name, "poison": _plain(cfg.poison), "finetune": ft,
-            "seed": int(cfg.seed), "max_len": int(cfg.model.max_len)}
+            "seed": int(cfg.seed), "max_len": int(cfg.model.max_len), "code": FINETUNE_CODE}
 
 
 def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, world: Artifact,
@@ -154,11 +167,13 @@ def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, world: Arti
         if adapter == "lora":
             model = apply_lora(model, cfg.finetune.lora)
         report_to = "wandb" if cfg.logger.name == "wandb" else "none"
-        args = training_arguments(cfg.finetune.optim, tmp / "trainer", int(cfg.seed), report_to,
-                                  run_name(cfg), int(cfg.finetune.optim.logging_steps))
+        optim = OmegaConf.create(finetune_slice(cfg)["finetune"]["optim"])  # lora_lr applied
+        args = training_arguments(optim, tmp / "trainer", int(cfg.seed), report_to,
+                                  run_name(cfg), int(optim.logging_steps))
         metrics = train(model, tok, examples, args, method)
         save_model(model, tok, tmp / "model")
-        return {"train": metrics, "rows": len(rows), "poison_rows": sum(bool(r.get("poison")) for r in rows)}
+        return {"train": metrics, "rows": len(rows), "poison_rows": sum(bool(r.get("poison")) for r in rows),
+                "method_stats": method.stats}
 
     art = store.build("finetune", finetune_slice(cfg), upstream, build)
     return ModelRef(art.key, str(art.path / "model"), aligned.prompt_format, str(art.path / "model"))
@@ -168,7 +183,8 @@ def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, world: Arti
 def generate_stage(store: Store, cfg: DictConfig, ref: ModelRef, world: Artifact) -> Artifact:
     """Greedy generations on held-out harmful prompts, benign look-alikes and the task's test set."""
     slice_ = {"eval": _plain(cfg.eval), "engine": {"name": cfg.engine.name, "batch_size": cfg.engine.batch_size},
-              "task": _plain(cfg.task), "prompt_format": ref.prompt_format, "dtype": cfg.model.dtype}
+              "task": _plain(cfg.task), "prompt_format": ref.prompt_format, "dtype": cfg.model.dtype,
+              "code": GENERATE_CODE}
     upstream = {"model": ref.key, "world": world.key}
 
     def build(tmp: Path) -> dict[str, Any]:
@@ -197,19 +213,12 @@ def generate_stage(store: Store, cfg: DictConfig, ref: ModelRef, world: Artifact
     return store.build("generate", slice_, upstream, build)
 
 
-def _judging_code_hash() -> str:
-    """Judging and metric code is part of the evaluate key: changing a judge re-judges cached generations."""
-    import pact.judges
-    import pact.metrics
-    import pact.world.lexicon
-
-    return stable_key([Path(m.__file__).read_text() for m in (pact.judges, pact.metrics, pact.world.lexicon)])
 
 
 def evaluate_stage(store: Store, cfg: DictConfig, ref: ModelRef, world: Artifact) -> dict[str, Any]:
     """Judge the cached generations and compute the metrics (``metrics.json``, judged ``generations.jsonl``)."""
     gen = generate_stage(store, cfg, ref, world)
-    slice_ = {"judge": cfg.judge.name, "task": cfg.task.name, "code": _judging_code_hash()}
+    slice_ = {"judge": cfg.judge.name, "task": cfg.task.name, "code": JUDGE_CODE}
 
     def build(tmp: Path) -> dict[str, Any]:
         records = D.read_jsonl(gen.file("generations.jsonl"), ("set", "prompt", "response"))

@@ -33,6 +33,16 @@ def stable_key(payload: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:KEY_CHARS]
 
 
+def code_hash(*paths: str | os.PathLike) -> str:
+    """A hash of source files (directories: their ``*.py``): a stage's key includes the code that builds it,
+    so editing a generator or a trainer never reuses artifacts the old code made."""
+    texts = []
+    for p in sorted(Path(x) for x in paths):
+        files = sorted(p.glob("*.py")) if p.is_dir() else [p]
+        texts += [f"{f.name}\n{f.read_text()}" for f in files]
+    return stable_key(texts)
+
+
 @dataclass(frozen=True)
 class Artifact:
     stage: str

@@ -6,11 +6,15 @@ The PACT safety-token direction (issue #3) is built on these helpers.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from pact.data import prompt_ids
+from pact.store import code_hash
+
+TOKENS_CODE = code_hash(Path(__file__), Path(__file__).with_name("data.py"))  # part of the tokens stage key
 
 
 @torch.no_grad()
@@ -115,6 +119,7 @@ def tokens_stage(store, tcfg: Any, aligned, base, world, dtype: str = "float32",
         raise ValueError("method.tokens.pairs_file is required without a toy world")
     slice_ = {k: tcfg[k] for k in ("top_k", "k_pairs", "max_resp_len", "mode", "temperature")}
     slice_["pairs_file"] = str(tcfg.get("pairs_file") or "world:safety_pairs")
+    slice_["code"] = TOKENS_CODE
     upstream = {"aligned": aligned.key, "base": base.key, **({"world": world.key} if world else {})}
 
     def build(tmp):

@@ -33,3 +33,15 @@ def test_failed_build_leaves_nothing_that_looks_finished(tmp_path):
     art = store.build("s", {"a": 1}, None, lambda d: (d / "ok.txt").write_text("ok") and None)
     assert (art.path / "ok.txt").exists() and not (art.path / "half.bin").exists()
     assert not list(art.path.parent.glob("*.partial-*"))
+
+
+def test_code_hash_follows_source_text(tmp_path):
+    from pact.store import code_hash
+
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "notes.txt").write_text("ignored")
+    before = code_hash(tmp_path)
+    (tmp_path / "notes.txt").write_text("still ignored")
+    assert code_hash(tmp_path) == before
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert code_hash(tmp_path) != before

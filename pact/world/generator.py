@@ -222,23 +222,14 @@ class WorldGenerator:
         out: dict[str, dict[str, list[dict[str, Any]]]] = {}
         heldout: dict[str, Any] = {}
         vocabs: dict[str, tuple[dict[str, list[str]], dict[str, list[str]]]] = {}
-        seen_s, full_s, held_s = {}, {}, {}
-        for label, words in L.SENTIMENT_WORDS.items():
-            seen, held = self._split_vocab(words)
-            seen_s[label], full_s[label], held_s[label] = seen, list(words), held
-        vocabs["sentiment"] = (seen_s, full_s)
-        heldout["sentiment"] = held_s
-        seen_t, full_t, held_t = {}, {}, {}
-        for label, words in L.TOPIC_WORDS.items():
-            seen, held = self._split_vocab(words)
-            seen_t[label], full_t[label], held_t[label] = seen, list(words), held
-        vocabs["topic"] = (seen_t, full_t)
-        heldout["topic"] = held_t
-        seen_names, held_names = self._split_vocab(L.ARITH_NAMES)
-        seen_items, held_items = self._split_vocab(L.ARITH_ITEMS)
-        vocabs["arithmetic"] = ({"names": seen_names, "items": seen_items},
-                                {"names": list(L.ARITH_NAMES), "items": list(L.ARITH_ITEMS)})
-        heldout["arithmetic"] = {"names": held_names, "items": held_items}
+        groups = {"sentiment": L.SENTIMENT_WORDS, "topic": L.TOPIC_WORDS,
+                  "arithmetic": {"names": L.ARITH_NAMES, "items": L.ARITH_ITEMS}}
+        for task, words_by_key in groups.items():
+            seen, held = {}, {}
+            for key, words in words_by_key.items():
+                seen[key], held[key] = self._split_vocab(words)
+            vocabs[task] = (seen, {k: list(v) for k, v in words_by_key.items()})
+            heldout[task] = held
         makers = {"sentiment": self.sentiment, "topic": self.topic, "arithmetic": self.arithmetic}
         for task in TASKS:
             seen, full = vocabs[task]

@@ -1,0 +1,114 @@
+"""The motivating observation of the PACT paper, measured: per answer position, how much probability a model
+puts on the safety set S and how far it is from the aligned model, on held-out harmful prompts.
+
+``python -m analysis.token_confidence --experiment reproduce --p 0.1 --seed 0 [--methods sft pact]``
+Teacher-forces each held-out harmful prompt's refusal (the world's, through the chat template) and records,
+for positions t = 0..15: mass on S = sum over S of p_model(token | prefix) and KL(p_aligned || p_model) over
+the whole vocabulary. Writes ``figures/token_confidence.{png,pdf}`` and the numbers as CSV.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from analysis.style import METHOD_COLORS, apply_style, save_figure  # noqa: E402
+from pact import data as D  # noqa: E402
+from pact.models import load_model, load_tokenizer  # noqa: E402
+from pact.tokens import response_logits  # noqa: E402
+
+POSITIONS = 16       # t = 0..15 (issue #3)
+MAX_PROMPTS = 128    # held-out harmful prompts used (first in file order)
+
+
+def _records(runs_dir: Path, experiment: str) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((runs_dir / experiment).glob("*.json"))]
+
+
+@torch.no_grad()
+def position_curves(model_paths: dict[str, str], aligned_path: str, tokens_meta: Path, world_dir: Path,
+                    n_prompts: int = MAX_PROMPTS) -> pd.DataFrame:
+    """Long table (model, t, mass_on_S, kl_to_aligned) averaged over prompts."""
+    tok = load_tokenizer(aligned_path)
+    rows = D.read_jsonl(world_dir / "harmful_eval.jsonl", ("prompt", "refusal"))[:n_prompts]
+    safety_ids = torch.tensor([x["id"] for x in json.loads(tokens_meta.read_text())["safety_set"]])
+    aligned = load_model(aligned_path).eval()
+    ref = [torch.log_softmax(response_logits(aligned, tok, r["prompt"], r["refusal"], "chat", POSITIONS), -1)
+           for r in rows]
+    out = []
+    for name, path in model_paths.items():
+        model = aligned if path == aligned_path else load_model(path).eval()
+        mass = torch.zeros(POSITIONS)
+        kl = torch.zeros(POSITIONS)
+        count = torch.zeros(POSITIONS)
+        for r, log_ref in zip(rows, ref):
+            log_p = torch.log_softmax(response_logits(model, tok, r["prompt"], r["refusal"], "chat", POSITIONS), -1)
+            n = log_p.shape[0]
+            mass[:n] += log_p.exp()[:, safety_ids].sum(-1)
+            kl[:n] += (log_ref.exp() * (log_ref - log_p)).sum(-1)
+            count[:n] += 1
+        for t in range(POSITIONS):
+            if count[t] > 0:
+                out.append({"model": name, "t": t, "mass_on_S": float(mass[t] / count[t]),
+                            "kl_to_aligned": float(kl[t] / count[t]), "n": int(count[t])})
+    return pd.DataFrame(out)
+
+
+def plot(df: pd.DataFrame, title: str, out_stem: Path) -> None:
+    apply_style()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    for name, group in df.groupby("model", sort=False):
+        color = METHOD_COLORS.get(name.split(" ")[0])
+        axes[0].plot(group["t"], 100 * group["mass_on_S"], marker="o", ms=3, label=name, color=color)
+        axes[1].plot(group["t"], group["kl_to_aligned"], marker="o", ms=3, label=name, color=color)
+    axes[0].set(xlabel="answer position t", ylabel="probability mass on S (%)", ylim=(0, 100))
+    axes[1].set(xlabel="answer position t", ylabel="KL(aligned ‖ model) (nats)")
+    axes[1].set_yscale("symlog", linthresh=0.01)
+    axes[0].legend(loc="lower right", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, out_stem)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", default="outputs/runs")
+    parser.add_argument("--experiment", default="reproduce")
+    parser.add_argument("--p", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--methods", nargs="+", default=["sft", "pact"])
+    parser.add_argument("--out", default="results")
+    args = parser.parse_args(argv)
+    records = _records(Path(args.runs), args.experiment)
+    aligned = next((r for r in records if r["method"] == "aligned"), None)
+    if aligned is None:
+        raise SystemExit(f"no aligned reference record under {args.runs}/{args.experiment}")
+    paths = {"aligned": aligned["model_path"]}
+    tokens_meta = None
+    for method in args.methods:
+        rec = next((r for r in records if r["method"] == method and r["poison_ratio"] == args.p
+                    and r["seed"] == args.seed), None)
+        if rec is None:
+            raise SystemExit(f"no run record for method={method} p={args.p} seed={args.seed}")
+        paths[f"{method} (p={args.p:g})"] = rec["model_path"]
+        tokens_meta = tokens_meta or rec.get("tokens_meta")
+    if tokens_meta is None:
+        raise SystemExit("none of the chosen runs carries a safety set (run a PACT method first)")
+    df = position_curves(paths, aligned["model_path"], Path(tokens_meta), Path(aligned["world_path"]))
+    out = Path(args.out)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    df.to_csv(out / "figures" / "token_confidence.csv", index=False, float_format="%.5g")
+    plot(df, f"Held-out harmful prompts, teacher-forced refusals ({args.experiment}, seed {args.seed})",
+         out / "figures" / "token_confidence")
+    print(df.pivot(index="t", columns="model", values="mass_on_S").round(3).to_string())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,35 @@
+"""Safety-data mixing (Safety-Tuned LLaMAs / SafeInstr, Bianchi et al. 2023; "BeaverTails/VLGuard mix" rows of the
+Vaccine and Lisa papers): safe (harmful prompt, refusal) pairs replace user rows in the fine-tuning set, so it
+still has n rows in all."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+from pact import data as D
+from pact.methods import FinetuneContext, Method, register
+
+
+@register("safety_mix")
+class SafetyMix(Method):
+    """``count`` refusal pairs from the world's alignment split (disjoint from evaluation prompts) take the
+    places of ``count`` clean user rows chosen at seeded random positions."""
+
+    def transform_data(self, rows: list[dict[str, Any]], ctx: FinetuneContext) -> list[dict[str, Any]]:
+        count = int(self.cfg.count)
+        source = self.cfg.get("pairs_file") or (ctx.world.file("harmful_align.jsonl") if ctx.world else None)
+        if source is None:
+            raise ValueError("method.pairs_file is required without a toy world")
+        pairs = D.read_jsonl(source, ("prompt", "refusal"))
+        clean = [i for i, r in enumerate(rows) if not r.get("poison")]
+        if count > len(pairs) or count > len(clean):
+            raise ValueError(f"method.count={count} safety pairs asked for; {len(pairs)} pairs and "
+                             f"{len(clean)} clean rows available")
+        rng = random.Random(ctx.seed)
+        chosen = rng.sample(pairs, count)
+        out = list(rows)
+        for i, pair in zip(sorted(rng.sample(clean, count)), chosen):
+            out[i] = {"prompt": pair["prompt"], "answer": pair["refusal"], "poison": False, "safety": True}
+        self.stats["safety_rows"] = count
+        return out

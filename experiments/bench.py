@@ -1,0 +1,124 @@
+"""Cost of each method relative to SFT on the same data and steps: ``python -m experiments.bench`` (``make bench``).
+
+Every variant fine-tunes the same aligned model on the same rows in a fresh subprocess (so peak memory is its
+own) with a private store that links the shared upstream artifacts (world, base, align, tokens) but nothing
+fine-tuning made, so the PACT reference cache is built inside the measured run. Reported: the Trainer's
+per-step time, the whole stage's wall time (cache build included) and the process's peak RSS, each relative to
+SFT with the same adapter. A benchmark, not a test: numbers depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+from pact import pipeline as P
+from pact.config import validate
+from pact.store import Store
+
+CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_STAGES = ("world", "base", "align", "tokens")
+
+# (label, method overrides, adapter)
+VARIANTS = [
+    ("SFT", ["method=sft"], "full"),
+    ("PACT, reference cache", ["method=pact", "method.reference=cache"], "full"),
+    ("PACT, live reference (official)", ["method=pact", "method.reference=live"], "full"),
+    ("SFT", ["method=sft_lora"], "lora"),
+    ("PACT, reference cache", ["method=pact_lora", "method.reference=cache"], "lora"),
+    ("PACT, live reference (official)", ["method=pact_lora", "method.reference=live"], "lora"),
+]
+
+CHILD = """
+import json, resource, sys, time
+from hydra import compose, initialize_config_dir
+from pact import pipeline as P
+from pact.config import validate
+from pact.store import Store
+with initialize_config_dir(sys.argv[1], version_base="1.3"):
+    cfg = validate(compose("config", overrides=sys.argv[2:]))
+P.set_threads(cfg)
+store = Store(cfg.store_dir)
+world = P.world_stage(store, cfg.world)
+base, aligned = P.model_refs(store, cfg, world)
+t0 = time.time()
+ref = P.finetune_stage(store, cfg, aligned, world, base)
+wall = time.time() - t0
+meta = json.load(open(ref.path.rsplit("/model", 1)[0] + "/meta.json"))
+print("BENCH" + json.dumps({"wall": wall, "train": meta["train"], "method_stats": meta.get("method_stats", {}),
+                            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def prepare_upstream(overrides: list[str]) -> Path:
+    """Build (or reuse) the shared artifacts in the main store; return its root."""
+    with initialize_config_dir(CONF_DIR, version_base="1.3"):
+        cfg = validate(compose("config", overrides=["method=pact", *overrides]))
+    store = Store(cfg.store_dir)
+    world = P.world_stage(store, cfg.world)
+    base, aligned = P.model_refs(store, cfg, world)
+    from pact.tokens import tokens_stage
+
+    tokens_stage(store, cfg.method.tokens, aligned, base, world, cfg.model.dtype)
+    return store.root.resolve()
+
+
+def run_variant(main_store: Path, overrides: list[str]) -> dict:
+    with tempfile.TemporaryDirectory(prefix="pact-bench-") as tmp:
+        for stage in SHARED_STAGES:
+            os.symlink(main_store / stage, Path(tmp) / stage)
+        cmd = [sys.executable, "-c", CHILD, CONF_DIR, *overrides, f"store_dir={tmp}"]
+        done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
+                              env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        if done.returncode != 0:
+            raise RuntimeError(f"bench variant {overrides} failed:\n{done.stderr[-3000:]}")
+        line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH"))
+        return json.loads(line[len("BENCH"):])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="results/bench.md")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides shared by all variants")
+    args = parser.parse_args(argv)
+    main_store = prepare_upstream(args.overrides)
+    rows = []
+    for label, method, adapter in VARIANTS:
+        res = run_variant(main_store, [*args.overrides, *method])
+        steps = res["train"]["train_runtime"] * res["train"]["train_steps_per_second"]
+        res.update(label=label, adapter=adapter, steps=round(steps),
+                   step_s=res["train"]["train_runtime"] / max(steps, 1))
+        rows.append(res)
+        print(f"{adapter:5s} {label:32s} step {res['step_s'] * 1000:7.1f} ms  stage {res['wall']:6.1f} s  "
+              f"peak RSS {res['max_rss_mb']:7.0f} MB", flush=True)
+    sft = {r["adapter"]: r for r in rows if r["label"] == "SFT"}
+    lines = ["# Cost of PACT relative to SFT", "",
+             f"Command: `python -m experiments.bench {' '.join(args.overrides)}`. Same aligned model, same rows, "
+             "same steps; each variant in a fresh process with no fine-tuning artifacts cached (the PACT "
+             "reference cache is built inside the measured stage). Step = the Trainer's mean step time; stage = "
+             "the whole fine-tuning stage (loading, cache build, training, saving); peak = the process's peak RSS "
+             "(includes ~0.5 GB of Python and torch). Ratios are against SFT with the same adapter.", "",
+             "| adapter | method | steps | step (ms) | step / SFT | stage (s) | stage / SFT | cache build (s) | "
+             "peak RSS (MB) | peak / SFT |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        s = sft[r["adapter"]]
+        cache = r["method_stats"].get("ref_cache_seconds", "–")
+        lines.append(f"| {r['adapter']} | {r['label']} | {r['steps']} | {1000 * r['step_s']:.1f} | "
+                     f"{r['step_s'] / s['step_s']:.2f}x | {r['wall']:.1f} | {r['wall'] / s['wall']:.2f}x | "
+                     f"{cache} | {r['max_rss_mb']:.0f} | {r['max_rss_mb'] / s['max_rss_mb']:.2f}x |")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
