@@ -19,7 +19,6 @@ log = logging.getLogger("analysis.report")
 ID_COLUMNS = ["experiment", "model", "method", "task", "poison_ratio", "seed"]
 METRICS = ["harmful_score", "refusal_rate", "other_rate", "finetune_accuracy", "helpfulness"]
 EXTRA_METRICS = ["harmful_score_keyword", "harmful_steps_rate", "benign_refusal_rate"]
-REFERENCE_METHODS = ("base", "aligned")
 LABELS = {"harmful_score": "HS ↓", "refusal_rate": "Refusal ↑", "other_rate": "Other",
           "finetune_accuracy": "FA ↑", "helpfulness": "Helpful ↑", "harmful_score_keyword": "HS (keyword)",
           "harmful_steps_rate": "Steps", "benign_refusal_rate": "Benign refusal"}
@@ -44,7 +43,7 @@ def collect(runs_dir: str | os.PathLike, experiments: list[str] | None = None) -
             df[col] = pd.NA
     rest = [c for c in df.columns if c not in ID_COLUMNS + METRICS]
     df = df[ID_COLUMNS + METRICS + rest]
-    df["is_reference"] = df["method"].isin(REFERENCE_METHODS)
+    df["is_reference"] = df["poison_ratio"].isna()
     df = df.sort_values(["experiment", "model", "task", "is_reference", "method", "poison_ratio", "seed"],
                         ascending=[True, True, True, False, True, True, True], na_position="first")
     return df.drop(columns="is_reference").reset_index(drop=True)

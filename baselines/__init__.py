@@ -3,4 +3,4 @@
 Plain SFT (full or LoRA) is ``pact.methods.Method`` itself: the method that changes nothing.
 """
 
-from baselines import safety_mix  # noqa: F401,E402
+from baselines import constrained_sft, freeze, lisa, safety_mix, vaccine  # noqa: F401,E402

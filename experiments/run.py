@@ -56,6 +56,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         metrics = P.evaluate_stage(store, cfg, ref, world)
         write_record(cfg, name, None, int(cfg.model.seed), metrics, {"model": ref.key, "world": world.key},
                      {"model_path": ref.path, "world_path": str(world.path)})
+    defended = P.defended_alignment(store, cfg, base, world)
+    if defended is not None:  # alignment-stage defence: its aligned model is a reference row too
+        metrics = P.evaluate_stage(store, cfg, defended, world)
+        write_record(cfg, f"{cfg.method.id}_aligned", None, int(cfg.model.seed), metrics,
+                     {"model": defended.key, "world": world.key},
+                     {"model_path": defended.path, "world_path": str(world.path)})
+        aligned = defended
     tuned = P.finetune_stage(store, cfg, aligned, world, base)
     metrics = P.evaluate_stage(store, cfg, tuned, world)
     paths = {"model_path": tuned.path, "world_path": str(world.path)}

@@ -9,9 +9,6 @@ does (with LoRA from the same weights with the adapter disabled, else from a fro
 
 from __future__ import annotations
 
-import hashlib
-import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +17,7 @@ import torch
 from pact.data import IGNORE_INDEX
 from pact.loss import pact_kl
 from pact.methods import FinetuneContext, Method, register
+from pact.refcache import cached_per_example
 from pact.store import stable_key
 from pact.tokens import load_direction, tokens_stage
 
@@ -116,35 +114,20 @@ class PactMethod(Method):
         computing only the examples not yet in the per-example cache."""
         if self.cfg.reference != "cache" or float(self.cfg.lambda_kl) == 0:
             return examples
-        from safetensors.torch import load_file, save_file
-
         from pact.models import load_model
 
-        cache = self._cache_dir(ctx)
-        cache.mkdir(parents=True, exist_ok=True)
-        names = [hashlib.sha256(str((e["input_ids"], e["labels"])).encode()).hexdigest()[:24] for e in examples]
-        missing = [i for i, n in enumerate(names) if not (cache / f"{n}.safetensors").exists()]
-        start = time.time()
-        if missing:
-            model = load_model(ctx.aligned.path, ctx.dtype).eval()
-            bs = int(self.cfg.ref_batch_size)
-            for start in range(0, len(missing), bs):
-                idx = missing[start:start + bs]
-                full, post = self._reference(model, [examples[i] for i in idx])
-                for j, i in enumerate(idx):
-                    n = int((torch.as_tensor(examples[i]["labels"]) != IGNORE_INDEX).sum())
-                    tmp = cache / f"{names[i]}.tmp-{os.getpid()}"
-                    save_file({"full": full[j, :n].contiguous(), "post": post[j, :n].contiguous()}, str(tmp))
-                    os.replace(tmp, cache / f"{names[i]}.safetensors")
-            del model
-        self.stats.update(ref_cache_dir=str(cache), ref_cache_built=len(missing),
-                          ref_cache_reused=len(examples) - len(missing),
-                          ref_cache_seconds=round(time.time() - start, 3))
-        out = []
-        for e, n in zip(examples, names):
-            t = load_file(str(cache / f"{n}.safetensors"))
-            out.append({**e, "ref_full": t["full"], "ref_post": t["post"]})
-        return out
+        model = None
+
+        def compute(batch: list[dict[str, Any]]) -> list[dict[str, torch.Tensor]]:
+            nonlocal model
+            model = model or load_model(ctx.aligned.path, ctx.dtype).eval()
+            full, post = self._reference(model, batch)
+            lengths = [int((torch.as_tensor(e["labels"]) != IGNORE_INDEX).sum()) for e in batch]
+            return [{"full": full[j, :n], "post": post[j, :n]} for j, n in enumerate(lengths)]
+
+        tensors, stats = cached_per_example(self._cache_dir(ctx), examples, compute, int(self.cfg.ref_batch_size))
+        self.stats.update(stats)
+        return [{**e, "ref_full": t["full"], "ref_post": t["post"]} for e, t in zip(examples, tensors)]
 
     # ---- reference logits ---------------------------------------------------------------------------------
     def _post_only_batch(self, labels: torch.Tensor, input_ids: torch.Tensor, pad_id: int):

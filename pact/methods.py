@@ -58,6 +58,26 @@ class Method:
         """Freeze parameters or wrap the model (default: unchanged; adapters are applied by the stage)."""
         return model
 
+    def training_overrides(self) -> dict[str, Any]:
+        """TrainingArguments fields the method sets itself (default: none), e.g. its own warm-up."""
+        return {}
+
+    def lora_layers(self, depth: int) -> list[int] | None:
+        """The layer indices that get LoRA adapters (default: None = all layers)."""
+        return None
+
+    def training_step(self, trainer, model, inputs: dict[str, torch.Tensor], num_items_in_batch=None):
+        """Run a whole training step itself and return its loss, or None for the Trainer's (default)."""
+        return None
+
+    def alignment_method(self) -> "Method | None":
+        """The method the ``align`` stage uses for an alignment-stage defence (default: None, plain SFT)."""
+        return None
+
+    def before_step(self, model, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Called before each training step with its batch; may return another batch (default: unchanged)."""
+        return inputs
+
     def compute_loss(self, trainer, model, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                      num_items_in_batch=None):
         """The training loss (default: the model's token cross-entropy on the labelled answer tokens)."""

@@ -42,15 +42,6 @@ def toy_model(arch: Any, tokenizer, seed: int) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
-def apply_lora(model, lora: Any):
-    """Wrap ``model`` with a peft LoRA adapter configured by the ``lora`` slice."""
-    from peft import LoraConfig, get_peft_model
-
-    config = LoraConfig(r=int(lora.r), lora_alpha=int(lora.alpha), lora_dropout=float(lora.dropout),
-                        target_modules=list(lora.target_modules), task_type="CAUSAL_LM")
-    return get_peft_model(model, config)
-
-
 def save_model(model, tokenizer, path: Path) -> None:
     """``save_pretrained`` as safetensors; a peft model is merged first so the artifact loads with
     ``AutoModelForCausalLM.from_pretrained``."""

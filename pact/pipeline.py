@@ -17,7 +17,8 @@ from pact.generation import build_engine
 from pact.judges import JUDGES
 from pact.methods import FinetuneContext, build_method
 from pact.metrics import parse_answer, summarize
-from pact.models import apply_lora, load_model, load_tokenizer, save_model, toy_model
+from pact.adapters import apply_lora
+from pact.models import load_model, load_tokenizer, save_model, toy_model
 from pact.store import Artifact, Store, code_hash, stable_key
 from pact.training import train, training_arguments
 from pact.world.generator import WorldGenerator, WorldSpec
@@ -29,8 +30,8 @@ PKG = Path(__file__).resolve().parent
 _TRAIN = (PKG / "data.py", PKG / "models.py", PKG / "training.py")
 WORLD_CODE = code_hash(PKG / "world")
 TRAIN_CODE = code_hash(*_TRAIN)
-FINETUNE_CODE = code_hash(*_TRAIN, PKG / "methods.py", PKG / "method.py", PKG / "loss.py", PKG / "tokens.py",
-                          PKG.parent / "baselines")
+FINETUNE_CODE = code_hash(*_TRAIN, PKG / "adapters.py", PKG / "methods.py", PKG / "method.py", PKG / "loss.py", PKG / "tokens.py",
+                          PKG / "refcache.py", PKG.parent / "baselines")
 GENERATE_CODE = code_hash(PKG / "generation.py", PKG / "data.py")
 JUDGE_CODE = code_hash(PKG / "judges.py", PKG / "metrics.py", PKG / "world" / "lexicon.py")
 
@@ -73,10 +74,12 @@ def world_stage(store: Store, wcfg: DictConfig) -> Artifact:
 
 # ---- base and align (toy world) ----------------------------------------------------------------------------
 def _train_stage(store: Store, stage: str, mcfg: DictConfig, init: ModelRef | None, world: Artifact,
-                 corpus: str, fmt: str, report_to: str) -> ModelRef:
+                 corpus: str, fmt: str, report_to: str, method_cfg: DictConfig | None = None) -> ModelRef:
     optim = mcfg[f"{stage}_train"]
     slice_ = {"arch": _plain(mcfg.arch), "optim": _plain(optim), "seed": mcfg.seed, "max_len": mcfg.max_len,
               "dtype": mcfg.dtype, "code": TRAIN_CODE}
+    if method_cfg is not None:  # an alignment-stage defence (e.g. Vaccine) makes its own aligned model
+        slice_.update(method=_plain(method_cfg), method_code=FINETUNE_CODE)
     upstream = {"world": world.key, **({"init": init.key} if init else {})}
 
     def build(tmp: Path) -> dict[str, Any]:
@@ -91,7 +94,8 @@ def _train_stage(store: Store, stage: str, mcfg: DictConfig, init: ModelRef | No
                                   int(optim.logging_steps))
         from pact.methods import Method
 
-        metrics = train(model, tok, examples, args, Method(None))
+        method = build_method(method_cfg).alignment_method() if method_cfg is not None else Method(None)
+        metrics = train(model, tok, examples, args, method)
         save_model(model, tok, tmp / "model")
         return {"train": metrics, "n_params": sum(p.numel() for p in model.parameters()),
                 "rows": len(rows)}
@@ -105,9 +109,21 @@ def base_stage(store: Store, mcfg: DictConfig, world: Artifact) -> ModelRef:
     return _train_stage(store, "base", mcfg, None, world, "base_corpus", "plain", "none")
 
 
-def align_stage(store: Store, mcfg: DictConfig, base: ModelRef, world: Artifact) -> ModelRef:
-    """Safety SFT of the base through the chat template: harmful -> refusal, benign -> helpful."""
-    return _train_stage(store, "align", mcfg, base, world, "align_corpus", "chat", "none")
+def align_stage(store: Store, mcfg: DictConfig, base: ModelRef, world: Artifact,
+                method_cfg: DictConfig | None = None) -> ModelRef:
+    """Safety SFT of the base through the chat template: harmful -> refusal, benign -> helpful (with an
+    alignment-stage defence's own training step when ``method_cfg`` names one)."""
+    return _train_stage(store, "align", mcfg, base, world, "align_corpus", "chat", "none", method_cfg)
+
+
+def defended_alignment(store: Store, cfg: DictConfig, base: ModelRef | None, world: Artifact) -> ModelRef | None:
+    """The aligned model of an alignment-stage defence (toy world only), or None for other methods."""
+    if build_method(cfg.method).alignment_method() is None:
+        return None
+    if cfg.model.kind != "toy" or base is None:
+        raise ValueError(f"method={cfg.method.id} changes the alignment stage, which only the toy world trains "
+                         "here; for hub models align with the defence first and pass model.aligned=<its path>")
+    return align_stage(store, cfg.model, base, world, cfg.method)
 
 
 def model_refs(store: Store, cfg: DictConfig, world: Artifact) -> tuple[ModelRef | None, ModelRef]:
@@ -165,11 +181,11 @@ def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, world: Arti
         examples = method.prepare_examples(examples, ctx)
         model = method.configure_model(model, ctx)
         if adapter == "lora":
-            model = apply_lora(model, cfg.finetune.lora)
+            model = apply_lora(model, cfg.finetune.lora, method.lora_layers(model.config.num_hidden_layers))
         report_to = "wandb" if cfg.logger.name == "wandb" else "none"
         optim = OmegaConf.create(finetune_slice(cfg)["finetune"]["optim"])  # lora_lr applied
         args = training_arguments(optim, tmp / "trainer", int(cfg.seed), report_to,
-                                  run_name(cfg), int(optim.logging_steps))
+                                  run_name(cfg), int(optim.logging_steps), **method.training_overrides())
         metrics = train(model, tok, examples, args, method)
         save_model(model, tok, tmp / "model")
         return {"train": metrics, "rows": len(rows), "poison_rows": sum(bool(r.get("poison")) for r in rows),

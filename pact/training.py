@@ -22,17 +22,22 @@ class MethodTrainer(Trainer):
         for cb in method.callbacks():
             self.add_callback(cb)
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        inputs = self.method.before_step(model, inputs)
+        loss = self.method.training_step(self, model, inputs, num_items_in_batch)
+        return loss if loss is not None else super().training_step(model, inputs, num_items_in_batch)
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         return self.method.compute_loss(self, model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
 
 
 def training_arguments(cfg: Any, output_dir: Path, seed: int, report_to: str, run_name: str | None,
-                       logging_steps: int) -> TrainingArguments:
+                       logging_steps: int, **overrides: Any) -> TrainingArguments:
     """TrainingArguments from an optimisation config slice (``lr``, ``epochs`` or ``max_steps``,
     ``batch_size``, ``grad_accum``, ``weight_decay``, ``warmup_ratio``, ``scheduler``, ``dtype``)."""
     max_steps = int(cfg.get("max_steps", -1) or -1)
-    return TrainingArguments(
+    kwargs = dict(
         output_dir=str(output_dir),
         per_device_train_batch_size=int(cfg.batch_size),
         gradient_accumulation_steps=int(cfg.get("grad_accum", 1)),
@@ -54,6 +59,8 @@ def training_arguments(cfg: Any, output_dir: Path, seed: int, report_to: str, ru
         remove_unused_columns=False,
         disable_tqdm=not sys.stderr.isatty(),  # progress bars for people, not for log files
     )
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
 
 
 def train(model: torch.nn.Module, tokenizer, examples: list[dict[str, Any]], args: TrainingArguments,

@@ -12,7 +12,8 @@ from pact.config import validate
 from pact.data import SFTCollator
 from pact.method import PactMethod, answer_positions, assistant_header_ids
 from pact.methods import FinetuneContext
-from pact.models import apply_lora, load_model, load_tokenizer
+from pact.adapters import apply_lora
+from pact.models import load_model, load_tokenizer
 from pact.store import Store
 
 

@@ -1,0 +1,45 @@
+"""A per-example cache of frozen-reference tensors (PACT's subset logits, constrained SFT's log-probs).
+
+Keyed by the example's tokens, not by batch, so runs that share examples (other seeds, lambdas, poison
+ratios) share entries. Each entry is one safetensors file written atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+KEY_CHARS = 24
+
+
+def example_key(example: dict[str, Any]) -> str:
+    """A hash of an encoded example's ``input_ids`` and ``labels``."""
+    return hashlib.sha256(str((list(example["input_ids"]), list(example["labels"]))).encode()).hexdigest()[:KEY_CHARS]
+
+
+def cached_per_example(cache_dir: Path, examples: list[dict[str, Any]],
+                       compute: Callable[[list[dict[str, Any]]], list[dict[str, torch.Tensor]]],
+                       batch_size: int) -> tuple[list[dict[str, torch.Tensor]], dict[str, Any]]:
+    """The tensors of every example, computing (in batches, with ``compute``) only those not yet cached.
+    Returns them in the examples' order and stats (built, reused, seconds)."""
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    names = [example_key(e) for e in examples]
+    missing = sorted({n: i for i, n in reversed(list(enumerate(names)))
+                      if not (cache_dir / f"{n}.safetensors").exists()}.values())
+    start = time.time()
+    for lo in range(0, len(missing), batch_size):
+        idx = missing[lo:lo + batch_size]
+        for i, tensors in zip(idx, compute([examples[i] for i in idx])):
+            tmp = cache_dir / f"{names[i]}.tmp-{os.getpid()}"
+            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
+            os.replace(tmp, cache_dir / f"{names[i]}.safetensors")
+    stats = {"ref_cache_dir": str(cache_dir), "ref_cache_built": len(missing),
+             "ref_cache_reused": len(examples) - len(missing), "ref_cache_seconds": round(time.time() - start, 3)}
+    return [load_file(str(cache_dir / f"{n}.safetensors")) for n in names], stats
