@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 reproduce: setup
+	$(PY) -m experiments.prepare experiment=reproduce method=vaccine
 	$(PY) -m experiments.run experiment=reproduce
 	$(MAKE) figures
 	$(PY) -m analysis.world_stats --out results

@@ -25,13 +25,18 @@ from pact.store import Store
 
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_STAGES = ("world", "base", "align", "tokens")
+SHARED_STAGES = ("world", "base", "align", "tokens", "safety_layers")
+ALIGN_STEPS = 100  # alignment steps timed for Vaccine
 
-# (label, method overrides, adapter)
+# (label, method overrides, adapter); fine-tuning-stage methods
 VARIANTS = [
     ("SFT", ["method=sft"], "full"),
     ("PACT, reference cache", ["method=pact", "method.reference=cache"], "full"),
     ("PACT, live reference (official)", ["method=pact", "method.reference=live"], "full"),
+    ("safety-data mixing", ["method=safety_mix"], "full"),
+    ("safety-layer freezing", ["method=freeze"], "full"),
+    ("constrained SFT", ["method=constrained_sft"], "full"),
+    ("Lisa", ["method=lisa"], "full"),
     ("SFT", ["method=sft_lora"], "lora"),
     ("PACT, reference cache", ["method=pact_lora", "method.reference=cache"], "lora"),
     ("PACT, live reference (official)", ["method=pact_lora", "method.reference=live"], "lora"),
@@ -44,13 +49,18 @@ from pact import pipeline as P
 from pact.config import validate
 from pact.store import Store
 with initialize_config_dir(sys.argv[1], version_base="1.3"):
-    cfg = validate(compose("config", overrides=sys.argv[2:]))
+    cfg = validate(compose("config", overrides=sys.argv[3:]))
 P.set_threads(cfg)
 store = Store(cfg.store_dir)
 world = P.world_stage(store, cfg.world)
-base, aligned = P.model_refs(store, cfg, world)
-t0 = time.time()
-ref = P.finetune_stage(store, cfg, aligned, world, base)
+if sys.argv[2] == "align":  # an alignment stage on its own (Vaccine's cost is there)
+    base = P.base_stage(store, cfg.model, world)
+    t0 = time.time()
+    ref = P.align_stage(store, cfg.model, base, world, cfg.method if cfg.method.name == "vaccine" else None)
+else:
+    base, aligned = P.model_refs(store, cfg, world)
+    t0 = time.time()
+    ref = P.finetune_stage(store, cfg, aligned, world, base)
 wall = time.time() - t0
 meta = json.load(open(ref.path.rsplit("/model", 1)[0] + "/meta.json"))
 print("BENCH" + json.dumps({"wall": wall, "train": meta["train"], "method_stats": meta.get("method_stats", {}),
@@ -68,14 +78,16 @@ def prepare_upstream(overrides: list[str]) -> Path:
     from pact.tokens import tokens_stage
 
     tokens_stage(store, cfg.method.tokens, aligned, base, world, cfg.model.dtype)
+    (store.root / "safety_layers").mkdir(exist_ok=True)
     return store.root.resolve()
 
 
-def run_variant(main_store: Path, overrides: list[str]) -> dict:
+def run_variant(main_store: Path, overrides: list[str], shared: tuple[str, ...] = SHARED_STAGES,
+                mode: str = "finetune") -> dict:
     with tempfile.TemporaryDirectory(prefix="pact-bench-") as tmp:
-        for stage in SHARED_STAGES:
+        for stage in shared:
             os.symlink(main_store / stage, Path(tmp) / stage)
-        cmd = [sys.executable, "-c", CHILD, CONF_DIR, *overrides, f"store_dir={tmp}"]
+        cmd = [sys.executable, "-c", CHILD, CONF_DIR, mode, *overrides, f"store_dir={tmp}"]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                               env=dict(os.environ, PYTHONPATH=str(ROOT)))
         if done.returncode != 0:
@@ -99,6 +111,15 @@ def main(argv: list[str] | None = None) -> None:
         rows.append(res)
         print(f"{adapter:5s} {label:32s} step {res['step_s'] * 1000:7.1f} ms  stage {res['wall']:6.1f} s  "
               f"peak RSS {res['max_rss_mb']:7.0f} MB", flush=True)
+    # Vaccine changes the alignment stage: time ALIGN_STEPS alignment steps with and without it.
+    align_rows = []
+    for label, method in (("alignment (plain)", "method=sft"), ("alignment with Vaccine", "method=vaccine")):
+        res = run_variant(main_store, [*args.overrides, method, f"model.align_train.max_steps={ALIGN_STEPS}"],
+                          ("world", "base"), mode="align")
+        res.update(label=label, step_s=res["train"]["train_runtime"] / ALIGN_STEPS)
+        align_rows.append(res)
+        print(f"align {label:32s} step {res['step_s'] * 1000:7.1f} ms  peak RSS {res['max_rss_mb']:7.0f} MB",
+              flush=True)
     sft = {r["adapter"]: r for r in rows if r["label"] == "SFT"}
     lines = ["# Cost of PACT relative to SFT", "",
              f"Command: `python -m experiments.bench {' '.join(args.overrides)}`. Same aligned model, same rows, "
@@ -114,6 +135,12 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {r['adapter']} | {r['label']} | {r['steps']} | {1000 * r['step_s']:.1f} | "
                      f"{r['step_s'] / s['step_s']:.2f}x | {r['wall']:.1f} | {r['wall'] / s['wall']:.2f}x | "
                      f"{cache} | {r['max_rss_mb']:.0f} | {r['max_rss_mb'] / s['max_rss_mb']:.2f}x |")
+    plain = align_rows[0]
+    lines += ["", f"Alignment stage, {ALIGN_STEPS} steps from the same base model (Vaccine's two passes per step):", "",
+              "| stage | step (ms) | step / plain | peak RSS (MB) | peak / plain |", "|---|---|---|---|---|"]
+    for r in align_rows:
+        lines.append(f"| {r['label']} | {1000 * r['step_s']:.1f} | {r['step_s'] / plain['step_s']:.2f}x | "
+                     f"{r['max_rss_mb']:.0f} | {r['max_rss_mb'] / plain['max_rss_mb']:.2f}x |")
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
