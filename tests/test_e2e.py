@@ -80,3 +80,13 @@ def test_killed_finetune_reruns_to_completion_without_reusing_partial(micro, tmp
     metrics = run(fresh)
     rec = json.loads(next((tmp_path / "runs" / "default").glob("*-sft-*.json")).read_text())
     assert {k: rec[k] for k in METRICS} == {k: metrics[k] for k in METRICS}
+
+
+def test_wandb_logger_runs_offline_without_key_or_network(micro, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    metrics = run(micro("logger=wandb", "poison.ratio=0.05"))
+    runs = list((tmp_path / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
+    assert metrics["n_harmful"] == 24
