@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.figures import hs_vs_p
+from analysis.tables import write_paper_tables
+
 log = logging.getLogger("analysis.report")
 
 ID_COLUMNS = ["experiment", "model", "method", "task", "poison_ratio", "seed"]
@@ -84,7 +87,8 @@ def write_atomic(path: Path, text: str) -> None:
 
 
 def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, experiments: list[str] | None = None) -> pd.DataFrame:
-    """Write ``summary.csv`` and one Markdown table per (experiment, model, task) under ``out_dir``."""
+    """Write ``summary.csv``, per (experiment, model, task) a detailed Markdown table and a paper-style table
+    (Markdown, LaTeX, CSV), and the Harmful-Score-vs-p figure, under ``out_dir``."""
     df = collect(runs_dir, experiments)
     out = Path(out_dir)
     write_atomic(out / "summary.csv", df.to_csv(index=False, float_format="%.4g"))
@@ -97,6 +101,10 @@ def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, experiments:
                 "Helpful = helpful answers to held-out benign look-alike requests. `base`/`aligned` rows are the "
                 "reference models before fine-tuning.\n\n")
         write_atomic(out / "tables" / f"{exp}_{model}_{task}.md", title + note + to_markdown(table))
+        write_paper_tables(group, out / "tables", f"{exp}_{model}_{task}_paper")
+        if group["poison_ratio"].dropna().nunique() > 1:
+            hs_vs_p(group, out / "figures" / f"{exp}_{model}_{task}_hs_vs_p",
+                    f"{exp}: {model}, {task} (mean ± std over seeds)")
     log.info("wrote %s (%d rows) and tables under %s", out / "summary.csv", len(df), out / "tables")
     return df
 

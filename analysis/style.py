@@ -6,8 +6,11 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+# One fixed colour per method (tab20 pairs: a method and its LoRA / variant share a hue).
 METHOD_COLORS = {"aligned": "#4d4d4d", "base": "#999999", "sft": "#d62728", "sft_lora": "#ff9896",
-                 "pact": "#1f77b4", "pact_lora": "#aec7e8"}
+                 "pact": "#1f77b4", "pact_lora": "#aec7e8", "pact_bucket": "#17becf", "safety_mix": "#9467bd",
+                 "freeze": "#ff7f0e", "freeze_control": "#ffbb78", "constrained_sft": "#8c564b", "lisa": "#2ca02c",
+                 "vaccine": "#e377c2"}
 
 
 def apply_style() -> None:
@@ -18,6 +21,7 @@ def apply_style() -> None:
 def save_figure(fig, stem: Path) -> None:
     """Save as PNG and PDF (``stem`` without suffix)."""
     fig.tight_layout()
+    stem.parent.mkdir(parents=True, exist_ok=True)
     for suffix in (".png", ".pdf"):
         fig.savefig(stem.with_suffix(suffix), bbox_inches="tight")
     plt.close(fig)

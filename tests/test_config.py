@@ -43,6 +43,7 @@ def test_hub_model_needs_aligned():
 
 
 def test_experiment_configs_compose():
-    for name in ("reproduce", "smoke"):
+    for name in ("reproduce", "smoke", "poison_ratio", "tasks", "pact_ablation_lambda", "pact_ablation_topk",
+                 "pact_ablation_switches"):
         cfg = validate(_compose(f"experiment={name}"))
         assert cfg.experiment_name == name

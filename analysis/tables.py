@@ -1,0 +1,83 @@
+"""Paper-style tables from summary.csv: rows = methods, column groups = poison ratio (or task), each group with
+Harmful Score, refusal rate, helpfulness and Fine-tune Accuracy as mean ± std over seeds; the best mean of every
+column is marked. Missing cells (a sweep still running or failed) stay missing ("–"), never zero.
+Written as Markdown, LaTeX (booktabs) and CSV (means and stds as numbers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+# (metric, short label, better is higher?)
+COLUMNS = [("harmful_score", "HS", False), ("refusal_rate", "Ref", True), ("helpfulness", "Help", True),
+           ("finetune_accuracy", "FA", True)]
+MISSING = "–"
+
+
+def aggregate(df: pd.DataFrame, axis: str = "poison_ratio") -> pd.DataFrame:
+    """Mean, std and seed count per (method, axis value, metric) over the fine-tuned rows (reference rows with
+    no poison ratio are left out)."""
+    ft = df[df["poison_ratio"].notna()]
+    rows = []
+    for (method, value), group in ft.groupby(["method", axis], sort=False):
+        for metric, _, _ in COLUMNS:
+            vals = pd.to_numeric(group[metric], errors="coerce").dropna()
+            rows.append({"method": method, axis: value, "metric": metric, "mean": vals.mean() if len(vals) else None,
+                         "std": vals.std(ddof=1) if len(vals) > 1 else (0.0 if len(vals) else None),
+                         "n": len(vals)})
+    return pd.DataFrame(rows)
+
+
+def _best(agg: pd.DataFrame, axis: str) -> set[tuple]:
+    best = set()
+    for (value, metric), group in agg.dropna(subset=["mean"]).groupby([axis, "metric"]):
+        higher = dict((m, h) for m, _, h in COLUMNS)[metric]
+        target = group["mean"].max() if higher else group["mean"].min()
+        best |= {(m, value, metric) for m in group.loc[group["mean"] == target, "method"]}
+    return best
+
+
+def paper_table(df: pd.DataFrame, axis: str = "poison_ratio", methods: list[str] | None = None,
+                fmt: str = "md") -> str:
+    """The table as Markdown (``fmt='md'``) or LaTeX (``'tex'``)."""
+    agg = aggregate(df, axis)
+    values = sorted(agg[axis].dropna().unique().tolist()) if axis == "poison_ratio" else list(dict.fromkeys(agg[axis]))
+    methods = methods or list(dict.fromkeys(agg["method"]))
+    best = _best(agg, axis)
+    cell = {(r.method, getattr(r, axis), r.metric): r for r in agg.itertuples(index=False)}
+
+    def text(method, value, metric) -> str:
+        r = cell.get((method, value, metric))
+        if r is None or r.mean is None or pd.isna(r.mean):
+            return MISSING
+        s = f"{r.mean:.1f} ± {r.std:.1f}" if r.n > 1 else f"{r.mean:.1f}"
+        if (method, value, metric) in best:
+            s = f"**{s}**" if fmt == "md" else f"\\textbf{{{s}}}"
+        return s if fmt == "md" else s.replace("±", "$\\pm$")
+
+    label = (lambda v: f"p = {v:g}") if axis == "poison_ratio" else str
+    header = [f"{label(v)} {short}" for v in values for _, short, _ in COLUMNS]
+    body = [[m] + [text(m, v, metric) for v in values for metric, _, _ in COLUMNS] for m in methods]
+    if fmt == "md":
+        lines = ["| method | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+        return "\n".join(lines) + "\n"
+    cols = "l" + "r" * len(header)
+    groups = " & ".join(f"\\multicolumn{{{len(COLUMNS)}}}{{c}}{{{label(v)}}}" for v in values)
+    subs = " & ".join(short for _ in values for _, short, _ in COLUMNS)
+    lines = [f"\\begin{{tabular}}{{{cols}}}", "\\toprule", f" & {groups} \\\\", f"method & {subs} \\\\", "\\midrule"]
+    lines += [" & ".join(r.replace("_", "\\_") if i == 0 else r for i, r in enumerate(row)) + " \\\\" for row in body]
+    lines += ["\\bottomrule", "\\end{tabular}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_paper_tables(df: pd.DataFrame, out_dir: Path, stem: str, axis: str = "poison_ratio") -> None:
+    """``<stem>.md``, ``<stem>.tex`` and ``<stem>.csv`` under ``out_dir``."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    note = ("HS = Harmful Score ↓, Ref = refusal rate ↑, Help = helpfulness ↑, FA = Fine-tune Accuracy ↑; "
+            "percent, mean ± std over seeds; best mean per column in bold; – = missing.\n\n")
+    (out_dir / f"{stem}.md").write_text(note + paper_table(df, axis, fmt="md"))
+    (out_dir / f"{stem}.tex").write_text(paper_table(df, axis, fmt="tex"))
+    aggregate(df, axis).to_csv(out_dir / f"{stem}.csv", index=False, float_format="%.4g")
