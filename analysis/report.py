@@ -41,6 +41,9 @@ def collect(runs_dir: str | os.PathLike, experiments: list[str] | None = None) -
         raise FileNotFoundError(f"no run records under {runs_dir}" +
                                 (f" for experiment(s) {experiments}" if experiments else ""))
     df = pd.DataFrame(rows)
+    if "variant" in df:  # ablation runs: the variant becomes part of the method's label
+        variant = df["variant"].fillna("")
+        df["method"] = df["method"].where(variant == "", df["method"] + " [" + variant + "]")
     for col in ID_COLUMNS + METRICS:
         if col not in df:
             df[col] = pd.NA

@@ -20,20 +20,34 @@ from omegaconf import DictConfig, OmegaConf
 
 from pact import pipeline as P
 from pact.config import validate
-from pact.store import Store
+from pact.store import Store, stable_key
 
 log = logging.getLogger("experiments.run")
 
 
+# Overrides that are already columns of summary.csv; any other override of a run is its `variant`.
+IDENTITY_KEYS = ("experiment", "experiment_name", "method", "model", "task", "poison", "poison.ratio", "seed",
+                 "store_dir", "runs_dir", "threads", "logger")
+
+
+def variant_of(overrides: list[str]) -> str:
+    """The overrides that distinguish runs beyond the identity columns (e.g. ``method.lambda_kl=2.0``)."""
+    keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in IDENTITY_KEYS
+            and not o.startswith("hydra")]
+    return ",".join(sorted(keep))
+
+
 def write_record(cfg: DictConfig, method: str, poison_ratio: float | None, seed: int, metrics: dict[str, Any],
-                 keys: dict[str, str], paths: dict[str, str]) -> Path:
+                 keys: dict[str, str], paths: dict[str, str], variant: str = "") -> Path:
     """Write the run record atomically; its identity decides its file name (a rerun overwrites it)."""
     record = {"experiment": cfg.experiment_name, "model": cfg.model.name, "method": method,
               "task": cfg.task.name, "poison_ratio": poison_ratio, "seed": seed, **metrics,
-              "dtype": cfg.model.dtype, "engine": cfg.engine.name, "judge": cfg.judge.name, "keys": keys,
-              **paths}
+              "variant": variant, "dtype": cfg.model.dtype, "engine": cfg.engine.name, "judge": cfg.judge.name,
+              "keys": keys, **paths}
     p_tag = "ref" if poison_ratio is None else f"p{poison_ratio:g}"
-    path = Path(cfg.runs_dir) / cfg.experiment_name / f"{cfg.model.name}-{method}-{cfg.task.name}-{p_tag}-s{seed}.json"
+    v_tag = f"-v{stable_key(variant)[:8]}" if variant else ""
+    path = (Path(cfg.runs_dir) / cfg.experiment_name /
+            f"{cfg.model.name}-{method}-{cfg.task.name}-{p_tag}-s{seed}{v_tag}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
@@ -41,8 +55,9 @@ def write_record(cfg: DictConfig, method: str, poison_ratio: float | None, seed:
     return path
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Run all stages for one config; returns the fine-tuned model's metrics."""
+def run(cfg: DictConfig, variant: str = "") -> dict[str, Any]:
+    """Run all stages for one config; returns the fine-tuned model's metrics. ``variant`` names the overrides
+    that set this run apart beyond the summary's identity columns (part of its record's name)."""
     cfg = validate(cfg)
     P.set_threads(cfg)
     start = time.time()
@@ -71,7 +86,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if tokens_dir:
         paths["tokens_meta"] = str(Path(tokens_dir) / "meta.json")
     path = write_record(cfg, cfg.method.id, float(cfg.poison.ratio), int(cfg.seed), metrics,
-                        {"model": tuned.key, "aligned": aligned.key, "world": world.key}, paths)
+                        {"model": tuned.key, "aligned": aligned.key, "world": world.key}, paths, variant)
     if logger is not None:
         logger.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
         logger.finish()
@@ -96,7 +111,9 @@ def _start_logger(cfg: DictConfig):
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    metrics = run(cfg)
+    from hydra.core.hydra_config import HydraConfig
+
+    metrics = run(cfg, variant_of(list(HydraConfig.get().overrides.task)))
     hs = metrics["harmful_score"]
     return hs if not math.isnan(hs) else 0.0
 

@@ -90,3 +90,14 @@ def test_wandb_logger_runs_offline_without_key_or_network(micro, tmp_path, monke
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
     assert metrics["n_harmful"] == 24
+
+
+def test_variant_overrides_keep_ablation_runs_apart(micro, tmp_path):
+    from experiments.run import variant_of
+
+    assert variant_of(["method=pact", "seed=1", "poison.ratio=0.1", "method.lambda_kl=2.0",
+                       "experiment=pact_ablation_lambda"]) == "method.lambda_kl=2.0"
+    for lam in ("0.0", "2.0"):
+        run(micro("method=pact", f"method.lambda_kl={lam}"), variant=f"method.lambda_kl={lam}")
+    df = report(tmp_path / "runs", tmp_path / "report")
+    assert {"pact [method.lambda_kl=0.0]", "pact [method.lambda_kl=2.0]"} <= set(df["method"])
