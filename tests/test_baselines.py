@@ -192,3 +192,23 @@ def test_lisa_micro_run_alternates(micro, tmp_path):
     stats = json.loads((ft / "meta.json").read_text())["method_stats"]
     k1, k2 = stats["k_align"], stats["k_finetune"]
     assert [s for s, _ in stats["switches"]][:3] == [k1, k1 + k2, 2 * k1 + k2]
+
+
+def test_freeze_with_lora_leaves_the_block_untouched(micro, tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from experiments.run import run
+
+    run(micro("method=freeze", "method.adapter=lora", "poison.ratio=0.1"))
+    store = tmp_path / "store"
+    [ft] = [p for p in (store / "finetune").iterdir() if (p / "DONE").exists()]
+    [al] = [p for p in (store / "align").iterdir() if (p / "DONE").exists()]
+    a, b = json.loads((ft / "meta.json").read_text())["method_stats"]["block"]
+    before, after = load_file(str(al / "model" / "model.safetensors")), load_file(str(ft / "model" / "model.safetensors"))
+    q = [k for k in before if "q_proj" in k]
+    in_block = [k for k in q if any(f"layers.{i}." in k for i in range(a, b + 1))]
+    outside = [k for k in q if k not in in_block]
+    assert in_block and all(torch_equal(before[k], after[k]) for k in in_block)
+    assert outside and all(not torch_equal(before[k], after[k]) for k in outside)
