@@ -20,6 +20,8 @@ reproduce: setup
 	$(PY) -m experiments.prepare experiment=reproduce method=vaccine
 	$(PY) -m experiments.run experiment=reproduce
 	$(PY) -m experiments.run experiment=pact_ablation_lambda
+	$(PY) -m experiments.run experiment=pact_ablation_topk
+	$(PY) -m experiments.run experiment=pact_ablation_switches
 	$(MAKE) figures
 	$(PY) -m analysis.world_stats --out results
 	$(PY) -m experiments.safety_tokens > results/safety_tokens.txt
@@ -32,7 +34,8 @@ test: setup
 	$(PY) -m pytest -q
 
 figures: setup
-	$(PY) -m analysis.report --experiment reproduce --experiment pact_ablation_lambda --out results
+	$(PY) -m analysis.report --experiment reproduce --experiment pact_ablation_lambda \
+		--experiment pact_ablation_topk --experiment pact_ablation_switches --out results
 	$(PY) -m analysis.token_confidence --experiment reproduce --p 0.1 --seed 0 --out results
 
 bench: setup
