@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+from transformers import set_seed
 
 from pact import data as D
 from pact.generation import build_engine
@@ -30,7 +31,8 @@ PKG = Path(__file__).resolve().parent
 _TRAIN = (PKG / "data.py", PKG / "models.py", PKG / "training.py")
 WORLD_CODE = code_hash(PKG / "world")
 TRAIN_CODE = code_hash(*_TRAIN)
-FINETUNE_CODE = code_hash(*_TRAIN, PKG / "adapters.py", PKG / "methods.py", PKG / "method.py", PKG / "loss.py", PKG / "tokens.py",
+FINETUNE_CODE = code_hash(*_TRAIN, Path(__file__), PKG / "adapters.py", PKG / "methods.py", PKG / "method.py",
+                          PKG / "loss.py", PKG / "tokens.py",
                           PKG / "refcache.py", PKG.parent / "baselines")
 GENERATE_CODE = code_hash(PKG / "generation.py", PKG / "data.py")
 JUDGE_CODE = code_hash(PKG / "judges.py", PKG / "metrics.py", PKG / "world" / "lexicon.py")
@@ -179,6 +181,9 @@ def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, world: Arti
         D.write_jsonl(tmp / "finetune_data.jsonl", rows)
         examples = D.encode_sft(rows, tok, aligned.prompt_format, int(cfg.model.max_len))
         examples = method.prepare_examples(examples, ctx)
+        # LoRA's initialisation draws from torch's global RNG before the Trainer seeds it: seed here, or the
+        # adapter depends on whatever ran earlier in the process (e.g. previous jobs in a joblib worker).
+        set_seed(int(cfg.seed))
         model = method.configure_model(model, ctx)
         if adapter == "lora":
             model = apply_lora(model, cfg.finetune.lora, method.lora_layers(model.config.num_hidden_layers))

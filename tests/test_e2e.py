@@ -101,3 +101,26 @@ def test_variant_overrides_keep_ablation_runs_apart(micro, tmp_path):
         run(micro("method=pact", f"method.lambda_kl={lam}"), variant=f"method.lambda_kl={lam}")
     df = report(tmp_path / "runs", tmp_path / "report")
     assert {"pact [method.lambda_kl=0.0]", "pact [method.lambda_kl=2.0]"} <= set(df["method"])
+
+
+def test_lora_run_does_not_depend_on_earlier_rng_use(micro, tmp_path):
+    import shutil
+
+    import torch
+
+    cfg = micro("method=sft_lora", "poison.ratio=0.05")
+    from safetensors.torch import load_file
+
+    def weights():
+        [ft] = [p for p in (tmp_path / "store" / "finetune").iterdir() if (p / "DONE").exists()]
+        return load_file(str(ft / "model" / "model.safetensors"))
+
+    a = run(cfg)  # builds world, base, align (training draws random numbers), then the LoRA fine-tune
+    first = weights()
+    shutil.rmtree(tmp_path / "store" / "finetune")
+    shutil.rmtree(tmp_path / "store" / "generate")
+    shutil.rmtree(tmp_path / "store" / "evaluate")
+    torch.rand(1000)  # what an earlier job in the same worker process might have drawn
+    b = run(cfg)  # base and align reused: the fine-tune starts from a different global RNG state
+    second = weights()
+    assert a == b and all(torch.equal(first[k], second[k]) for k in first)
