@@ -54,7 +54,7 @@ class ConstrainedSFT(Method):
         @torch.no_grad()
         def compute(batch: list[dict[str, Any]]) -> list[dict[str, torch.Tensor]]:
             nonlocal model
-            model = model or load_model(ctx.aligned.path, ctx.dtype).eval()
+            model = model or (ctx.model or load_model(ctx.aligned.path, ctx.dtype)).eval()
             b = SFTCollator(0)([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in batch])
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             logp, mask = token_logps(logits, b["labels"])

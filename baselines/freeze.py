@@ -70,7 +70,7 @@ class Freeze(Method):
     def prepare(self, ctx: FinetuneContext) -> None:
         from pact.models import load_model
 
-        model = load_model(ctx.aligned.path, ctx.dtype)
+        model = ctx.model or load_model(ctx.aligned.path, ctx.dtype)
         depth = len(decoder_layers(model))
         if self.cfg.layers == "auto":
             a, b = self._localise(ctx, model, depth)

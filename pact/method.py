@@ -120,7 +120,7 @@ class PactMethod(Method):
 
         def compute(batch: list[dict[str, Any]]) -> list[dict[str, torch.Tensor]]:
             nonlocal model
-            model = model or load_model(ctx.aligned.path, ctx.dtype).eval()
+            model = model or (ctx.model or load_model(ctx.aligned.path, ctx.dtype)).eval()
             full, post = self._reference(model, batch)
             lengths = [int((torch.as_tensor(e["labels"]) != IGNORE_INDEX).sum()) for e in batch]
             return [{"full": full[j, :n], "post": post[j, :n]} for j, n in enumerate(lengths)]

@@ -9,7 +9,7 @@ that subclasses :class:`Method` and registers it, plus one yaml file.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -31,7 +31,7 @@ class FinetuneContext:
     dtype: str = "float32"
     store: Any = None
     adapter: str = "full"
-    extras: dict[str, Any] = field(default_factory=dict)
+    model: Any = None       # the loaded aligned model, before any method changes it (reuse it, don't reload)
 
 
 class Method:

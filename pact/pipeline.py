@@ -175,7 +175,8 @@ def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, world: Arti
         adapter = cfg.method.get("adapter", "full")
         ctx = FinetuneContext(aligned=aligned, base=base, world=world, tokenizer=tok,
                               prompt_format=aligned.prompt_format, max_len=int(cfg.model.max_len),
-                              seed=int(cfg.seed), dtype=cfg.model.dtype, store=store, adapter=adapter)
+                              seed=int(cfg.seed), dtype=cfg.model.dtype, store=store, adapter=adapter,
+                              model=model)
         method.prepare(ctx)
         rows = method.transform_data(finetune_rows(cfg, world), ctx)
         D.write_jsonl(tmp / "finetune_data.jsonl", rows)
