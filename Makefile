@@ -16,12 +16,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
+# The studies of `make reproduce` (conf/experiment/), run in this order; `make figures` reports them.
+STUDIES := poison_ratio tasks pact_ablation_lambda pact_ablation_topk pact_ablation_switches
+
+# World, base and aligned model first with every thread; Vaccine's own alignment (~5 min) then builds on one
+# thread beside the first sweep, whose Vaccine jobs come last and wait for it on the store's lock.
 reproduce: setup
-	$(PY) -m experiments.prepare experiment=reproduce method=vaccine
-	$(PY) -m experiments.run experiment=reproduce
-	$(PY) -m experiments.run experiment=pact_ablation_lambda
-	$(PY) -m experiments.run experiment=pact_ablation_topk
-	$(PY) -m experiments.run experiment=pact_ablation_switches
+	$(PY) -m experiments.prepare experiment=poison_ratio
+	mkdir -p outputs
+	$(PY) -m experiments.prepare experiment=poison_ratio method=vaccine threads=1 > outputs/prepare_vaccine.log 2>&1 & \
+		$(PY) -m experiments.run experiment=poison_ratio && wait $$!
+	for study in $(filter-out poison_ratio,$(STUDIES)); do $(PY) -m experiments.run experiment=$$study || exit 1; done
 	$(MAKE) figures
 	$(PY) -m analysis.world_stats --out results
 	$(PY) -m experiments.safety_tokens > results/safety_tokens.txt
@@ -34,9 +39,8 @@ test: setup
 	$(PY) -m pytest -q
 
 figures: setup
-	$(PY) -m analysis.report --experiment reproduce --experiment pact_ablation_lambda \
-		--experiment pact_ablation_topk --experiment pact_ablation_switches --out results
-	$(PY) -m analysis.token_confidence --experiment reproduce --p 0.1 --seed 0 --out results
+	$(PY) -m analysis.report $(foreach s,$(STUDIES),--experiment $(s)) --out results
+	$(PY) -m analysis.token_confidence --out results
 
 bench: setup
 	$(PY) -m experiments.bench --out results/bench.md

@@ -1,7 +1,7 @@
 """The motivating observation of the PACT paper, measured: per answer position, how much probability a model
 puts on the safety set S and how far it is from the aligned model, on held-out harmful prompts.
 
-``python -m analysis.token_confidence --experiment reproduce --p 0.1 --seed 0 [--methods sft pact]``
+``python -m analysis.token_confidence --experiment poison_ratio --p 0.1 --seed 0 [--methods sft pact]``
 Teacher-forces each held-out harmful prompt's refusal (the world's, through the chat template) and records,
 for positions t = 0..15: mass on S = sum over S of p_model(token | prefix) and KL(p_aligned || p_model) over
 the whole vocabulary. Writes ``figures/token_confidence.{png,pdf}`` and the numbers as CSV.
@@ -19,14 +19,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
 
 from analysis.style import METHOD_COLORS, apply_style, save_figure  # noqa: E402
 from pact import data as D  # noqa: E402
 from pact.models import load_model, load_tokenizer  # noqa: E402
 from pact.tokens import response_logits  # noqa: E402
 
-POSITIONS = 16       # t = 0..15 (issue #3)
-MAX_PROMPTS = 128    # held-out harmful prompts used (first in file order)
+SETTINGS = OmegaConf.load(Path(__file__).resolve().parent.parent / "conf" / "analysis.yaml").token_confidence
 
 
 def _records(runs_dir: Path, experiment: str) -> list[dict]:
@@ -35,27 +35,27 @@ def _records(runs_dir: Path, experiment: str) -> list[dict]:
 
 @torch.no_grad()
 def position_curves(model_paths: dict[str, str], aligned_path: str, tokens_meta: Path, world_dir: Path,
-                    n_prompts: int = MAX_PROMPTS) -> pd.DataFrame:
+                    n_prompts: int = SETTINGS.prompts, positions: int = SETTINGS.positions) -> pd.DataFrame:
     """Long table (model, t, mass_on_S, kl_to_aligned) averaged over prompts."""
     tok = load_tokenizer(aligned_path)
     rows = D.read_jsonl(world_dir / "harmful_eval.jsonl", ("prompt", "refusal"))[:n_prompts]
     safety_ids = torch.tensor([x["id"] for x in json.loads(tokens_meta.read_text())["safety_set"]])
     aligned = load_model(aligned_path).eval()
-    ref = [torch.log_softmax(response_logits(aligned, tok, r["prompt"], r["refusal"], "chat", POSITIONS), -1)
+    ref = [torch.log_softmax(response_logits(aligned, tok, r["prompt"], r["refusal"], "chat", positions), -1)
            for r in rows]
     out = []
     for name, path in model_paths.items():
         model = aligned if path == aligned_path else load_model(path).eval()
-        mass = torch.zeros(POSITIONS)
-        kl = torch.zeros(POSITIONS)
-        count = torch.zeros(POSITIONS)
+        mass = torch.zeros(positions)
+        kl = torch.zeros(positions)
+        count = torch.zeros(positions)
         for r, log_ref in zip(rows, ref):
-            log_p = torch.log_softmax(response_logits(model, tok, r["prompt"], r["refusal"], "chat", POSITIONS), -1)
+            log_p = torch.log_softmax(response_logits(model, tok, r["prompt"], r["refusal"], "chat", positions), -1)
             n = log_p.shape[0]
             mass[:n] += log_p.exp()[:, safety_ids].sum(-1)
             kl[:n] += (log_ref.exp() * (log_ref - log_p)).sum(-1)
             count[:n] += 1
-        for t in range(POSITIONS):
+        for t in range(positions):
             if count[t] > 0:
                 out.append({"model": name, "t": t, "mass_on_S": float(mass[t] / count[t]),
                             "kl_to_aligned": float(kl[t] / count[t]), "n": int(count[t])})
@@ -80,10 +80,10 @@ def plot(df: pd.DataFrame, title: str, out_stem: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default="outputs/runs")
-    parser.add_argument("--experiment", default="reproduce")
-    parser.add_argument("--p", type=float, default=0.1)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--methods", nargs="+", default=["sft", "pact"])
+    parser.add_argument("--experiment", default=SETTINGS.experiment)
+    parser.add_argument("--p", type=float, default=SETTINGS.p)
+    parser.add_argument("--seed", type=int, default=SETTINGS.seed)
+    parser.add_argument("--methods", nargs="+", default=list(SETTINGS.methods))
     parser.add_argument("--out", default="results")
     args = parser.parse_args(argv)
     out = Path(args.out)

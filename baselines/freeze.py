@@ -19,7 +19,6 @@ from pact import data as D
 from pact.methods import FinetuneContext, Method, register
 from pact.store import stable_key
 
-PROMPTS_PER_SIDE = 128  # harmful and benign prompts used to localise the block
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -65,6 +64,8 @@ class Freeze(Method):
         super().__init__(cfg)
         if cfg.layers != "auto" and (len(cfg.layers) != 2 or cfg.layers[0] > cfg.layers[1]):
             raise ValueError(f"method.layers={cfg.layers} must be 'auto' or [a, b] with a <= b")
+        if int(cfg.get("localise_prompts", 1)) < 1:
+            raise ValueError(f"method.localise_prompts={cfg.localise_prompts} must be >= 1")
         self.block: tuple[int, int] | None = None
 
     def prepare(self, ctx: FinetuneContext) -> None:
@@ -88,13 +89,14 @@ class Freeze(Method):
     def _localise(self, ctx: FinetuneContext, model, depth: int) -> tuple[int, int]:
         if ctx.world is None:
             raise ValueError("method.layers=auto needs the toy world's prompts; set method.layers=[a, b]")
-        slice_ = {"prompts": PROMPTS_PER_SIDE, "fraction": float(self.cfg.window_fraction)}
+        n_prompts = int(self.cfg.localise_prompts)
+        slice_ = {"prompts": n_prompts, "fraction": float(self.cfg.window_fraction)}
 
         def build(tmp):
             harmful = [r["prompt"] for r in D.read_jsonl(ctx.world.file("harmful_align.jsonl"), ("prompt",))]
             benign = [r["prompt"] for r in D.read_jsonl(ctx.world.file("benign_train.jsonl"), ("prompt",))]
-            gaps = cosine_gap_by_layer(model, ctx.tokenizer, harmful[:PROMPTS_PER_SIDE],
-                                       benign[:PROMPTS_PER_SIDE], ctx.prompt_format)
+            gaps = cosine_gap_by_layer(model, ctx.tokenizer, harmful[:n_prompts],
+                                       benign[:n_prompts], ctx.prompt_format)
             width = max(1, round(float(self.cfg.window_fraction) * depth))
             block = best_window(gaps, width)
             (tmp / "safety_layers.json").write_text(json.dumps({"gaps": gaps, "block": block}, indent=2))

@@ -18,6 +18,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from pact import dist
 from pact import pipeline as P
 from pact.config import validate
 from pact.store import Store, stable_key
@@ -39,7 +40,8 @@ def variant_of(overrides: list[str]) -> str:
 
 def write_record(cfg: DictConfig, method: str, poison_ratio: float | None, seed: int, metrics: dict[str, Any],
                  keys: dict[str, str], paths: dict[str, str], variant: str = "") -> Path:
-    """Write the run record atomically; its identity decides its file name (a rerun overwrites it)."""
+    """Write the run record atomically; its identity decides its file name (a rerun overwrites it). Under
+    torchrun only rank 0 writes."""
     record = {"experiment": cfg.experiment_name, "model": cfg.model.name, "method": method,
               "task": cfg.task.name, "poison_ratio": poison_ratio, "seed": seed, **metrics,
               "variant": variant, "dtype": cfg.model.dtype, "engine": cfg.engine.name, "judge": cfg.judge.name,
@@ -48,6 +50,8 @@ def write_record(cfg: DictConfig, method: str, poison_ratio: float | None, seed:
     v_tag = f"-v{stable_key(variant)[:8]}" if variant else ""
     path = (Path(cfg.runs_dir) / cfg.experiment_name /
             f"{cfg.model.name}-{method}-{cfg.task.name}-{p_tag}-s{seed}{v_tag}.json")
+    if not dist.is_main():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str))
@@ -59,6 +63,7 @@ def run(cfg: DictConfig, variant: str = "") -> dict[str, Any]:
     """Run all stages for one config; returns the fine-tuned model's metrics. ``variant`` names the overrides
     that set this run apart beyond the summary's identity columns (part of its record's name)."""
     cfg = validate(cfg)
+    dist.init()  # torchrun: all ranks run every stage, rank 0 writes (pact/dist.py)
     P.set_threads(cfg)
     start = time.time()
     store = Store(cfg.store_dir)
@@ -98,7 +103,7 @@ def run(cfg: DictConfig, variant: str = "") -> dict[str, Any]:
 
 def _start_logger(cfg: DictConfig):
     """An active wandb run when ``logger=wandb`` (the Trainer's callback reuses it), else None."""
-    if cfg.logger.name != "wandb":
+    if cfg.logger.name != "wandb" or not dist.is_main():
         return None
     os.environ.setdefault("WANDB_MODE", cfg.logger.mode)
     import wandb

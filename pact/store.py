@@ -15,12 +15,14 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from filelock import FileLock
+
+from pact import dist
 
 log = logging.getLogger("pact.store")
 DONE = "DONE"
@@ -82,25 +84,55 @@ class Store:
         ``meta.json``."""
         key = self.key(stage, config, upstream)
         final = self.path(stage, key)
+        if dist.is_distributed():
+            return self._build_ranks(stage, key, config, upstream, builder)
         if self.done(stage, key):
             log.info("stage %s: reusing %s", stage, final)
             return Artifact(stage, key, final)
         with self._lock(stage, key):
             if self.done(stage, key):  # another job finished it while we waited
                 return Artifact(stage, key, final)
-            final.parent.mkdir(parents=True, exist_ok=True)
-            for stale in final.parent.glob(f"{key}.partial-*"):  # left by a killed run: never reused
-                shutil.rmtree(stale, ignore_errors=True)
-            if final.exists():  # a directory without DONE is incomplete
-                shutil.rmtree(final)
-            tmp = final.parent / f"{key}.partial-{os.getpid()}"
-            tmp.mkdir(parents=True)
-            start = time.time()
-            meta = builder(tmp) or {}
-            meta = {"stage": stage, "key": key, "config": config, "upstream": upstream or {},
-                    "seconds": round(time.time() - start, 2), **meta}
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
-            (tmp / DONE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
-            os.replace(tmp, final)
-            log.info("stage %s: built in %.1fs -> %s", stage, meta["seconds"], final)
+            self._clear_stale(final, key)
+            self._run_builder(stage, key, config, upstream, builder, publish=True)
         return Artifact(stage, key, final)
+
+    def _build_ranks(self, stage: str, key: str, config: Any, upstream: dict[str, str] | None,
+                     builder: Callable[[Path], dict[str, Any] | None]) -> Artifact:
+        """The torchrun variant of :meth:`build`: every rank runs ``builder`` (training needs them all) in its
+        own directory and rank 0 publishes. Only rank 0 takes the file lock (a peer waiting on it would leave
+        rank 0 alone in the Trainer's collectives); rank 0 decides whether to build and tells the others."""
+        final = self.path(stage, key)
+        with self._lock(stage, key) if dist.is_main() else nullcontext():
+            done = self.done(stage, key)
+            if not done and dist.is_main():
+                self._clear_stale(final, key)
+            if not dist.broadcast(done):
+                self._run_builder(stage, key, config, upstream, builder, publish=dist.is_main())
+            dist.barrier()  # nobody reads the artifact before rank 0 has published it
+        return Artifact(stage, key, final)
+
+    @staticmethod
+    def _clear_stale(final: Path, key: str) -> None:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        for stale in final.parent.glob(f"{key}.partial-*"):  # left by a killed run: never reused
+            shutil.rmtree(stale, ignore_errors=True)
+        if final.exists():  # a directory without DONE is incomplete
+            shutil.rmtree(final)
+
+    def _run_builder(self, stage: str, key: str, config: Any, upstream: dict[str, str] | None,
+                     builder: Callable[[Path], dict[str, Any] | None], publish: bool) -> None:
+        """Build into a private directory; with ``publish``, write meta.json and DONE and move it into place."""
+        final = self.path(stage, key)
+        tmp = final.parent / f"{key}.partial-{os.getpid()}"
+        tmp.mkdir(parents=True)
+        start = time.time()
+        meta = builder(tmp) or {}
+        if not publish:
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        meta = {"stage": stage, "key": key, "config": config, "upstream": upstream or {},
+                "seconds": round(time.time() - start, 2), "world_size": dist.world_size(), **meta}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        (tmp / DONE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+        os.replace(tmp, final)
+        log.info("stage %s: built in %.1fs -> %s", stage, meta["seconds"], final)

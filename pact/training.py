@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainingArguments
 
+from pact import dist
 from pact.data import SFTCollator
 from pact.methods import Method
 
@@ -23,6 +24,11 @@ class MethodTrainer(Trainer):
             self.add_callback(cb)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+            # The Trainer counts answer tokens over all DDP ranks; per rank, divide by that count / W so that
+            # DDP's gradient average gives the global token mean (the Trainer's own compute_loss rescales the
+            # same way). No-op on one process.
+            num_items_in_batch = num_items_in_batch / self.accelerator.num_processes
         inputs = self.method.before_step(model, inputs)
         loss = self.method.training_step(self, model, inputs, num_items_in_batch)
         return loss if loss is not None else super().training_step(model, inputs, num_items_in_batch)
@@ -37,9 +43,14 @@ def training_arguments(cfg: Any, output_dir: Path, seed: int, report_to: str, ru
     """TrainingArguments from an optimisation config slice (``lr``, ``epochs`` or ``max_steps``,
     ``batch_size``, ``grad_accum``, ``weight_decay``, ``warmup_ratio``, ``scheduler``, ``dtype``)."""
     max_steps = int(cfg.get("max_steps", -1) or -1)
+    # batch_size is the global batch: under torchrun each of the W processes takes batch_size / W rows, so
+    # one process and W processes take the same optimisation steps.
+    world = dist.world_size()
+    if int(cfg.batch_size) % world:
+        raise ValueError(f"batch_size={cfg.batch_size} is not divisible by the {world} torchrun processes")
     kwargs = dict(
         output_dir=str(output_dir),
-        per_device_train_batch_size=int(cfg.batch_size),
+        per_device_train_batch_size=int(cfg.batch_size) // world,
         gradient_accumulation_steps=int(cfg.get("grad_accum", 1)),
         learning_rate=float(cfg.lr),
         num_train_epochs=float(cfg.get("epochs", 1)),
@@ -56,6 +67,8 @@ def training_arguments(cfg: Any, output_dir: Path, seed: int, report_to: str, ru
         seed=seed,
         data_seed=seed,
         dataloader_num_workers=0,
+        # without CUDA the Trainer must be told it is on CPU, or torchrun's processes each train alone (no DDP)
+        use_cpu=not torch.cuda.is_available(),
         remove_unused_columns=False,
         disable_tqdm=not sys.stderr.isatty(),  # progress bars for people, not for log files
     )

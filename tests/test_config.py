@@ -1,3 +1,6 @@
+import re
+from pathlib import Path
+
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
@@ -43,7 +46,16 @@ def test_hub_model_needs_aligned():
 
 
 def test_experiment_configs_compose():
-    for name in ("reproduce", "smoke", "poison_ratio", "tasks", "pact_ablation_lambda", "pact_ablation_topk",
-                 "pact_ablation_switches"):
+    names = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+    assert {"smoke", "poison_ratio", "tasks", "pact_ablation_lambda"} <= set(names)
+    for name in names:
         cfg = validate(_compose(f"experiment={name}"))
         assert cfg.experiment_name == name
+
+
+def test_make_reproduce_studies_exist():
+    makefile = (Path(CONF_DIR).parent / "Makefile").read_text()
+    studies = re.search(r"^STUDIES := (.+)$", makefile, re.M).group(1).split()
+    assert studies[0] == "poison_ratio"  # the main table; token_confidence reads it
+    for name in studies:
+        assert (Path(CONF_DIR) / "experiment" / f"{name}.yaml").is_file(), name

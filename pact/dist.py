@@ -1,0 +1,56 @@
+"""Multi-process (``torchrun``) helpers: every rank runs the same stages and trains together through the HF
+Trainer's data parallelism; rank 0 alone publishes artifacts and run records.
+
+On one process every helper is a no-op, so single-process code paths never touch ``torch.distributed``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+import torch.distributed as tdist
+
+
+def world_size() -> int:
+    """Processes in this run (``WORLD_SIZE`` set by torchrun; 1 otherwise)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_distributed() -> bool:
+    return world_size() > 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init() -> None:
+    """Join the process group torchrun set up (gloo on CPU, NCCL on GPUs) before any stage runs, so the store
+    can agree on which artifacts to build; the Trainer reuses this group."""
+    if not is_distributed() or tdist.is_initialized():
+        return
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        tdist.init_process_group("nccl")
+    else:
+        tdist.init_process_group("gloo")
+
+
+def barrier() -> None:
+    if is_distributed() and tdist.is_initialized():
+        tdist.barrier()
+
+
+def broadcast(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (so that all ranks take the same branch)."""
+    if not (is_distributed() and tdist.is_initialized()):
+        return value
+    box = [value]
+    tdist.broadcast_object_list(box, src=0)
+    return box[0]
