@@ -1,4 +1,5 @@
-"""Figures from summary.csv: Harmful Score vs poison ratio per method (error bars = std over seeds)."""
+"""Figures from summary.csv: Harmful Score vs poison ratio per method, HS vs Fine-tune Accuracy per task,
+PACT ablation curves; error bars = std over seeds."""
 
 from __future__ import annotations
 
@@ -29,5 +30,57 @@ def hs_vs_p(df: pd.DataFrame, out_stem: Path, title: str) -> None:
     axes[0].set(xlabel="poison ratio p", ylabel="Harmful Score (%)", ylim=(-3, 103))
     axes[1].set(xlabel="poison ratio p", ylabel="refusal rate (%)", ylim=(-3, 103))
     axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, out_stem)
+
+
+def _mean_std(group: pd.DataFrame, by: str, metrics: list[str]) -> pd.DataFrame:
+    stats = group.groupby(by)[metrics].agg(["mean", "std"])
+    return stats.sort_index()
+
+
+def hs_vs_fa(df: pd.DataFrame, out_stem: Path, title: str) -> None:
+    """Harmful Score against Fine-tune Accuracy, one panel per task, one point per method (mean ± std over
+    seeds on both axes): the safety/utility trade-off at a glance (lower right is better)."""
+    apply_style()
+    ft = df[df["poison_ratio"].notna()]
+    tasks = list(dict.fromkeys(ft["task"]))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(3.4 * len(tasks) + 1.6, 3.6), sharey=True, squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        stats = _mean_std(ft[ft["task"] == task], "method", ["finetune_accuracy", "harmful_score"])
+        for method, row in stats.iterrows():
+            ax.errorbar(row[("finetune_accuracy", "mean")], row[("harmful_score", "mean")],
+                        xerr=0 if pd.isna(row[("finetune_accuracy", "std")]) else row[("finetune_accuracy", "std")],
+                        yerr=0 if pd.isna(row[("harmful_score", "std")]) else row[("harmful_score", "std")],
+                        marker="o", ms=5, capsize=2, ls="none", label=method, color=METHOD_COLORS.get(method))
+        ax.set(title=f"task: {task}", xlabel="Fine-tune Accuracy (%)", xlim=(-3, 103), ylim=(-3, 103))
+    axes[0][0].set_ylabel("Harmful Score (%)")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    save_figure(fig, out_stem)
+
+
+def ablation_curve(df: pd.DataFrame, key: str, out_stem: Path, title: str) -> None:
+    """One PACT hyper-parameter swept (``key`` = the variant's override, e.g. ``method.lambda_kl``): Harmful
+    Score, refusal rate and Fine-tune Accuracy against its value, mean ± std over seeds."""
+    apply_style()
+    ft = df[df["poison_ratio"].notna()].copy()
+    ft["value"] = ft["variant"].str.split("=", n=1).str[1].astype(float)
+    metrics = [("harmful_score", "Harmful Score (%)"), ("refusal_rate", "refusal rate (%)"),
+               ("finetune_accuracy", "Fine-tune Accuracy (%)")]
+    stats = _mean_std(ft, "value", [m for m, _ in metrics])
+    values = stats.index.tolist()
+    # a log axis when the values span decades (top_k 10..200); 0 (lambda) forces a linear one
+    log_x = min(values) > 0 and max(values) / min(values) >= 10
+    fig, axes = plt.subplots(1, len(metrics), figsize=(10, 3.3), sharex=True)
+    for ax, (metric, label) in zip(axes, metrics):
+        ax.errorbar(values, stats[(metric, "mean")], yerr=stats[(metric, "std")].fillna(0), marker="o", ms=4,
+                    capsize=2, color=METHOD_COLORS.get("pact"))
+        if log_x:
+            ax.set_xscale("log")
+        ax.set_xticks(values, [f"{v:g}" for v in values])
+        ax.minorticks_off()
+        ax.set(xlabel=key.removeprefix("method."), ylabel=label, ylim=(-3, 103))
     fig.suptitle(title, fontsize=10)
     save_figure(fig, out_stem)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.figures import hs_vs_p
+from analysis.figures import ablation_curve, hs_vs_fa, hs_vs_p
 from analysis.tables import write_paper_tables
 
 log = logging.getLogger("analysis.report")
@@ -82,6 +82,19 @@ def to_markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines) + "\n"
 
 
+def swept_key(ft: pd.DataFrame) -> str | None:
+    """The override a one-axis numeric sweep varies (every fine-tuned run's variant is ``key=<number>`` with the
+    same key, e.g. ``method.lambda_kl``), else None."""
+    variants = ft["variant"].fillna("") if "variant" in ft else pd.Series([], dtype=str)
+    parts = variants.str.split("=", n=1)
+    if variants.empty or (parts.str.len() != 2).any() or variants.str.contains(",").any():
+        return None
+    keys = set(parts.str[0])
+    if len(keys) != 1 or pd.to_numeric(parts.str[1], errors="coerce").isna().any():
+        return None
+    return keys.pop()
+
+
 def write_atomic(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
@@ -108,6 +121,19 @@ def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, experiments:
         if group["poison_ratio"].dropna().nunique() > 1:
             hs_vs_p(group, out / "figures" / f"{exp}_{model}_{task}_hs_vs_p",
                     f"{exp}: {model}, {task} (mean ± std over seeds)")
+    for (exp, model), group in df.groupby(["experiment", "model"], sort=True):
+        ft = group[group["poison_ratio"].notna()]
+        if ft["task"].nunique() > 1:  # a cross-task study: columns = tasks, and the trade-off per task
+            write_paper_tables(group, out / "tables", f"{exp}_{model}_paper", axis="task")
+            hs_vs_fa(group, out / "figures" / f"{exp}_{model}_hs_vs_fa",
+                     f"{exp}: {model}, p = {'/'.join(f'{p:g}' for p in sorted(ft['poison_ratio'].unique()))}")
+        key = swept_key(ft)
+        if key is not None:
+            for task, tgroup in group.groupby("task"):
+                ablation_curve(tgroup, key, out / "figures" / f"{exp}_{model}_{task}_ablation",
+                               f"{exp}: {model}, {task}, p = "
+                               f"{'/'.join(f'{p:g}' for p in sorted(ft['poison_ratio'].unique()))} "
+                               "(mean ± std over seeds)")
     log.info("wrote %s (%d rows) and tables under %s", out / "summary.csv", len(df), out / "tables")
     return df
 

@@ -64,3 +64,54 @@ def test_report_writes_the_hs_vs_p_figure(tmp_path):
     for suffix in (".png", ".pdf"):
         assert (tmp_path / "out" / "figures" / f"e_toy_sentiment_hs_vs_p{suffix}").stat().st_size > 1000
     assert (tmp_path / "out" / "tables" / "e_toy_sentiment_paper.tex").exists()
+
+
+def _write_runs(tmp_path, rows, experiment):
+    import json
+
+    runs = tmp_path / "runs" / experiment
+    runs.mkdir(parents=True)
+    for i, row in enumerate(rows):
+        row = {**row, "experiment": experiment}
+        row["poison_ratio"] = None if pd.isna(row["poison_ratio"]) else row["poison_ratio"]
+        (runs / f"{i}.json").write_text(json.dumps(row))
+    return tmp_path / "runs"
+
+
+def test_cross_task_study_gets_a_task_table_and_the_hs_vs_fa_figure(tmp_path):
+    from analysis.report import report
+
+    rows = []
+    for task, fa in (("sentiment", 90.0), ("topic", 60.0)):
+        for row in _summary().to_dict("records"):
+            if row["poison_ratio"] == 0.1 or pd.isna(row["poison_ratio"]):
+                rows.append({**row, "task": task, "finetune_accuracy": fa + row["seed"]})
+    rows = [r for r in rows if not (r["task"] == "topic" and r["method"] == "pact")]  # a missing cell
+    report(_write_runs(tmp_path, rows, "tasks"), tmp_path / "out")
+    md = (tmp_path / "out" / "tables" / "tasks_toy_paper.md").read_text()
+    header = next(line for line in md.splitlines() if line.startswith("| method"))
+    assert "sentiment HS" in header and "topic FA" in header and "p = " not in header
+    pact = next(line for line in md.splitlines() if line.startswith("| pact"))
+    assert pact.count("–") == 4 and "90.5 ± 0.7" in pact  # topic missing, sentiment FA mean of 90 and 91
+    for suffix in (".png", ".pdf"):
+        assert (tmp_path / "out" / "figures" / f"tasks_toy_hs_vs_fa{suffix}").stat().st_size > 1000
+
+
+def test_numeric_sweep_gets_an_ablation_curve_and_other_variants_do_not(tmp_path):
+    from analysis.report import report, swept_key
+
+    rows = []
+    for lam, hs in ((0.0, 98.0), (1.0, 70.0), (5.0, 30.0)):
+        for seed in (0, 1):
+            rows.append({"model": "toy", "method": "pact", "task": "sentiment", "poison_ratio": 0.1, "seed": seed,
+                         "harmful_score": hs + seed, "refusal_rate": 0.0, "other_rate": 100 - hs,
+                         "finetune_accuracy": 100.0, "helpfulness": 0.0, "variant": f"method.lambda_kl={lam}"})
+    df = pd.DataFrame(rows)
+    assert swept_key(df) == "method.lambda_kl"
+    assert swept_key(df.assign(variant="method.gate=off")) is None  # not numeric
+    assert swept_key(df.assign(variant="method.lambda_kl=1.0,seed=2")) is None  # two axes
+    assert swept_key(df.assign(variant="")) is None
+    report(_write_runs(tmp_path, rows, "lam"), tmp_path / "out")
+    assert (tmp_path / "out" / "figures" / "lam_toy_sentiment_ablation.png").stat().st_size > 1000
+    md = (tmp_path / "out" / "tables" / "lam_toy_sentiment_paper.md").read_text()
+    assert "pact [method.lambda_kl=5.0] | **30.5 ± 0.7**" in md
