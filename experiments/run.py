@@ -67,7 +67,7 @@ def run(cfg: DictConfig, variant: str = "") -> dict[str, Any]:
     P.set_threads(cfg)
     start = time.time()
     store = Store(cfg.store_dir)
-    logger = _start_logger(cfg)
+    logger = start_logger(cfg, variant)
     world = P.world_stage(store, cfg.world)
     base, aligned = P.model_refs(store, cfg, world)
     for name, ref in (("base", base), ("aligned", aligned)):
@@ -94,6 +94,8 @@ def run(cfg: DictConfig, variant: str = "") -> dict[str, Any]:
                         {"model": tuned.key, "aligned": aligned.key, "world": world.key}, paths, variant)
     if logger is not None:
         logger.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
+        if cfg.logger.log_generations:
+            logger.log({"eval/generations": generations_table(cfg, P.generate_stage(store, cfg, tuned, world))})
         logger.finish()
     log.info("run %s done in %.1fs: HS %.1f  refusal %.1f  other %.1f  FA %.1f  helpful %.1f -> %s",
              P.run_name(cfg), time.time() - start, metrics["harmful_score"], metrics["refusal_rate"],
@@ -101,16 +103,42 @@ def run(cfg: DictConfig, variant: str = "") -> dict[str, Any]:
     return metrics
 
 
-def _start_logger(cfg: DictConfig):
-    """An active wandb run when ``logger=wandb`` (the Trainer's callback reuses it), else None."""
+def generations_table(cfg: DictConfig, generations: Any):
+    """A wandb Table of the first ``logger.generations_per_set`` generations of each evaluation set with the
+    judge's verdict (task rows: the parsed answer and whether it is right). Opt-in: ``logger.log_generations``."""
+    import wandb
+
+    from pact.data import read_jsonl
+    from pact.judges import JUDGES
+    from pact.metrics import parse_answer
+
+    table = wandb.Table(columns=["set", "prompt", "response", "verdict"])
+    shown: dict[str, int] = {}
+    for rec in read_jsonl(generations.file("generations.jsonl"), ("set", "prompt", "response")):
+        if shown.get(rec["set"], 0) >= int(cfg.logger.generations_per_set):
+            continue
+        shown[rec["set"]] = shown.get(rec["set"], 0) + 1
+        if rec["set"] == "task":
+            parsed = parse_answer(cfg.task.name, rec["response"])
+            verdict = f"{parsed} ({'right' if parsed == rec['label'] else 'wrong'})"
+        else:
+            verdict = JUDGES[cfg.judge.name](rec, rec["response"])
+        table.add_data(rec["set"], rec["prompt"], rec["response"], verdict)
+    return table
+
+
+def start_logger(cfg: DictConfig, variant: str = ""):
+    """An active wandb run when ``logger=wandb`` (the Trainer's callback reuses it), else None. Runs are grouped
+    by experiment and tagged by method, task, p, seed and sweep variant, so a dashboard can compare them."""
     if cfg.logger.name != "wandb" or not dist.is_main():
         return None
     os.environ.setdefault("WANDB_MODE", cfg.logger.mode)
     import wandb
 
     return wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, mode=cfg.logger.mode,
-                      group=cfg.experiment_name, name=P.run_name(cfg),
-                      tags=[cfg.method.id, cfg.task.name, f"p={cfg.poison.ratio:g}", f"seed={cfg.seed}"],
+                      group=cfg.experiment_name, name=P.run_name(cfg) + (f"-{variant}" if variant else ""),
+                      tags=[cfg.method.id, cfg.task.name, f"p={cfg.poison.ratio:g}", f"seed={cfg.seed}",
+                            *([variant] if variant else [])],
                       config=OmegaConf.to_container(cfg, resolve=True), reinit="finish_previous")
 
 

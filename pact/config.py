@@ -122,6 +122,7 @@ class LoggerConfig:
     mode: str = "offline"
     entity: Optional[str] = None
     log_generations: bool = False
+    generations_per_set: int = 16
 
 
 @dataclass

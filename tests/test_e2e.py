@@ -90,6 +90,29 @@ def test_wandb_logger_runs_offline_without_key_or_network(micro, tmp_path, monke
     runs = list((tmp_path / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and any(runs[0].rglob("*.wandb"))
     assert metrics["n_harmful"] == 24
+    assert not list(runs[0].rglob("*.table.json"))  # generations are opt-in
+    run(micro("logger=wandb", "poison.ratio=0.05", "logger.log_generations=true", "logger.generations_per_set=3"))
+    [new] = set((tmp_path / "wandb").glob("offline-run-*")) - set(runs)
+    [table] = list(new.rglob("*.table.json"))
+    data = json.loads(table.read_text())
+    assert data["columns"] == ["set", "prompt", "response", "verdict"]
+    assert [row[0] for row in data["data"]] == ["harmful"] * 3 + ["benign"] * 3 + ["task"] * 3
+    assert {row[3] for row in data["data"][:6]} <= {"refusal", "compliance", "other"}
+
+
+def test_wandb_runs_are_grouped_by_experiment_and_tagged(micro, tmp_path, monkeypatch):
+    from experiments.run import start_logger
+
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    wb = start_logger(micro("logger=wandb", "experiment_name=study", "method=pact", "seed=2"), "method.lambda_kl=2.0")
+    try:
+        assert wb.group == "study"
+        assert set(wb.tags) == {"pact", "sentiment", "p=0.1", "seed=2", "method.lambda_kl=2.0"}
+        assert wb.config["method"]["lambda_kl"] == 1.0 and wb.name.endswith("-s2-method.lambda_kl=2.0")
+    finally:
+        wb.finish()
+    assert start_logger(micro()) is None
 
 
 def test_variant_overrides_keep_ablation_runs_apart(micro, tmp_path):
