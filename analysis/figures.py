@@ -18,17 +18,20 @@ def hs_vs_p(df: pd.DataFrame, out_stem: Path, title: str) -> None:
     """Harmful Score and refusal rate against p, one line per method, mean ± std over seeds."""
     apply_style()
     ft = df[df["poison_ratio"].notna()]
+    # evenly spaced p values (0, 0.01, 0.02 would overlap on a linear axis; a log axis cannot show 0)
+    ticks = sorted(ft["poison_ratio"].unique())
+    position = {p: i for i, p in enumerate(ticks)}
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), sharex=True)
     for method, group in ft.groupby("method", sort=True):
         stats = group.groupby("poison_ratio")[["harmful_score", "refusal_rate"]].agg(["mean", "std"])
+        x = [position[p] for p in stats.index]
         for ax, metric in zip(axes, ("harmful_score", "refusal_rate")):
-            ax.errorbar(stats.index, stats[(metric, "mean")], yerr=stats[(metric, "std")].fillna(0), marker="o",
+            ax.errorbar(x, stats[(metric, "mean")], yerr=stats[(metric, "std")].fillna(0), marker="o",
                         ms=3, capsize=2, label=method, color=METHOD_COLORS.get(method))
-    ticks = sorted(ft["poison_ratio"].unique())
     for ax in axes:
-        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
-    axes[0].set(xlabel="poison ratio p", ylabel="Harmful Score (%)", ylim=(-3, 103))
-    axes[1].set(xlabel="poison ratio p", ylabel="refusal rate (%)", ylim=(-3, 103))
+        ax.set_xticks(range(len(ticks)), [f"{t:g}" for t in ticks])
+    axes[0].set(xlabel="poison ratio p (evenly spaced)", ylabel="Harmful Score (%)", ylim=(-3, 103))
+    axes[1].set(xlabel="poison ratio p (evenly spaced)", ylabel="refusal rate (%)", ylim=(-3, 103))
     axes[1].legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
     save_figure(fig, out_stem)
@@ -63,17 +66,18 @@ def hs_vs_fa(df: pd.DataFrame, out_stem: Path, title: str) -> None:
 
 def ablation_curve(df: pd.DataFrame, key: str, out_stem: Path, title: str) -> None:
     """One PACT hyper-parameter swept (``key`` = the variant's override, e.g. ``method.lambda_kl``): Harmful
-    Score, refusal rate and Fine-tune Accuracy against its value, mean ± std over seeds."""
+    Score, refusal rate, the oracle's third class (neither: broken answers) and Fine-tune Accuracy against its
+    value, mean ± std over seeds."""
     apply_style()
     ft = df[df["poison_ratio"].notna()].copy()
     ft["value"] = ft["variant"].str.split("=", n=1).str[1].astype(float)
     metrics = [("harmful_score", "Harmful Score (%)"), ("refusal_rate", "refusal rate (%)"),
-               ("finetune_accuracy", "Fine-tune Accuracy (%)")]
+               ("other_rate", "other / broken (%)"), ("finetune_accuracy", "Fine-tune Accuracy (%)")]
     stats = _mean_std(ft, "value", [m for m, _ in metrics])
     values = stats.index.tolist()
     # a log axis when the values span decades (top_k 10..200); 0 (lambda) forces a linear one
     log_x = min(values) > 0 and max(values) / min(values) >= 10
-    fig, axes = plt.subplots(1, len(metrics), figsize=(10, 3.3), sharex=True)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(12.5, 3.3), sharex=True)
     for ax, (metric, label) in zip(axes, metrics):
         ax.errorbar(values, stats[(metric, "mean")], yerr=stats[(metric, "std")].fillna(0), marker="o", ms=4,
                     capsize=2, color=METHOD_COLORS.get("pact"))
