@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -51,8 +52,14 @@ def collect(runs_dir: str | os.PathLike, experiments: list[str] | None = None) -
     df = df[ID_COLUMNS + METRICS + rest]
     df["is_reference"] = df["poison_ratio"].isna()
     df = df.sort_values(["experiment", "model", "task", "is_reference", "method", "poison_ratio", "seed"],
-                        ascending=[True, True, True, False, True, True, True], na_position="first")
+                        ascending=[True, True, True, False, True, True, True], na_position="first",
+                        key=lambda col: col.map(natural_key) if col.name == "method" else col)
     return df.drop(columns="is_reference").reset_index(drop=True)
+
+
+def natural_key(label: str) -> str:
+    """Sort key that orders numbers inside labels by value ("top_k=10" before "top_k=100")."""
+    return re.sub(r"\d+(\.\d+)?", lambda m: f"{float(m.group()):020.6f}", str(label))
 
 
 def mean_std(values: pd.Series) -> str:

@@ -24,6 +24,14 @@ def _summary():
     return df
 
 
+def test_natural_key_orders_numbers_by_value():
+    from analysis.report import natural_key
+
+    labels = ["pact [top_k=100]", "pact [top_k=10]", "pact [top_k=25]", "pact", "lisa"]
+    assert sorted(labels, key=natural_key) == ["lisa", "pact", "pact [top_k=10]", "pact [top_k=25]",
+                                               "pact [top_k=100]"]
+
+
 def test_mean_std_and_missing():
     assert mean_std(pd.Series([1.0, 3.0])) == "2.0 ± 1.4"
     assert mean_std(pd.Series([2.0])) == "2.0"
