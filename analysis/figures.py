@@ -75,16 +75,12 @@ def ablation_curve(df: pd.DataFrame, key: str, out_stem: Path, title: str) -> No
                ("other_rate", "other / broken (%)"), ("finetune_accuracy", "Fine-tune Accuracy (%)")]
     stats = _mean_std(ft, "value", [m for m, _ in metrics])
     values = stats.index.tolist()
-    # a log axis when the values span decades (top_k 10..200); 0 (lambda) forces a linear one
-    log_x = min(values) > 0 and max(values) / min(values) >= 10
+    x = range(len(values))  # evenly spaced: lambda = 0, 0.1, 0.5 would overlap on a linear axis
     fig, axes = plt.subplots(1, len(metrics), figsize=(12.5, 3.3), sharex=True)
     for ax, (metric, label) in zip(axes, metrics):
-        ax.errorbar(values, stats[(metric, "mean")], yerr=stats[(metric, "std")].fillna(0), marker="o", ms=4,
+        ax.errorbar(x, stats[(metric, "mean")], yerr=stats[(metric, "std")].fillna(0), marker="o", ms=4,
                     capsize=2, color=METHOD_COLORS.get("pact"))
-        if log_x:
-            ax.set_xscale("log")
-        ax.set_xticks(values, [f"{v:g}" for v in values])
-        ax.minorticks_off()
-        ax.set(xlabel=key.removeprefix("method."), ylabel=label, ylim=(-3, 103))
+        ax.set_xticks(x, [f"{v:g}" for v in values])
+        ax.set(xlabel=f"{key.removeprefix('method.')} (evenly spaced)", ylabel=label, ylim=(-3, 103))
     fig.suptitle(title, fontsize=10)
     save_figure(fig, out_stem)
