@@ -27,7 +27,9 @@ reproduce: setup
 	$(PY) -m experiments.prepare experiment=poison_ratio
 	mkdir -p outputs
 	$(PY) -m experiments.prepare experiment=poison_ratio method=vaccine threads=1 > outputs/prepare_vaccine.log 2>&1 & \
-		$(PY) -m experiments.run experiment=poison_ratio && wait $$!
+		vaccine=$$!; \
+		$(PY) -m experiments.run experiment=poison_ratio || { kill $$vaccine; exit 1; }; \
+		wait $$vaccine || { echo "Vaccine's alignment failed: see outputs/prepare_vaccine.log"; exit 1; }
 	for study in $(filter-out poison_ratio,$(STUDIES)); do $(PY) -m experiments.run experiment=$$study || exit 1; done
 	$(MAKE) figures
 	$(PY) -m analysis.world_stats --out results
