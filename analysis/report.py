@@ -109,12 +109,30 @@ def write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, experiments: list[str] | None = None) -> pd.DataFrame:
+def load_summary(path: str | os.PathLike, experiments: list[str] | None = None) -> pd.DataFrame:
+    """A ``summary.csv`` written by :func:`report` (its method labels already carry the variants)."""
+    df = pd.read_csv(path)
+    if experiments:
+        df = df[df["experiment"].isin(experiments)]
+    if df.empty:
+        raise FileNotFoundError(f"no rows in {path}" + (f" for experiment(s) {experiments}" if experiments else ""))
+    df["variant"] = df["variant"].fillna("") if "variant" in df else ""
+    return df.reset_index(drop=True)
+
+
+def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, experiments: list[str] | None = None,
+           summary: str | os.PathLike | None = None) -> pd.DataFrame:
     """Write ``summary.csv``, per (experiment, model, task) a detailed Markdown table and a paper-style table
-    (Markdown, LaTeX, CSV), and the Harmful-Score-vs-p figure, under ``out_dir``."""
-    df = collect(runs_dir, experiments)
+    (Markdown, LaTeX, CSV), and the figures, under ``out_dir``. With ``summary``, the rows come from that
+    ``summary.csv`` instead of the run records (a fresh clone has the committed one but no records), and it is
+    not rewritten."""
     out = Path(out_dir)
-    write_atomic(out / "summary.csv", df.to_csv(index=False, float_format="%.4g"))
+    if summary is None:
+        df = collect(runs_dir, experiments)
+        # 6 significant digits: percentages of a few hundred prompts (e.g. 315/320 = 98.4375) survive exactly
+        write_atomic(out / "summary.csv", df.to_csv(index=False, float_format="%.6g"))
+    else:
+        df = load_summary(summary, experiments)
     metrics = METRICS + [m for m in EXTRA_METRICS if m in df]
     for (exp, model, task), group in df.groupby(["experiment", "model", "task"], sort=True):
         table = method_table(group, metrics)
@@ -153,7 +171,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--experiment", action="append", help="only these experiments (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    df = report(args.runs, args.out, args.experiment)
+    summary = Path(args.out) / "summary.csv"
+    if not any(Path(args.runs).glob("*/*.json")) and summary.is_file():
+        print(f"no run records under {args.runs}: regenerating tables and figures from {summary}")
+        df = report(args.runs, args.out, args.experiment, summary=summary)
+    else:
+        df = report(args.runs, args.out, args.experiment)
     print(f"summary: {Path(args.out) / 'summary.csv'} ({len(df)} rows)")
 
 
