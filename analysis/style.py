@@ -23,5 +23,7 @@ def save_figure(fig, stem: Path) -> None:
     fig.tight_layout()
     stem.parent.mkdir(parents=True, exist_ok=True)
     for suffix in (".png", ".pdf"):
-        fig.savefig(stem.with_suffix(suffix), bbox_inches="tight")
+        # no creation date in the PDF: the same numbers give the same file
+        fig.savefig(stem.with_suffix(suffix), bbox_inches="tight",
+                    metadata={"CreationDate": None} if suffix == ".pdf" else None)
     plt.close(fig)
