@@ -148,18 +148,16 @@ def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, experiments:
                     f"{exp}: {model}, {task} (mean ± std over seeds)")
     for (exp, model), group in df.groupby(["experiment", "model"], sort=True):
         ft = group[group["poison_ratio"].notna()]
+        p_label = "p = " + "/".join(f"{p:g}" for p in sorted(ft["poison_ratio"].unique()))
         if ft["task"].nunique() > 1:  # a cross-task study: columns = tasks, and the trade-off per task
             write_paper_tables(group, out / "tables", f"{exp}_{model}_paper", axis="task")
-            hs_vs_fa(group, out / "figures" / f"{exp}_{model}_hs_vs_fa",
-                     f"{exp}: {model}, p = {'/'.join(f'{p:g}' for p in sorted(ft['poison_ratio'].unique()))}")
+            hs_vs_fa(group, out / "figures" / f"{exp}_{model}_hs_vs_fa", f"{exp}: {model}, {p_label}")
         key = swept_key(ft)
         if key is not None:
             for task, tgroup in group.groupby("task"):
                 ablation_curve(tgroup, key, out / "figures" / f"{exp}_{model}_{task}_ablation",
-                               f"{exp}: {model}, {task}, p = "
-                               f"{'/'.join(f'{p:g}' for p in sorted(ft['poison_ratio'].unique()))} "
-                               "(mean ± std over seeds)")
-    log.info("wrote %s (%d rows) and tables under %s", out / "summary.csv", len(df), out / "tables")
+                               f"{exp}: {model}, {task}, {p_label} (mean ± std over seeds)")
+    log.info("%d rows from %s; tables and figures under %s", len(df), summary or runs_dir, out)
     return df
 
 

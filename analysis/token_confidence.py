@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> None:
     df = position_curves(paths, aligned["model_path"], Path(tokens_meta), Path(aligned["world_path"]))
     csv.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(csv, index=False, float_format="%.5g")
-    plot(df, title, out / "figures" / "token_confidence")
+    plot(pd.read_csv(csv), title, out / "figures" / "token_confidence")  # from the CSV: the same figure as a replot
     print(df.pivot(index="t", columns="model", values="mass_on_S").round(3).to_string())
 
 

