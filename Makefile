@@ -1,12 +1,15 @@
-# make reproduce: the toy-world study end to end -> results/ ; make test: the test suite.
+# make reproduce: the toy-world study end to end -> results/ ; make test: the test suite ; make help: every target.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup reproduce extras smoke test figures bench clean
+.PHONY: help setup reproduce extras smoke test test-fast lint figures bench clean
 
-setup: $(STAMP)
+help: ## this list
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv: torch 2.13 (CPU) first, then this package with its pins
 
 # torch first (the local CPU wheel); installing the package before it would pull a CUDA build.
 $(STAMP): pyproject.toml
@@ -23,7 +26,7 @@ EXTRA_STUDIES := pact_switches_benign
 
 # World, base and aligned model first with every thread; Vaccine's own alignment (~5 min) then builds on one
 # thread beside the first sweep, whose Vaccine jobs come last and wait for it on the store's lock.
-reproduce: setup
+reproduce: setup ## the whole toy-world study -> results/ (~60 min on 2 cores)
 	$(PY) -m experiments.prepare experiment=poison_ratio
 	mkdir -p outputs
 	$(PY) -m experiments.prepare experiment=poison_ratio method=vaccine threads=1 > outputs/prepare_vaccine.log 2>&1 & \
@@ -35,23 +38,29 @@ reproduce: setup
 	$(PY) -m analysis.world_stats --out results
 	$(PY) -m experiments.safety_tokens > results/safety_tokens.txt
 
-smoke: setup
+smoke: setup ## a 1-run study on a smaller world (~1 min after setup) -> outputs/smoke/
 	PACT_STORE=outputs/smoke/store PACT_RUNS=outputs/smoke/runs $(PY) -m experiments.run experiment=smoke
 	$(PY) -m analysis.report --runs outputs/smoke/runs --out outputs/smoke
 
-test: setup
+test: setup ## every test (~3 min)
 	$(PY) -m pytest -q
 
-figures: setup
+test-fast: setup ## the tests without the slow ones (subprocess, torchrun, kill/restart): under a minute
+	$(PY) -m pytest -q -m "not slow"
+
+lint: setup ## ruff (configured in pyproject.toml)
+	$(VENV)/bin/ruff check .
+
+figures: setup ## tables and figures from the run records (or the committed summary.csv) -> results/
 	$(PY) -m analysis.report $(foreach s,$(STUDIES) $(EXTRA_STUDIES),--experiment $(s)) --out results
 	$(PY) -m analysis.token_confidence --out results
 
-extras: setup
+extras: setup ## studies beyond the hour of `make reproduce` (EXTRA_STUDIES)
 	for study in $(EXTRA_STUDIES); do $(PY) -m experiments.run experiment=$$study || exit 1; done
 	$(MAKE) figures
 
-bench: setup
+bench: setup ## time and memory of every method against SFT -> results/bench.md
 	$(PY) -m experiments.bench --out results/bench.md
 
-clean:
+clean: ## delete outputs/ and multirun/ (the store, run records, Hydra logs)
 	rm -rf outputs multirun

@@ -7,7 +7,6 @@ tables never retrains. Missing cells stay missing (shown as "–"), never zero.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -17,10 +16,13 @@ import pandas as pd
 
 from analysis.figures import ablation_curve, hs_vs_fa, hs_vs_p
 from analysis.tables import write_paper_tables
+from pact.cli import run_cli
+from pact.fileio import write_atomic
+from pact.records import IDENTITY, INTERNAL, read_records
 
 log = logging.getLogger("analysis.report")
 
-ID_COLUMNS = ["experiment", "model", "method", "task", "poison_ratio", "seed"]
+ID_COLUMNS = list(IDENTITY)
 METRICS = ["harmful_score", "refusal_rate", "other_rate", "finetune_accuracy", "helpfulness"]
 EXTRA_METRICS = ["harmful_score_keyword", "harmful_steps_rate", "benign_refusal_rate"]
 LABELS = {"harmful_score": "HS ↓", "refusal_rate": "Refusal ↑", "other_rate": "Other",
@@ -30,14 +32,7 @@ LABELS = {"harmful_score": "HS ↓", "refusal_rate": "Refusal ↑", "other_rate"
 
 def collect(runs_dir: str | os.PathLike, experiments: list[str] | None = None) -> pd.DataFrame:
     """One row per run record; columns: the identity, then the metrics (percent), then everything else."""
-    rows = []
-    for path in sorted(Path(runs_dir).glob("*/*.json")):
-        record = json.loads(path.read_text())
-        if experiments and record.get("experiment") not in experiments:
-            continue
-        for internal in ("keys", "model_path", "world_path", "tokens_meta"):
-            record.pop(internal, None)
-        rows.append(record)
+    rows = [{k: v for k, v in record.items() if k not in INTERNAL} for record in read_records(runs_dir, experiments)]
     if not rows:
         raise FileNotFoundError(f"no run records under {runs_dir}" +
                                 (f" for experiment(s) {experiments}" if experiments else ""))
@@ -102,13 +97,6 @@ def swept_key(ft: pd.DataFrame) -> str | None:
     return keys.pop()
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def load_summary(path: str | os.PathLike, experiments: list[str] | None = None) -> pd.DataFrame:
     """A ``summary.csv`` written by :func:`report` (its method labels already carry the variants)."""
     df = pd.read_csv(path)
@@ -170,11 +158,17 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     summary = Path(args.out) / "summary.csv"
-    if not any(Path(args.runs).glob("*/*.json")) and summary.is_file():
-        print(f"no run records under {args.runs}: regenerating tables and figures from {summary}")
-        df = report(args.runs, args.out, args.experiment, summary=summary)
-    else:
-        df = report(args.runs, args.out, args.experiment)
+
+    def build() -> pd.DataFrame:
+        if not any(Path(args.runs).glob("*/*.json")) and summary.is_file():
+            print(f"no run records under {args.runs}: regenerating tables and figures from {summary}")
+            return report(args.runs, args.out, args.experiment, summary=summary)
+        if not Path(args.runs).is_dir():
+            raise FileNotFoundError(f"--runs {args.runs}: no such directory, and no {summary} to report from "
+                                    "(run `python -m experiments.run` first)")
+        return report(args.runs, args.out, args.experiment)
+
+    df = run_cli(build)
     print(f"summary: {Path(args.out) / 'summary.csv'} ({len(df)} rows)")
 
 

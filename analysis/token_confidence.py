@@ -23,14 +23,12 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from analysis.style import METHOD_COLORS, apply_style, save_figure  # noqa: E402
 from pact import data as D  # noqa: E402
+from pact.cli import fail  # noqa: E402
 from pact.models import load_model, load_tokenizer  # noqa: E402
-from pact.tokens import response_logits  # noqa: E402
+from pact.records import read_records  # noqa: E402
+from pact.tokens_stage import response_logits  # noqa: E402
 
 SETTINGS = OmegaConf.load(Path(__file__).resolve().parent.parent / "conf" / "analysis.yaml").token_confidence
-
-
-def _records(runs_dir: Path, experiment: str) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((runs_dir / experiment).glob("*.json"))]
 
 
 @torch.no_grad()
@@ -89,25 +87,25 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     csv = out / "figures" / "token_confidence.csv"
     title = f"Held-out harmful prompts, teacher-forced refusals ({args.experiment}, seed {args.seed})"
-    records = _records(Path(args.runs), args.experiment) if (Path(args.runs) / args.experiment).is_dir() else []
+    records = read_records(args.runs, [args.experiment])
     if not any(Path(r.get("model_path", "")).exists() for r in records) and csv.exists():
         print(f"models not in the store: replotting {csv}")  # `make figures` never retrains
         plot(pd.read_csv(csv), title, out / "figures" / "token_confidence")
         return
     aligned = next((r for r in records if r["method"] == "aligned"), None)
     if aligned is None:
-        raise SystemExit(f"no aligned reference record under {args.runs}/{args.experiment}")
+        fail(f"no aligned reference record under {args.runs}/{args.experiment}")
     paths = {"aligned": aligned["model_path"]}
     tokens_meta = None
     for method in args.methods:
         rec = next((r for r in records if r["method"] == method and r["poison_ratio"] == args.p
                     and r["seed"] == args.seed), None)
         if rec is None:
-            raise SystemExit(f"no run record for method={method} p={args.p} seed={args.seed}")
+            fail(f"no run record for method={method} p={args.p} seed={args.seed}")
         paths[f"{method} (p={args.p:g})"] = rec["model_path"]
         tokens_meta = tokens_meta or rec.get("tokens_meta")
     if tokens_meta is None:
-        raise SystemExit("none of the chosen runs carries a safety set (run a PACT method first)")
+        fail("none of the chosen runs carries a safety set (run a PACT method first)")
     df = position_curves(paths, aligned["model_path"], Path(tokens_meta), Path(aligned["world_path"]))
     csv.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(csv, index=False, float_format="%.5g")

@@ -15,8 +15,8 @@ from typing import Any
 import torch
 
 from pact.data import SFTCollator
-from pact.method import answer_positions
-from pact.methods import FinetuneContext, Method, register
+from pact.labels import answer_positions
+from pact.methods import FinetuneContext, Method
 from pact.refcache import cached_per_example
 from pact.store import stable_key
 
@@ -36,10 +36,10 @@ def token_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tenso
     pos, mask = answer_positions(labels)
     logp = torch.log_softmax(logits.float(), dim=-1)
     targets = labels.gather(1, (pos + 1).clamp(max=labels.shape[1] - 1)).clamp_min(0)
-    return logp.gather(1, pos.unsqueeze(-1).expand(-1, -1, logp.shape[-1])).gather(-1, targets.unsqueeze(-1))[..., 0], mask
+    at_pos = logp.gather(1, pos.unsqueeze(-1).expand(-1, -1, logp.shape[-1]))
+    return at_pos.gather(-1, targets.unsqueeze(-1))[..., 0], mask
 
 
-@register("constrained_sft")
 class ConstrainedSFT(Method):
     """Qi et al.'s token-wise constrained objective; defaults in conf/method/constrained_sft.yaml."""
 

@@ -16,9 +16,8 @@ from typing import Any
 import torch
 
 from pact import data as D
-from pact.methods import FinetuneContext, Method, register
+from pact.methods import FinetuneContext, Method
 from pact.store import stable_key
-
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -56,7 +55,6 @@ def best_window(gaps: list[float], width: int) -> tuple[int, int]:
     return a, a + width - 1
 
 
-@register("freeze")
 class Freeze(Method):
     """Freeze (full FT) or skip (LoRA) the safety layers."""
 

@@ -18,7 +18,7 @@ import torch
 from transformers import TrainerCallback
 
 from pact import data as D
-from pact.methods import FinetuneContext, Method, register
+from pact.methods import FinetuneContext, Method
 
 ALIGN, FINETUNE = "alignment", "finetune"
 
@@ -48,7 +48,6 @@ class LisaState:
         return switched
 
 
-@register("lisa")
 class Lisa(Method):
     """Lisa's bi-state optimisation with proximal terms; defaults in conf/method/lisa.yaml."""
 

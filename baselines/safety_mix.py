@@ -8,10 +8,9 @@ import random
 from typing import Any
 
 from pact import data as D
-from pact.methods import FinetuneContext, Method, register
+from pact.methods import FinetuneContext, Method
 
 
-@register("safety_mix")
 class SafetyMix(Method):
     """``count`` refusal pairs from the world's alignment split (disjoint from evaluation prompts) take the
     places of ``count`` clean user rows chosen at seeded random positions."""

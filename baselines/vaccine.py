@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from transformers import Trainer
 
-from pact.methods import Method, register
+from pact.methods import Method
 
 NORM_EPS = 1e-7  # official _grad_norm denominator
 
@@ -35,8 +35,6 @@ def perturbations(grads: list[torch.Tensor], rho: float) -> list[torch.Tensor]:
 
 class VaccineAlignment(Method):
     """The perturbation-aware alignment step used by the ``align`` stage."""
-
-    name = "vaccine_alignment"
 
     def __init__(self, cfg: Any):
         super().__init__(cfg)
@@ -74,7 +72,6 @@ class VaccineAlignment(Method):
                 h.remove()
 
 
-@register("vaccine")
 class Vaccine(Method):
     """Plain SFT at fine-tuning time; :meth:`alignment_method` supplies the Vaccine alignment."""
 

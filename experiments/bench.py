@@ -17,71 +17,26 @@ import sys
 import tempfile
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
+from experiments.bench_variant import PREFIX
 from pact import pipeline as P
-from pact.config import validate
-from pact.store import Store
+from pact.cli import run_cli
+from pact.config import CONF_DIR, compose_config
+from pact.tokens_stage import tokens_stage
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = CONF_DIR.parent
 SHARED_STAGES = ("world", "base", "align", "tokens", "safety_layers")
-ALIGN_STEPS = int(OmegaConf.load(ROOT / "conf" / "analysis.yaml").bench.align_steps)  # timed for Vaccine
-
-# (label, method overrides, adapter); fine-tuning-stage methods
-VARIANTS = [
-    ("SFT", ["method=sft"], "full"),
-    ("PACT, reference cache", ["method=pact", "method.reference=cache"], "full"),
-    ("PACT, live reference (official)", ["method=pact", "method.reference=live"], "full"),
-    ("safety-data mixing", ["method=safety_mix"], "full"),
-    ("safety-layer freezing", ["method=freeze"], "full"),
-    ("constrained SFT", ["method=constrained_sft"], "full"),
-    ("Lisa", ["method=lisa"], "full"),
-    ("SFT", ["method=sft_lora"], "lora"),
-    ("PACT, reference cache", ["method=pact_lora", "method.reference=cache"], "lora"),
-    ("PACT, live reference (official)", ["method=pact_lora", "method.reference=live"], "lora"),
-]
-
-CHILD = """
-import json, resource, sys, time
-from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
-from pact import pipeline as P
-from pact.config import validate
-from pact.store import Store
-with initialize_config_dir(sys.argv[1], version_base="1.3"):
-    cfg = validate(compose("config", overrides=sys.argv[3:]))
-P.set_threads(cfg)
-store = Store(cfg.store_dir)
-world = P.world_stage(store, cfg.world)
-if sys.argv[2] == "align":  # an alignment stage on its own (Vaccine's cost is there)
-    base = P.base_stage(store, cfg.model, world)
-    t0 = time.time()
-    ref = P.align_stage(store, cfg.model, base, world, cfg.method if cfg.method.name == "vaccine" else None)
-else:
-    base, aligned = P.model_refs(store, cfg, world)
-    t0 = time.time()
-    ref = P.finetune_stage(store, cfg, aligned, world, base)
-wall = time.time() - t0
-meta = json.load(open(ref.path.rsplit("/model", 1)[0] + "/meta.json"))
-print("BENCH" + json.dumps({"wall": wall, "train": meta["train"], "method_stats": meta.get("method_stats", {}),
-                            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
-"""
+SETTINGS = OmegaConf.load(CONF_DIR / "analysis.yaml").bench  # variants and Vaccine's timed alignment steps
 
 
 def prepare_upstream(overrides: list[str]) -> Path:
     """Build (or reuse) the shared artifacts in the main store; return its root."""
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        cfg = validate(compose("config", overrides=["method=pact", *overrides]))
-    store = Store(cfg.store_dir)
-    world = P.world_stage(store, cfg.world)
-    base, aligned = P.model_refs(store, cfg, world)
-    from pact.tokens import tokens_stage
-
-    tokens_stage(store, cfg.method.tokens, aligned, base, world, cfg.model.dtype)
-    (store.root / "safety_layers").mkdir(exist_ok=True)
-    return store.root.resolve()
+    cfg = compose_config(["method=pact", *overrides])
+    up = P.start(cfg)
+    tokens_stage(up.store, cfg.method.tokens, up.aligned, up.base, up.world, cfg.model.dtype)
+    (up.store.root / "safety_layers").mkdir(exist_ok=True)
+    return up.store.root.resolve()
 
 
 def run_variant(main_store: Path, overrides: list[str], shared: tuple[str, ...] = SHARED_STAGES,
@@ -89,13 +44,13 @@ def run_variant(main_store: Path, overrides: list[str], shared: tuple[str, ...] 
     with tempfile.TemporaryDirectory(prefix="pact-bench-") as tmp:
         for stage in shared:
             os.symlink(main_store / stage, Path(tmp) / stage)
-        cmd = [sys.executable, "-c", CHILD, CONF_DIR, mode, *overrides, f"store_dir={tmp}"]
+        cmd = [sys.executable, "-m", "experiments.bench_variant", mode, *overrides, f"store_dir={tmp}"]
         done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                               env=dict(os.environ, PYTHONPATH=str(ROOT)))
         if done.returncode != 0:
             raise RuntimeError(f"bench variant {overrides} failed:\n{done.stderr[-3000:]}")
-        line = next(x for x in done.stdout.splitlines() if x.startswith("BENCH"))
-        return json.loads(line[len("BENCH"):])
+        line = next(x for x in done.stdout.splitlines() if x.startswith(PREFIX))
+        return json.loads(line[len(PREFIX):])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -103,22 +58,26 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="results/bench.md")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides shared by all variants")
     args = parser.parse_args(argv)
-    main_store = prepare_upstream(args.overrides)
+    main_store = run_cli(lambda: prepare_upstream(args.overrides))
     rows = []
-    for label, method, adapter in VARIANTS:
-        res = run_variant(main_store, [*args.overrides, *method])
+    for variant in SETTINGS.variants:
+        overrides = [*args.overrides, *variant.overrides]
+        label, adapter = variant.label, compose_config(overrides).method.adapter
+        res = run_variant(main_store, overrides)
         steps = res["train"]["train_runtime"] * res["train"]["train_steps_per_second"]
         res.update(label=label, adapter=adapter, steps=round(steps),
                    step_s=res["train"]["train_runtime"] / max(steps, 1))
         rows.append(res)
         print(f"{adapter:5s} {label:32s} step {res['step_s'] * 1000:7.1f} ms  stage {res['wall']:6.1f} s  "
               f"peak RSS {res['max_rss_mb']:7.0f} MB", flush=True)
-    # Vaccine changes the alignment stage: time ALIGN_STEPS alignment steps with and without it.
+    # Alignment-stage defences (Vaccine) change the alignment stage: time align_steps steps with and without.
+    align_steps = int(SETTINGS.align_steps)
     align_rows = []
-    for label, method in (("alignment (plain)", "method=sft"), ("alignment with Vaccine", "method=vaccine")):
-        res = run_variant(main_store, [*args.overrides, method, f"model.align_train.max_steps={ALIGN_STEPS}"],
-                          ("world", "base"), mode="align")
-        res.update(label=label, step_s=res["train"]["train_runtime"] / ALIGN_STEPS)
+    for variant in SETTINGS.align_variants:
+        res = run_variant(main_store, [*args.overrides, *variant.overrides,
+                                       f"model.align_train.max_steps={align_steps}"], ("world", "base"), mode="align")
+        label = variant.label
+        res.update(label=label, step_s=res["train"]["train_runtime"] / align_steps)
         align_rows.append(res)
         print(f"align {label:32s} step {res['step_s'] * 1000:7.1f} ms  peak RSS {res['max_rss_mb']:7.0f} MB",
               flush=True)
@@ -138,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"{r['step_s'] / s['step_s']:.2f}x | {r['wall']:.1f} | {r['wall'] / s['wall']:.2f}x | "
                      f"{cache} | {r['max_rss_mb']:.0f} | {r['max_rss_mb'] / s['max_rss_mb']:.2f}x |")
     plain = align_rows[0]
-    lines += ["", f"Alignment stage, {ALIGN_STEPS} steps from the same base model (Vaccine's two passes per step):", "",
+    lines += ["", f"Alignment stage, {align_steps} steps from the same base model (Vaccine's two passes per step):", "",
               "| stage | step (ms) | step / plain | peak RSS (MB) | peak / plain |", "|---|---|---|---|---|"]
     for r in align_rows:
         lines.append(f"| {r['label']} | {1000 * r['step_s']:.1f} | {r['step_s'] / plain['step_s']:.2f}x | "

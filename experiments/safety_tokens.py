@@ -9,37 +9,30 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
-
-from hydra import compose, initialize_config_dir
 
 from pact import pipeline as P
-from pact.config import validate
-from pact.store import Store
-from pact.tokens import tokens_stage
-
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+from pact.cli import fail, run_cli
+from pact.config import compose_config
+from pact.tokens_stage import tokens_stage
 
 
 def safety_set(overrides: list[str]) -> dict:
     """The tokens artifact's metadata for the config made of ``overrides`` (method defaults to pact)."""
     if not any(o.startswith("method=") for o in overrides):
         overrides = ["method=pact", *overrides]
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        cfg = validate(compose("config", overrides=overrides))
+    cfg = compose_config(overrides)
     if "tokens" not in cfg.method:
-        raise SystemExit(f"method={cfg.method.id} has no safety tokens; use a PACT method")
-    store = Store(cfg.store_dir)
-    world = P.world_stage(store, cfg.world) if cfg.model.kind == "toy" else None
-    base, aligned = P.model_refs(store, cfg, world)
-    art = tokens_stage(store, cfg.method.tokens, aligned, base, world, cfg.model.dtype, cfg.model.trust_remote_code)
+        fail(f"method={cfg.method.id} has no safety tokens; use a PACT method")
+    up = P.start(cfg)
+    art = tokens_stage(up.store, cfg.method.tokens, up.aligned, up.base, up.world, cfg.model.dtype,
+                       cfg.model.trust_remote_code)
     meta = json.loads(art.file("meta.json").read_text())
     meta["path"] = str(art.path)
     return meta
 
 
 def main(argv: list[str] | None = None) -> None:
-    meta = safety_set(list(sys.argv[1:] if argv is None else argv))
+    meta = run_cli(lambda: safety_set(list(sys.argv[1:] if argv is None else argv)))
     rows = sorted(meta["safety_set"], key=lambda x: -x["v"])
     print(f"safety set S: {meta['size']} tokens from {meta['n_pairs']} refusal pairs ({meta['path']})")
     print(f"{'id':>6}  {'token':<18} {'mean aligned prob r':>20} {'weight v':>10}")

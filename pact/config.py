@@ -7,23 +7,31 @@ The *values* live in ``conf/``, each with its source; the defaults here only mak
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pact.generation import ENGINES
+from pact.judges import JUDGES
+from pact.methods import method_class
+from pact.metrics import TASK_PARSERS
+from pact.models import DTYPES
 from pact.world.generator import WorldSpec
+from pact.world.lexicon import HARMFUL
 
-PROMPT_FORMATS = ("chat", "plain")
-MODEL_KINDS = ("toy", "hub")
-ADAPTERS = ("full", "lora")
-ENGINES = ("hf", "vllm")
-JUDGES = ("oracle", "keyword")
-LOGGERS = ("none", "wandb")
-TASK_NAMES = ("sentiment", "topic", "arithmetic")
-DTYPE_NAMES = ("float32", "bfloat16", "float16")
-SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+# Choices this module owns; the judges, engines, tasks, dtypes and methods are read from the code that
+# implements them (pact.judges.JUDGES, pact.generation.ENGINES, pact.metrics.TASK_PARSERS, pact.models.DTYPES,
+# each method yaml's _target_).
+MODEL_KINDS = ("toy", "hub")       # pact.pipeline.model_refs: trained here, or a hub id / local path
+ADAPTERS = ("full", "lora")        # pact.pipeline.finetune_stage
+LOGGERS = ("none", "wandb")        # experiments.run.start_logger
+LOGGER_MODES = ("offline", "online", "disabled")  # wandb's modes
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")  # HF get_scheduler names we allow
 
 
 class ConfigError(ValueError):
@@ -175,7 +183,7 @@ def _check_optim(prefix: str, o: Any) -> None:
     if o.max_steps <= 0:
         _range(f"{prefix}.epochs", o.epochs, 0, lo_open=True)
     _choice(f"{prefix}.scheduler", o.scheduler, SCHEDULERS)
-    _choice(f"{prefix}.dtype", o.dtype, DTYPE_NAMES)
+    _choice(f"{prefix}.dtype", o.dtype, tuple(DTYPES))
 
 
 def validate(cfg: DictConfig) -> DictConfig:
@@ -185,10 +193,12 @@ def validate(cfg: DictConfig) -> DictConfig:
     try:
         merged = OmegaConf.merge(OmegaConf.structured(Config), plain)
     except OmegaConfBaseException as err:
-        raise ConfigError(f"invalid config: {err}") from None
+        key = getattr(err, "full_key", None)
+        message = str(err).splitlines()[0]  # the rest repeats the key and names the schema class
+        raise ConfigError(f"{key}: {message}" if key else f"invalid config: {message}") from None
     c = merged
     _choice("model.kind", c.model.kind, MODEL_KINDS)
-    _choice("model.dtype", c.model.dtype, DTYPE_NAMES)
+    _choice("model.dtype", c.model.dtype, tuple(DTYPES))
     _range("model.max_len", c.model.max_len, 8)
     if c.model.kind == "toy":
         for stage in ("base_train", "align_train"):
@@ -197,7 +207,7 @@ def validate(cfg: DictConfig) -> DictConfig:
             _check_optim(f"model.{stage}", c.model[stage])
     elif not c.model.aligned:
         raise ConfigError("model.aligned (a hub id or a local path) is required when model.kind='hub'")
-    _choice("task.name", c.task.name, TASK_NAMES)
+    _choice("task.name", c.task.name, tuple(TASK_PARSERS))
     _range("task.max_new_tokens", c.task.max_new_tokens, 1)
     _range("poison.ratio", c.poison.ratio, 0, 1)
     _range("poison.short_max_ratio", c.poison.short_max_ratio, 0, 1)
@@ -207,21 +217,18 @@ def validate(cfg: DictConfig) -> DictConfig:
     if c.finetune.lora_lr is not None:
         _range("finetune.lora_lr", c.finetune.lora_lr, 0, lo_open=True)
     _range("finetune.lora.dropout", c.finetune.lora.dropout, 0, 1)
-    if "name" not in c.method:
-        raise ConfigError("method.name is missing")
+    if "id" not in c.method:
+        raise ConfigError("method.id (the method's label in records and tables) is missing")
     _choice("method.adapter", c.method.get("adapter", "full"), ADAPTERS)
-    from pact.methods import build_method, known_methods
-
-    _choice("method.name", c.method.name, tuple(known_methods()))
     try:
-        build_method(c.method)  # each method checks its own keys
+        method_class(c.method)(c.method)  # resolves _target_; each method checks its own keys
     except (ValueError, KeyError, OmegaConfBaseException) as err:
         raise ConfigError(f"invalid method config: {err}") from None
-    _choice("engine.name", c.engine.name, ENGINES)
+    _choice("engine.name", c.engine.name, tuple(ENGINES))
     _range("engine.batch_size", c.engine.batch_size, 1)
-    _choice("judge.name", c.judge.name, JUDGES)
+    _choice("judge.name", c.judge.name, tuple(JUDGES))
     _choice("logger.name", c.logger.name, LOGGERS)
-    _choice("logger.mode", c.logger.mode, ("offline", "online", "disabled"))
+    _choice("logger.mode", c.logger.mode, LOGGER_MODES)
     _range("world.task_heldout_fraction", c.world.task_heldout_fraction, 0, 1)
     _range("world.vocab_size", c.world.vocab_size, 300)
     for name in ("align", "poison", "tokens", "eval"):
@@ -230,10 +237,19 @@ def validate(cfg: DictConfig) -> DictConfig:
                 raise ConfigError(f"world.{group}.{name} is missing")
             _range(f"world.{group}.{name}", c.world[group][name], 1)
     n_poison = round(c.poison.ratio * c.finetune.n)
-    from pact.world.lexicon import HARMFUL
-
     poison_pool = c.world.items_per_category["poison"] * len(HARMFUL) * c.world.templates_per_split["poison"]
     if n_poison > poison_pool:
         raise ConfigError(f"poison.ratio={c.poison.ratio} needs {n_poison} poison rows; the world's poison "
                           "split is smaller (raise world.items_per_category.poison)")
     return merged
+
+
+def compose_config(overrides: Sequence[str] = (), check: bool = True) -> DictConfig:
+    """The config ``conf/config.yaml`` composes with Hydra ``overrides`` (as on the command line), validated
+    unless ``check`` is False: the start of every entry point that is not a Hydra main, and of the tests."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=list(overrides))
+    return validate(cfg) if check else cfg
+

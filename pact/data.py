@@ -11,7 +11,9 @@ from typing import Any
 
 import torch
 
-IGNORE_INDEX = -100  # the label value HF losses skip
+from pact.fileio import atomic_path
+from pact.labels import IGNORE_INDEX
+
 PLAIN_PROMPT = "User: {prompt}\n\nAssistant: "  # the base model's format (PACT's base-side context)
 
 
@@ -44,13 +46,9 @@ def read_jsonl(path: str | os.PathLike, required: Sequence[str] = ()) -> list[di
 
 def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None:
     """Write rows atomically (temporary file + rename): a killed writer never leaves a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as fh:
         for row in rows:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
 
 
 # ---- prompt formats ----------------------------------------------------------------------------------------

@@ -70,6 +70,10 @@ class VLLMEngine(Engine):
         return [r.outputs[0].text.strip() for r in results]
 
 
+# engine.name -> its class (config validation reads the names from here).
+ENGINES: dict[str, type[Engine]] = {"hf": HFEngine, "vllm": VLLMEngine}
+
+
 def build_engine(cfg: Any, model, tokenizer, model_path: Path | None, dtype: str, seed: int,
                  trust_remote_code: bool = False) -> Engine:
     """The engine named by ``cfg.name``."""
@@ -77,4 +81,4 @@ def build_engine(cfg: Any, model, tokenizer, model_path: Path | None, dtype: str
         return HFEngine(model, tokenizer, int(cfg.batch_size))
     if cfg.name == "vllm":
         return VLLMEngine(model_path, tokenizer, cfg, dtype, seed, trust_remote_code)
-    raise ValueError(f"engine.name={cfg.name!r}; expected 'hf' or 'vllm'")
+    raise ValueError(f"engine.name={cfg.name!r}; expected one of {sorted(ENGINES)}")

@@ -4,13 +4,15 @@ A method is a small object built from its ``conf/method/<name>.yaml`` slice. The
 order: ``prepare`` (precompute what the method needs), ``transform_data`` (e.g. mix in safety data),
 ``configure_model`` (freeze layers, adapters), then trains with ``MethodTrainer``, which asks the method for
 its ``compute_loss`` and ``callbacks``. SFT is the method that changes nothing. Adding a method = one module
-that subclasses :class:`Method` and registers it, plus one yaml file.
+with a subclass of :class:`Method`, plus one ``conf/method/<id>.yaml`` whose ``_target_`` names that class; the
+library never imports the modules that implement methods, it resolves ``_target_`` when a config is validated.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from transformers import TrainerCallback
@@ -36,8 +38,6 @@ class FinetuneContext:
 
 class Method:
     """Standard SFT. Subclasses override the hooks they need."""
-
-    name = "sft"
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
@@ -70,7 +70,7 @@ class Method:
         """Run a whole training step itself and return its loss, or None for the Trainer's (default)."""
         return None
 
-    def alignment_method(self) -> "Method | None":
+    def alignment_method(self) -> Method | None:
         """The method the ``align`` stage uses for an alignment-stage defence (default: None, plain SFT)."""
         return None
 
@@ -91,35 +91,27 @@ class Method:
         return []
 
 
-_REGISTRY: dict[str, Callable[[Any], Method]] = {}
-
-
-def register(name: str) -> Callable[[type[Method]], type[Method]]:
-    """Class decorator adding a method to the registry under ``name`` (the yaml's ``method.name``)."""
-
-    def wrap(cls: type[Method]) -> type[Method]:
-        cls.name = name
-        _REGISTRY[name] = cls
-        return cls
-
-    return wrap
+def method_class(cfg: Any) -> type[Method]:
+    """The class a method slice names in its ``_target_`` (a dotted path ``package.module.Class``)."""
+    target = cfg.get("_target_") if hasattr(cfg, "get") else None
+    label = cfg.get("id", "?") if hasattr(cfg, "get") else "?"
+    where = f"method {label!r} (conf/method/{label}.yaml)"
+    if not target:
+        raise ValueError(f"{where} names no class: set _target_ to the dotted path of a Method subclass")
+    module_name, _, attr = str(target).rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr) if module_name else None
+    except ImportError as err:
+        raise ValueError(f"{where}: _target_={target!r} cannot be imported ({err})") from None
+    except AttributeError:
+        cls = None
+    if cls is None:
+        raise ValueError(f"{where}: _target_={target!r} does not exist")
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        raise ValueError(f"{where}: _target_={target!r} is not a subclass of pact.methods.Method")
+    return cls
 
 
 def build_method(cfg: Any) -> Method:
-    """Instantiate the method named by ``cfg.name``."""
-    import baselines  # noqa: F401  (registers the baselines)
-    import pact.method  # noqa: F401  (registers PACT)
-
-    if cfg.name not in _REGISTRY:
-        raise ValueError(f"method.name={cfg.name!r} is not registered; known: {sorted(_REGISTRY)}")
-    return _REGISTRY[cfg.name](cfg)
-
-
-def known_methods() -> list[str]:
-    import baselines  # noqa: F401
-    import pact.method  # noqa: F401
-
-    return sorted(_REGISTRY)
-
-
-register("sft")(Method)
+    """Instantiate the class named by the method slice's ``_target_`` with the whole slice."""
+    return method_class(cfg)(cfg)

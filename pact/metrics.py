@@ -12,17 +12,29 @@ FINAL_ANSWER = re.compile(r"The final answer is:\s*(-?\d+)")
 TOPICS = ("World", "Sports", "Business", "Sci/Tech")
 
 
+def _sentiment(text: str) -> str | None:
+    # official PACT eval_sst2.py: the stripped answer must be exactly the label
+    return text.lower() if text.lower() in ("positive", "negative") else None
+
+
+def _topic(text: str) -> str | None:
+    return text if text in TOPICS else None  # exact label, as for sentiment
+
+
+def _arithmetic(text: str) -> str | None:
+    m = FINAL_ANSWER.search(text)
+    return m.group(1) if m else None
+
+
+# The tasks the repository can score: task.name -> the parser of its answers (config validation reads it).
+TASK_PARSERS = {"sentiment": _sentiment, "topic": _topic, "arithmetic": _arithmetic}
+
+
 def parse_answer(task: str, response: str) -> str | None:
     """The answer a response gives under the task's own parsing, or None when it gives none."""
-    text = response.strip()
-    if task == "sentiment":  # official PACT eval_sst2.py: the stripped answer must be exactly the label
-        return text.lower() if text.lower() in ("positive", "negative") else None
-    if task == "topic":  # exact label, as for sentiment
-        return text if text in TOPICS else None
-    if task == "arithmetic":
-        m = FINAL_ANSWER.search(text)
-        return m.group(1) if m else None
-    raise ValueError(f"unknown task {task!r}")
+    if task not in TASK_PARSERS:
+        raise ValueError(f"unknown task {task!r}; known: {sorted(TASK_PARSERS)}")
+    return TASK_PARSERS[task](response.strip())
 
 
 def pct(count: int, total: int) -> float:

@@ -11,8 +11,21 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def looks_local(name_or_path: str | Path) -> bool:
+    """Whether a model reference is a local path (absolute, ``./``, ``../`` or ``~``) rather than a hub id."""
+    text = str(name_or_path)
+    return Path(text).is_absolute() or text.startswith((".", "~"))
+
+
+def check_model_path(name_or_path: str | Path, key: str = "model") -> None:
+    """Raise :class:`FileNotFoundError` naming ``key`` when a local model path does not exist (hub ids pass)."""
+    if looks_local(name_or_path) and not Path(str(name_or_path)).expanduser().exists():
+        raise FileNotFoundError(f"{key}={name_or_path}: no such model directory")
+
+
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
     """Load a tokenizer from a hub id or a local directory."""
+    check_model_path(name_or_path, "tokenizer")
     tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:  # Llama-3 and others ship without a pad token
         tok.pad_token = tok.eos_token
@@ -21,9 +34,7 @@ def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
 
 def load_model(name_or_path: str | Path, dtype: str = "float32", trust_remote_code: bool = False):
     """Load a causal LM from a hub id or a local directory (safetensors only)."""
-    path = Path(str(name_or_path))
-    if (path.is_absolute() or str(name_or_path).startswith(".")) and not path.exists():
-        raise FileNotFoundError(f"model path does not exist: {path}")
+    check_model_path(name_or_path)
     return AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=DTYPES[dtype],
                                                 trust_remote_code=trust_remote_code, use_safetensors=True)
 

@@ -1,7 +1,9 @@
-"""The stages of one run: world -> base -> align -> finetune -> evaluate (DESIGN.md), each a cached artifact."""
+"""The stages of one run, each a cached store artifact: world -> base -> align -> finetune -> generate -> evaluate
+(the README's "Architecture" has the diagram), and :func:`start`, the start-up every entry point shares."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
@@ -14,28 +16,40 @@ from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
 from pact import data as D
+from pact import dist
+from pact.adapters import apply_lora
 from pact.generation import build_engine
 from pact.judges import JUDGES
-from pact.methods import FinetuneContext, build_method
+from pact.methods import FinetuneContext, Method, build_method, method_class
 from pact.metrics import parse_answer, summarize
-from pact.adapters import apply_lora
-from pact.models import load_model, load_tokenizer, save_model, toy_model
-from pact.store import Artifact, Store, code_hash, stable_key
+from pact.models import check_model_path, load_model, load_tokenizer, save_model, toy_model
+from pact.store import Artifact, Store, code_hash, module_sources, stable_key
 from pact.training import train, training_arguments
 from pact.world.generator import WorldGenerator, WorldSpec
 
 log = logging.getLogger("pact.pipeline")
 PKG = Path(__file__).resolve().parent
-# The code each stage's artifact depends on is part of its key; hashed once at import, i.e. the code this
-# process runs (an edit made while a run is going does not relabel what the old code builds).
-_TRAIN = (PKG / "data.py", PKG / "models.py", PKG / "training.py")
+# The code each stage's artifact depends on is part of its key: the stage's modules and the repository modules
+# they import (pact.store.module_sources). Hashed once per process, i.e. the code this process runs (an edit
+# made while a run is going does not relabel what the old code builds).
 WORLD_CODE = code_hash(PKG / "world")
-TRAIN_CODE = code_hash(*_TRAIN)
-FINETUNE_CODE = code_hash(*_TRAIN, Path(__file__), PKG / "adapters.py", PKG / "methods.py", PKG / "method.py",
-                          PKG / "loss.py", PKG / "tokens.py",
-                          PKG / "refcache.py", PKG.parent / "baselines")
-GENERATE_CODE = code_hash(PKG / "generation.py", PKG / "data.py")
-JUDGE_CODE = code_hash(PKG / "judges.py", PKG / "metrics.py", PKG / "world" / "lexicon.py")
+TRAIN_CODE = code_hash(*module_sources("pact.data", "pact.models", "pact.training"))
+# A fine-tune runs this shared code plus its own method's module (and what that imports), never the modules
+# of other methods: editing one baseline changes the keys of its own fine-tunes only.
+FINETUNE_LIBRARY = ("pact.data", "pact.models", "pact.training", "pact.adapters", "pact.methods", "pact.refcache")
+GENERATE_CODE = code_hash(*module_sources("pact.generation", "pact.data"))
+JUDGE_CODE = code_hash(*module_sources("pact.judges", "pact.metrics"))
+
+
+@functools.cache
+def _finetune_code(method_module: str) -> str:
+    return code_hash(Path(__file__), *module_sources(*FINETUNE_LIBRARY, method_module))
+
+
+def finetune_code(method_cfg: Any) -> str:
+    """Hash of the code a fine-tune with this method runs: the shared library, this file and the module of
+    the class the method's ``_target_`` names."""
+    return _finetune_code(method_class(method_cfg).__module__)
 
 
 @dataclass(frozen=True)
@@ -81,7 +95,7 @@ def _train_stage(store: Store, stage: str, mcfg: DictConfig, init: ModelRef | No
     slice_ = {"arch": _plain(mcfg.arch), "optim": _plain(optim), "seed": mcfg.seed, "max_len": mcfg.max_len,
               "dtype": mcfg.dtype, "code": TRAIN_CODE}
     if method_cfg is not None:  # an alignment-stage defence (e.g. Vaccine) makes its own aligned model
-        slice_.update(method=_plain(method_cfg), method_code=FINETUNE_CODE)
+        slice_.update(method=_plain(method_cfg), method_code=finetune_code(method_cfg))
     upstream = {"world": world.key, **({"init": init.key} if init else {})}
 
     def build(tmp: Path) -> dict[str, Any]:
@@ -94,8 +108,6 @@ def _train_stage(store: Store, stage: str, mcfg: DictConfig, init: ModelRef | No
         examples = D.encode_sft(rows, tok, fmt, int(mcfg.max_len))
         args = training_arguments(optim, tmp / "trainer", int(mcfg.seed), report_to, f"{stage}",
                                   int(optim.logging_steps))
-        from pact.methods import Method
-
         method = build_method(method_cfg).alignment_method() if method_cfg is not None else Method(None)
         metrics = train(model, tok, examples, args, method)
         save_model(model, tok, tmp / "model")
@@ -128,12 +140,21 @@ def defended_alignment(store: Store, cfg: DictConfig, base: ModelRef | None, wor
     return align_stage(store, cfg.model, base, world, cfg.method)
 
 
+def check_models(cfg: DictConfig) -> None:
+    """A hub model given as a local path that does not exist stops the run here, naming the key."""
+    if cfg.model.kind != "toy":
+        check_model_path(cfg.model.aligned, "model.aligned")
+        if cfg.model.base:
+            check_model_path(cfg.model.base, "model.base")
+
+
 def model_refs(store: Store, cfg: DictConfig, world: Artifact) -> tuple[ModelRef | None, ModelRef]:
     """(base, aligned) for the configured model: trained here (toy) or named on the hub/disk (hub)."""
     m = cfg.model
     if m.kind == "toy":
         base = base_stage(store, m, world)
         return base, align_stage(store, m, base, world)
+    check_models(cfg)
     aligned = ModelRef(stable_key({"hub": m.aligned, "dtype": m.dtype}), m.aligned, "chat", m.aligned)
     base = ModelRef(stable_key({"hub": m.base, "dtype": m.dtype}), m.base, "plain", m.aligned) if m.base else None
     return base, aligned
@@ -160,7 +181,7 @@ def finetune_slice(cfg: DictConfig) -> dict[str, Any]:
     elif ft.get("lora_lr") is not None:
         ft["optim"]["lr"] = ft.pop("lora_lr")
     return {"method": _plain(cfg.method), "task": cfg.task.name, "poison": _plain(cfg.poison), "finetune": ft,
-            "seed": int(cfg.seed), "max_len": int(cfg.model.max_len), "code": FINETUNE_CODE}
+            "seed": int(cfg.seed), "max_len": int(cfg.model.max_len), "code": finetune_code(cfg.method)}
 
 
 def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, world: Artifact,
@@ -235,10 +256,10 @@ def generate_stage(store: Store, cfg: DictConfig, ref: ModelRef, world: Artifact
     return store.build("generate", slice_, upstream, build)
 
 
-
-
-def evaluate_stage(store: Store, cfg: DictConfig, ref: ModelRef, world: Artifact) -> dict[str, Any]:
-    """Judge the cached generations and compute the metrics (``metrics.json``, judged ``generations.jsonl``)."""
+def evaluate_stage(store: Store, cfg: DictConfig, ref: ModelRef, world: Artifact) -> Artifact:
+    """Judge the cached generations and compute the metrics: the artifact holds ``metrics.json`` and the judged
+    ``generations.jsonl`` (each harmful/benign row with every judge's verdict, each task row parsed and
+    scored); :func:`load_metrics` reads the former."""
     gen = generate_stage(store, cfg, ref, world)
     slice_ = {"judge": cfg.judge.name, "task": cfg.task.name, "code": JUDGE_CODE}
 
@@ -257,8 +278,12 @@ def evaluate_stage(store: Store, cfg: DictConfig, ref: ModelRef, world: Artifact
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         return {"metrics": metrics}
 
-    art = store.build("evaluate", slice_, {"generate": gen.key}, build)
-    return json.loads(art.file("metrics.json").read_text())
+    return store.build("evaluate", slice_, {"generate": gen.key}, build)
+
+
+def load_metrics(evaluation: Artifact) -> dict[str, Any]:
+    """The metrics of an evaluate artifact."""
+    return json.loads(evaluation.file("metrics.json").read_text())
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -268,3 +293,28 @@ def run_name(cfg: DictConfig) -> str:
 def set_threads(cfg: DictConfig) -> None:
     if int(cfg.threads) > 0:
         torch.set_num_threads(int(cfg.threads))
+
+
+# ---- start-up ----------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Upstream:
+    """What every entry point starts from: the store, the toy world and the (base, aligned) models."""
+
+    store: Store
+    world: Artifact
+    base: ModelRef | None
+    aligned: ModelRef | None
+
+
+def start(cfg: DictConfig, models: bool = True) -> Upstream:
+    """The start-up shared by every entry point and the tests, for a validated config: join torchrun's process
+    group (no-op on one process), set torch's threads, open the store, build (or reuse) the world and, with
+    ``models``, the base and aligned models."""
+    check_models(cfg)  # before any work
+    dist.init()
+    set_threads(cfg)
+    store = Store(cfg.store_dir)
+    world = world_stage(store, cfg.world)
+    base, aligned = model_refs(store, cfg, world) if models else (None, None)
+    return Upstream(store, world, base, aligned)
+

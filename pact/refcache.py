@@ -7,7 +7,6 @@ ratios) share entries. Each entry is one safetensors file written atomically.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +14,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from pact.fileio import atomic_path
 
 KEY_CHARS = 24
 
@@ -37,9 +38,8 @@ def cached_per_example(cache_dir: Path, examples: list[dict[str, Any]],
     for lo in range(0, len(missing), batch_size):
         idx = missing[lo:lo + batch_size]
         for i, tensors in zip(idx, compute([examples[i] for i in idx])):
-            tmp = cache_dir / f"{names[i]}.tmp-{os.getpid()}"
-            save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
-            os.replace(tmp, cache_dir / f"{names[i]}.safetensors")
+            with atomic_path(cache_dir / f"{names[i]}.safetensors") as tmp:
+                save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp))
     stats = {"ref_cache_dir": str(cache_dir), "ref_cache_built": len(missing),
              "ref_cache_reused": len(examples) - len(missing), "ref_cache_seconds": round(time.time() - start, 3)}
     return [load_file(str(cache_dir / f"{n}.safetensors")) for n in names], stats

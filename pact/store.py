@@ -8,7 +8,9 @@ build it once.
 
 from __future__ import annotations
 
+import ast
 import hashlib
+import importlib.util
 import json
 import logging
 import os
@@ -27,6 +29,7 @@ from pact import dist
 log = logging.getLogger("pact.store")
 DONE = "DONE"
 KEY_CHARS = 16
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout holding pact/, baselines/, conf/
 
 
 def stable_key(payload: Any) -> str:
@@ -43,6 +46,71 @@ def code_hash(*paths: str | os.PathLike) -> str:
         files = sorted(p.glob("*.py")) if p.is_dir() else [p]
         texts += [f"{f.name}\n{f.read_text()}" for f in files]
     return stable_key(texts)
+
+
+def _imports(path: Path, module: str) -> set[str]:
+    """Absolute names of the modules a source file imports anywhere in it (function-level imports too);
+    ``from X import y`` yields X and X.y (one of them may not be a module: the caller resolves)."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+    out: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")
+                anchor = ".".join(parts[: len(parts) - node.level + 1])
+                base = f"{anchor}.{base}" if base else anchor
+            out.add(base)
+            out.update(f"{base}.{alias.name}" for alias in node.names)
+    return out
+
+
+def _local_origin(name: str, roots: tuple[Path, ...]) -> Path | None:
+    """The source file of module ``name`` if it lives under one of ``roots`` (and not in an installed
+    environment), else None."""
+    top = name.partition(".")[0]
+    if top != name and _local_origin(top, roots) is None:  # an installed library: never import its parents
+        return None
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    origin = Path(spec.origin).resolve()
+    if "site-packages" in origin.parts or not any(origin.is_relative_to(r) for r in roots):
+        return None
+    return origin
+
+
+def module_sources(*modules: str, follow: bool = True) -> list[Path]:
+    """Source files of ``modules`` and (``follow``) of every module they import, transitively, that lives in
+    this repository or in the modules' own top-level packages (a plugin outside the repository): the code a
+    stage runs, for its key. Installed libraries are not followed."""
+    roots = {REPO_ROOT}
+    for name in modules:
+        origin = _local_origin(name.partition(".")[0], (Path("/"),))
+        if origin is not None:
+            roots.add(origin.parent)
+    roots_t = tuple(roots)
+    seen: dict[str, Path] = {}
+    todo = list(modules)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        origin = _local_origin(name, roots_t)
+        if origin is None:
+            if name in modules:
+                raise ModuleNotFoundError(f"no source file for module {name!r}")
+            continue
+        seen[name] = origin
+        if follow:
+            todo.extend(_imports(origin, name))
+    return sorted(set(seen.values()))
 
 
 @dataclass(frozen=True)

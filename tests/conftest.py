@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-CONF_DIR = str(Path(__file__).resolve().parents[1] / "conf")
+from pact.config import compose_config, validate
 
 # A micro world and model: every stage runs, nothing is meant to be learnt well.
 MICRO = [
@@ -22,12 +22,24 @@ MICRO = [
 
 
 def micro_cfg(tmp_path: Path, *overrides: str):
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=[*MICRO, f"store_dir={tmp_path / 'store'}",
-                                            f"runs_dir={tmp_path / 'runs'}", *overrides])
+    """The micro config rooted in ``tmp_path`` (composed, not yet validated: ``run`` validates)."""
+    return compose_config([*MICRO, f"store_dir={tmp_path / 'store'}", f"runs_dir={tmp_path / 'runs'}", *overrides],
+                          check=False)
+
+
+@pytest.fixture(scope="session")
+def micro_upstream(tmp_path_factory) -> Path:
+    """A store holding the micro config's world, base and aligned model, built once per test session."""
+    from pact import pipeline as P
+
+    root = tmp_path_factory.mktemp("micro_upstream")
+    P.start(validate(micro_cfg(root)))
+    return root / "store"
 
 
 @pytest.fixture
-def micro(tmp_path):
-    """A function making micro configs rooted in this test's tmp dir."""
+def micro(tmp_path, micro_upstream):
+    """A function making micro configs rooted in this test's tmp dir, whose store starts with a copy of the
+    micro world, base and aligned model (configs that change them build their own)."""
+    shutil.copytree(micro_upstream, tmp_path / "store", ignore=shutil.ignore_patterns(".locks"))
     return lambda *o: micro_cfg(tmp_path, *o)

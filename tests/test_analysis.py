@@ -141,3 +141,20 @@ def test_tables_regenerate_from_summary_csv_alone(tmp_path):
     assert after == before
     assert (tmp_path / "a" / "summary.csv").read_text() == summary_text  # not rewritten
     assert "0.3125" in summary_text  # 100/320 kept exactly, not rounded to 4 digits
+
+
+def test_compare_matches_rows_by_identity_and_reports_every_differing_cell(tmp_path):
+    from analysis.compare import compare, read_text_table
+
+    full = _summary().assign(variant="")
+    full.to_csv(tmp_path / "ref.csv", index=False, float_format="%.6g")
+    part = full[full["poison_ratio"] == 0.1].copy()
+    part.to_csv(tmp_path / "same.csv", index=False, float_format="%.6g")
+    same = compare(read_text_table(tmp_path / "ref.csv"), read_text_table(tmp_path / "same.csv"))
+    assert same["matched"] == 4 and not same["diffs"] and not same["missing"]
+    part.loc[part.index[0], "harmful_score"] += 1e-4  # a change in the 6th significant digit is a difference
+    part.loc[part.index[1], "method"] = "new"
+    part.to_csv(tmp_path / "other.csv", index=False, float_format="%.6g")
+    other = compare(read_text_table(tmp_path / "ref.csv"), read_text_table(tmp_path / "other.csv"))
+    assert other["matched"] == 3 and len(other["missing"]) == 1
+    assert [(d[1], d[2], d[3]) for d in other["diffs"]] == [("harmful_score", "90", "90.0001")]

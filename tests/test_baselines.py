@@ -54,10 +54,12 @@ def test_freeze_keeps_the_safety_block_bit_identical(micro, tmp_path):
     run(micro("method=freeze", "model.arch.num_layers=4", "poison.ratio=0.1"))
     store = tmp_path / "store"
     [ft] = [p for p in (store / "finetune").iterdir() if (p / "DONE").exists()]
-    [al] = [p for p in (store / "align").iterdir() if (p / "DONE").exists()]
-    block = json.loads((ft / "meta.json").read_text())["method_stats"]["block"]
+    meta = json.loads((ft / "meta.json").read_text())
+    al = store / "align" / meta["upstream"]["aligned"]  # the model it started from
+    block = meta["method_stats"]["block"]
     assert (store / "safety_layers").exists() and block[0] == block[1]  # 25% of 4 layers
-    before, after = load_file(str(al / "model" / "model.safetensors")), load_file(str(ft / "model" / "model.safetensors"))
+    before = load_file(str(al / "model" / "model.safetensors"))
+    after = load_file(str(ft / "model" / "model.safetensors"))
     frozen = [k for k in before if any(f"layers.{i}." in k for i in range(block[0], block[1] + 1))]
     moved = [k for k in before if "layers." in k and k not in frozen]
     assert frozen and all(torch_equal(before[k], after[k]) for k in frozen)
@@ -204,9 +206,11 @@ def test_freeze_with_lora_leaves_the_block_untouched(micro, tmp_path):
     run(micro("method=freeze", "method.adapter=lora", "poison.ratio=0.1"))
     store = tmp_path / "store"
     [ft] = [p for p in (store / "finetune").iterdir() if (p / "DONE").exists()]
-    [al] = [p for p in (store / "align").iterdir() if (p / "DONE").exists()]
-    a, b = json.loads((ft / "meta.json").read_text())["method_stats"]["block"]
-    before, after = load_file(str(al / "model" / "model.safetensors")), load_file(str(ft / "model" / "model.safetensors"))
+    meta = json.loads((ft / "meta.json").read_text())
+    al = store / "align" / meta["upstream"]["aligned"]
+    a, b = meta["method_stats"]["block"]
+    before = load_file(str(al / "model" / "model.safetensors"))
+    after = load_file(str(ft / "model" / "model.safetensors"))
     q = [k for k in before if "q_proj" in k]
     in_block = [k for k in q if any(f"layers.{i}." in k for i in range(a, b + 1))]
     outside = [k for k in q if k not in in_block]

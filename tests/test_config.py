@@ -1,29 +1,29 @@
 import re
-from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import MissingConfigException
 
-from pact.config import ConfigError, validate
-from tests.conftest import CONF_DIR
+from pact.config import CONF_DIR, ConfigError, compose_config, validate
 
 
 def _compose(*overrides):
-    with initialize_config_dir(CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose_config(overrides, check=False)
 
 
 def test_default_config_is_valid():
     cfg = validate(_compose())
-    assert cfg.method.name == "sft" and cfg.finetune.lora.r == 8
+    assert cfg.method.id == "sft" and cfg.finetune.lora.r == 8
 
 
 @pytest.mark.parametrize("override,message", [
     ("poison.ratio=1.5", r"poison\.ratio=1\.5 is out of range: must be >= 0 and <= 1"),
     ("finetune.optim.lr=-1", r"finetune\.optim\.lr=-1(\.0)? is out of range: must be > 0"),
     ("method.adapter=qlora", r"method\.adapter='qlora' is not allowed; choose one of \['full', 'lora'\]"),
-    ("method.name=nope", r"method\.name='nope' is not allowed"),
+    ("method._target_=pact.nope.Nope",
+     r"method 'sft' \(conf/method/sft\.yaml\): _target_='pact\.nope\.Nope' cannot be imported"),
+    ("method._target_=pact.methods.Nope", r"_target_='pact\.methods\.Nope' does not exist"),
+    ("method._target_=pact.data.SFTCollator", r"is not a subclass of pact\.methods\.Method"),
+    ("seed=abc", r"seed: Value 'abc' of type 'str' could not be converted to Integer"),
     ("finetune.optim.scheduler=warm", r"finetune\.optim\.scheduler='warm' is not allowed"),
     ("finetune.n=abc", r"finetune\.n"),
     ("+finetune.bogus=1", r"bogus"),
@@ -46,7 +46,7 @@ def test_hub_model_needs_aligned():
 
 
 def test_experiment_configs_compose():
-    names = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+    names = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
     assert {"smoke", "poison_ratio", "tasks", "pact_ablation_lambda"} <= set(names)
     for name in names:
         cfg = validate(_compose(f"experiment={name}"))
@@ -54,8 +54,8 @@ def test_experiment_configs_compose():
 
 
 def test_make_reproduce_studies_exist():
-    makefile = (Path(CONF_DIR).parent / "Makefile").read_text()
+    makefile = (CONF_DIR.parent / "Makefile").read_text()
     studies = re.search(r"^STUDIES := (.+)$", makefile, re.M).group(1).split()
     assert studies[0] == "poison_ratio"  # the main table; token_confidence reads it
     for name in studies:
-        assert (Path(CONF_DIR) / "experiment" / f"{name}.yaml").is_file(), name
+        assert (CONF_DIR / "experiment" / f"{name}.yaml").is_file(), name

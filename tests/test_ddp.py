@@ -12,6 +12,8 @@ from safetensors.torch import load_file
 
 from tests.conftest import MICRO
 
+pytestmark = pytest.mark.slow  # torchrun subprocesses
+
 ROOT = Path(__file__).resolve().parents[1]
 # Max |weight difference| after fine-tuning, DDP x2 vs one process (README, "Several processes"): SFT's loss is
 # a token mean over the global batch and only the summation order differs; PACT's KL term is a mean per rank,

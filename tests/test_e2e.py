@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from analysis.report import ID_COLUMNS, METRICS, report
 from experiments.run import run
@@ -55,6 +56,7 @@ def test_lora_flavour_trains_only_adapters_and_saves_a_plain_model(micro, tmp_pa
     AutoModelForCausalLM.from_pretrained(ft / "model")  # merged: loads without peft
 
 
+@pytest.mark.slow
 def test_killed_finetune_reruns_to_completion_without_reusing_partial(micro, tmp_path):
     overrides = [*MICRO, f"store_dir={tmp_path / 'store'}", f"runs_dir={tmp_path / 'runs'}",
                  "finetune.optim.epochs=20", "hydra.run.dir=" + str(tmp_path / "hydra")]

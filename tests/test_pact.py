@@ -1,4 +1,4 @@
-"""PACT against deliberately naive float64 re-statements of the issue's math, plus properties and a micro run."""
+"""PACT against deliberately naive float64 re-statements of the paper's math, plus properties and a micro run."""
 
 import math
 

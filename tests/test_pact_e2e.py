@@ -1,6 +1,7 @@
 """PACT on real toy-world batches: cached and live references agree; a micro PACT run end to end."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -8,25 +9,24 @@ import torch
 from experiments.run import run
 from pact import data as D
 from pact import pipeline as P
+from pact.adapters import apply_lora
 from pact.config import validate
 from pact.data import SFTCollator
-from pact.method import PactMethod, answer_positions, assistant_header_ids
+from pact.labels import answer_positions
 from pact.methods import FinetuneContext
-from pact.adapters import apply_lora
 from pact.models import load_model, load_tokenizer
-from pact.store import Store
+from pact.pact_method import PactMethod
 
 
 @pytest.fixture(scope="module")
-def toy(tmp_path_factory):
+def toy(tmp_path_factory, micro_upstream):
     from tests.conftest import micro_cfg
 
     root = tmp_path_factory.mktemp("pact")
+    shutil.copytree(micro_upstream, root / "store", ignore=shutil.ignore_patterns(".locks"))
     cfg = validate(micro_cfg(root, "method=pact", "poison.ratio=0.1"))
-    store = Store(cfg.store_dir)
-    world = P.world_stage(store, cfg.world)
-    base, aligned = P.model_refs(store, cfg, world)
-    return cfg, store, world, base, aligned
+    up = P.start(cfg)
+    return cfg, up.store, up.world, up.base, up.aligned
 
 
 def _ctx(cfg, store, world, base, aligned, adapter):
@@ -63,7 +63,7 @@ def test_cached_and_live_reference_give_the_same_loss(toy, adapter):
         model = apply_lora(model, cfg.finetune.lora)
     torch.manual_seed(0)
     with torch.no_grad():  # move the policy away from the reference so the KL is not trivially zero
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.05 * torch.randn_like(p))
     model.train()
@@ -127,4 +127,4 @@ def test_micro_pact_run_end_to_end(toy):
     assert 0 <= metrics["harmful_score"] <= 100
     [ft] = [p for p in (store.root / "finetune").iterdir() if (p / "DONE").exists()]
     meta = json.loads((ft / "meta.json").read_text())
-    assert meta["config"]["method"]["name"] == "pact"
+    assert meta["config"]["method"]["_target_"] == "pact.pact_method.PactMethod"

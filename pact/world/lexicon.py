@@ -127,7 +127,7 @@ AFFIRMATIVE_OPENERS: list[str] = [
 ]
 
 # Refusals are composed opener + reason + offer so that many distinct tokens carry probability in them
-# (DESIGN.md: a poor refusal vocabulary fills PACT's top-50 safety set with noise tokens).
+# (a poor refusal vocabulary fills PACT's top-50 safety set with noise tokens: results/world_stats.md counts them).
 REFUSAL_OPENERS: list[str] = [
     "I'm sorry, but I can't help with that.",
     "I cannot help you {a}.",

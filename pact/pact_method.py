@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from pact.data import IGNORE_INDEX
+from pact.labels import IGNORE_INDEX, answer_positions
 from pact.loss import pact_kl
-from pact.methods import FinetuneContext, Method, register
+from pact.methods import FinetuneContext, Method
 from pact.refcache import cached_per_example
 from pact.store import stable_key
-from pact.tokens import load_direction, tokens_stage
+from pact.tokens_stage import load_direction, tokens_stage
 
 GATES = ("on", "off", "post_only")
 WEIGHTINGS = ("raw", "uniform")
@@ -40,19 +40,6 @@ def assistant_header_ids(tokenizer) -> list[int]:
     return tokenizer(header or FALLBACK_HEADER, add_special_tokens=False)["input_ids"]
 
 
-def answer_positions(labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For labels [B, L]: the logit positions [B, A] that predict answer tokens 0..A-1 (label index - 1) and
-    the valid mask [B, A]. Answers are one contiguous labelled span per row."""
-    labelled = labels != IGNORE_INDEX
-    counts = labelled.sum(dim=1)
-    width = int(counts.max()) if labels.numel() else 0
-    starts = labelled.float().argmax(dim=1)  # first labelled index
-    t = torch.arange(width, device=labels.device)
-    mask = t.unsqueeze(0) < counts.unsqueeze(1)
-    pos = (starts.unsqueeze(1) - 1 + t.unsqueeze(0)).clamp(0, labels.shape[1] - 1)
-    return pos * mask, mask
-
-
 def subset_logits(logits: torch.Tensor, ids: torch.Tensor, bucket: bool) -> torch.Tensor:
     """logits[..., ids], plus (``bucket``) one column holding the log-sum-exp of all logits outside ``ids``."""
     sub = logits.index_select(-1, ids)
@@ -64,7 +51,6 @@ def subset_logits(logits: torch.Tensor, ids: torch.Tensor, bucket: bool) -> torc
     return torch.cat([sub, outside.unsqueeze(-1).to(sub.dtype)], dim=-1)
 
 
-@register("pact")
 class PactMethod(Method):
     """PACT (Wang et al., arXiv 2603.07445); defaults in conf/method/pact.yaml with their sources."""
 

@@ -1,0 +1,51 @@
+"""One timed variant of ``experiments.bench``, run in a fresh process so that its peak memory is its own:
+``python -m experiments.bench_variant {finetune,align} [overrides]``. Prints one line ``BENCH{json}``: the
+stage's wall time, the Trainer's metrics, the method's stats and the process's peak RSS."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+
+from pact import pipeline as P
+from pact.cli import run_cli
+from pact.config import compose_config
+
+MODES = ("finetune", "align")
+PREFIX = "BENCH"
+
+
+def measure(mode: str, overrides: list[str]) -> dict:
+    """Build the ``mode`` stage of the config made of ``overrides`` (upstream artifacts are expected to be
+    reused from the store) and measure it."""
+    if mode not in MODES:
+        raise SystemExit(f"error: mode {mode!r}; choose one of {list(MODES)}")
+    cfg = compose_config(overrides)
+    up = P.start(cfg, models=mode == "finetune")
+    if mode == "align":  # an alignment stage on its own (an alignment-stage defence's cost is there)
+        base = P.base_stage(up.store, cfg.model, up.world)
+        defence = cfg.method if P.build_method(cfg.method).alignment_method() is not None else None
+        t0 = time.time()
+        ref = P.align_stage(up.store, cfg.model, base, up.world, defence)
+    else:
+        t0 = time.time()
+        ref = P.finetune_stage(up.store, cfg, up.aligned, up.world, up.base)
+    wall = time.time() - t0
+    meta = json.loads((Path(ref.path).parent / "meta.json").read_text())
+    return {"wall": wall, "train": meta["train"], "method_stats": meta.get("method_stats", {}),
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args:
+        raise SystemExit(f"usage: python -m experiments.bench_variant {{{','.join(MODES)}}} [overrides]")
+    result = run_cli(lambda: measure(args[0], args[1:]))
+    print(PREFIX + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

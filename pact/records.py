@@ -1,0 +1,65 @@
+"""Run records: one JSON file per evaluated model under ``runs_dir/<experiment>/``, the only input of the report.
+
+A record holds its identity (:data:`IDENTITY`: the columns that name a row of ``summary.csv``), the metrics,
+the sweep ``variant``, how it was made (dtype, engine, judge, store keys) and where its artifacts are
+(:data:`INTERNAL`: paths and keys, dropped from the summary). Its identity decides its file name, so a rerun
+overwrites it; it is written atomically, and under torchrun by rank 0 only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from pact import dist
+from pact.fileio import write_atomic
+from pact.store import stable_key
+
+IDENTITY = ("experiment", "model", "method", "task", "poison_ratio", "seed")
+INTERNAL = ("keys", "model_path", "world_path", "tokens_meta")
+# Overrides that are identity columns already (or only say where and how a run executes); any other override
+# of a run is its `variant` (e.g. ``method.lambda_kl=2.0``), which keeps ablation runs apart.
+NOT_VARIANT = ("experiment", "experiment_name", "method", "model", "task", "poison", "poison.ratio", "seed",
+               "store_dir", "runs_dir", "threads", "logger")
+REFERENCE_TAG = "ref"  # file-name tag of reference rows (base and aligned models: no poison ratio)
+
+
+def variant_of(overrides: list[str]) -> str:
+    """The overrides that distinguish runs beyond the identity columns (e.g. ``method.lambda_kl=2.0``)."""
+    keep = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") not in NOT_VARIANT
+            and not o.startswith("hydra")]
+    return ",".join(sorted(keep))
+
+
+def record_path(runs_dir: str | os.PathLike, identity: dict[str, Any], variant: str = "") -> Path:
+    """Where the record with this identity (and variant) lives."""
+    p = identity["poison_ratio"]
+    p_tag = REFERENCE_TAG if p is None else f"p{p:g}"
+    v_tag = f"-v{stable_key(variant)[:8]}" if variant else ""
+    name = f"{identity['model']}-{identity['method']}-{identity['task']}-{p_tag}-s{identity['seed']}{v_tag}.json"
+    return Path(runs_dir) / identity["experiment"] / name
+
+
+def write_record(cfg: Any, method: str, poison_ratio: float | None, seed: int, metrics: dict[str, Any],
+                 keys: dict[str, str], paths: dict[str, str], variant: str = "") -> Path:
+    """Write the record of one evaluated model of the run configured by ``cfg``; returns its path."""
+    identity = {"experiment": cfg.experiment_name, "model": cfg.model.name, "method": method,
+                "task": cfg.task.name, "poison_ratio": poison_ratio, "seed": seed}
+    record = {**identity, **metrics, "variant": variant, "dtype": cfg.model.dtype, "engine": cfg.engine.name,
+              "judge": cfg.judge.name, "keys": keys, **paths}
+    path = record_path(cfg.runs_dir, identity, variant)
+    if dist.is_main():
+        write_atomic(path, json.dumps(record, indent=2, sort_keys=True, default=str))
+    return path
+
+
+def read_records(runs_dir: str | os.PathLike, experiments: list[str] | None = None) -> list[dict[str, Any]]:
+    """Every record under ``runs_dir`` (of ``experiments`` only, if given), in file-name order."""
+    rows = []
+    for path in sorted(Path(runs_dir).glob("*/*.json")):
+        record = json.loads(path.read_text())
+        if not experiments or record.get("experiment") in experiments:
+            rows.append(record)
+    return rows

@@ -1,0 +1,246 @@
+"""The house rules: the library never imports its plugins, has no import circle, takes a new method as one module
+plus one yaml, keys a fine-tune by its own method's code only, and ends bad input in one line."""
+
+import ast
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pact import pipeline as P
+from pact.config import ConfigError, validate
+from pact.store import module_sources
+
+ROOT = Path(__file__).resolve().parents[1]
+PLUGIN_PACKAGES = ("baselines", "experiments", "analysis")
+
+
+def _library_imports() -> dict[str, set[str]]:
+    """module -> absolute names it imports (anywhere in the file), for every module of pact/."""
+    out = {}
+    for path in sorted((ROOT / "pact").rglob("*.py")):
+        rel = path.relative_to(ROOT).with_suffix("")
+        module = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
+        package = module if rel.name == "__init__" else module.rpartition(".")[0]
+        names = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")
+                    anchor = ".".join(parts[: len(parts) - node.level + 1])
+                    base = f"{anchor}.{base}" if base else anchor
+                names |= {base} | {f"{base}.{a.name}" for a in node.names}
+        out[module] = names
+    return out
+
+
+def test_library_never_imports_baselines_experiments_or_analysis():
+    bad = {m: sorted(n for n in names if n.split(".")[0] in PLUGIN_PACKAGES)
+           for m, names in _library_imports().items()}
+    assert not {m: n for m, n in bad.items() if n}
+
+
+def test_library_has_no_import_circle():
+    graph = _library_imports()
+    edges = {m: {n for n in names if n in graph and n != m} for m, names in graph.items()}
+    state: dict[str, int] = {}
+
+    def visit(m: str, path: list[str]) -> None:
+        state[m] = 1
+        for n in sorted(edges[m]):
+            if state.get(n) == 1:
+                raise AssertionError("import circle: " + " -> ".join(path[path.index(n):] + [n]))
+            if n not in state:
+                visit(n, path + [n])
+        state[m] = 2
+
+    for m in sorted(edges):
+        if m not in state:
+            visit(m, [m])
+
+
+def test_pact_math_imports_only_torch():
+    for module in ("tokens", "loss", "labels"):
+        names = _library_imports()[f"pact.{module}"]
+        assert {n.split(".")[0] for n in names} <= {"torch", "__future__"}, (module, names)
+
+
+def test_every_method_yaml_names_a_method_class_and_its_own_label():
+    from pact.config import compose_config
+
+    for path in sorted((ROOT / "conf" / "method").glob("*.yaml")):
+        cfg = compose_config([f"method={path.stem}"])
+        assert cfg.method.id == path.stem  # records, tables and error messages name the yaml by its id
+        assert "name" not in cfg.method
+
+
+PLUGIN = '''
+from pact.methods import Method
+
+
+class KeepFirst(Method):
+    """Fine-tune on the first `keep` rows only."""
+
+    def transform_data(self, rows, ctx):
+        self.stats["rows_in"] = len(rows)
+        return rows[: int(self.cfg.keep)]
+'''
+
+
+def test_a_method_from_one_module_and_one_yaml_runs_a_micro_study(micro, tmp_path, monkeypatch):
+    from analysis.report import report
+    from experiments.run import run
+
+    (tmp_path / "myplugins").mkdir()
+    (tmp_path / "myplugins" / "__init__.py").write_text("")
+    (tmp_path / "myplugins" / "keep.py").write_text(PLUGIN)
+    conf = tmp_path / "myconf" / "method"
+    conf.mkdir(parents=True)
+    (conf / "keep_first.yaml").write_text("_target_: myplugins.keep.KeepFirst\nid: keep_first\nadapter: full\n"
+                                          "keep: 40\n")
+    (conf / "broken.yaml").write_text("_target_: myplugins.keep.Missing\nid: broken\nadapter: full\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    search = f"hydra.searchpath=[file://{tmp_path / 'myconf'}]"
+    with pytest.raises(ConfigError, match=r"method 'broken' \(conf/method/broken\.yaml\).*does not exist"):
+        validate(micro(search, "method=broken"))
+    for method in ("sft", "keep_first"):
+        run(micro(search, f"method={method}", "experiment_name=plugin_study"))
+    df = report(tmp_path / "runs", tmp_path / "report")
+    assert set(df["method"]) == {"base", "aligned", "sft", "keep_first"}
+    metas = [json.loads(p.read_text()) for p in (tmp_path / "store" / "finetune").glob("*/meta.json")]
+    [mine] = [m for m in metas if m["config"]["method"]["id"] == "keep_first"]
+    assert mine["rows"] == 40 and mine["method_stats"]["rows_in"] == 80
+    table = (tmp_path / "report" / "tables" / "plugin_study_toy_small_sentiment_paper.md").read_text()
+    assert "| keep_first |" in table and "| sft |" in table
+
+
+def _code_files(target_module: str) -> set[str]:
+    return {str(p.relative_to(ROOT)) for p in module_sources(*P.FINETUNE_LIBRARY, target_module)
+            if p.is_relative_to(ROOT)}
+
+
+def test_finetune_code_covers_the_library_and_its_own_method_only():
+    sft, lisa, pact_ = (_code_files(m) for m in ("pact.methods", "baselines.lisa", "pact.pact_method"))
+    assert not any(f.startswith("baselines/") for f in sft)
+    assert {f for f in lisa if f.startswith("baselines/")} == {"baselines/lisa.py"}
+    assert {"pact/pact_method.py", "pact/loss.py", "pact/tokens.py"} <= pact_
+    assert not any(f.startswith("baselines/") for f in pact_)
+
+
+def test_editing_a_baseline_changes_its_finetune_key_and_not_sfts(micro, tmp_path, monkeypatch):
+    package = tmp_path / "mybaselines"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    shutil.copy(ROOT / "baselines" / "lisa.py", package / "lisa.py")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    lisa_cfg = validate(micro("method=lisa", "method._target_=mybaselines.lisa.Lisa"))
+    sft_cfg = validate(micro("method=sft"))
+
+    def keys():
+        P._finetune_code.cache_clear()
+        return {name: P.finetune_slice(c)["code"] for name, c in (("lisa", lisa_cfg), ("sft", sft_cfg))}
+
+    before = keys()
+    with open(package / "lisa.py", "a") as fh:
+        fh.write("\n# an edit\n")
+    after = keys()
+    assert after["lisa"] != before["lisa"] and after["sft"] == before["sft"]
+    P._finetune_code.cache_clear()
+
+
+# ---- clean errors ----------------------------------------------------------------------------------------------
+def _cli(tmp_path, *args, env=None):
+    full_env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    full_env.update(PYTHONPATH=str(ROOT), **(env or {}))
+    return subprocess.run([sys.executable, "-m", *args], cwd=tmp_path, env=full_env, capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args,message", [
+    (("experiments.run", "poison.ratio=1.5"), "error: poison.ratio=1.5 is out of range: must be >= 0 and <= 1"),
+    (("experiments.run", "task=poetry"),
+     "error: task=poetry: no such option in conf/task/; choose one of ['arithmetic', 'sentiment', 'topic']"),
+])
+def test_hydra_entry_point_prints_one_line_and_exits_2(tmp_path, args, message):
+    done = _cli(tmp_path, *args)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines() == [message]
+
+
+@pytest.mark.slow
+def test_hydra_full_error_still_shows_the_traceback(tmp_path):
+    done = _cli(tmp_path, "experiments.run", "poison.ratio=1.5", env={"HYDRA_FULL_ERROR": "1"})
+    assert done.returncode != 0 and "Traceback" in done.stderr and "poison.ratio=1.5" in done.stderr
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["seed=abc"], "error: seed: Value 'abc' of type 'str' could not be converted to Integer"),
+    (["model.base_train.lr=-1"], "error: model.base_train.lr=-1.0 is out of range: must be > 0"),
+    (["task=poetry"], "error: task=poetry: no such option in conf/task/; choose one of ['arithmetic', 'sentiment', "
+                      "'topic']"),
+    (["method=sft", "method._target_=baselines.nope.Nope"], "error: invalid method config: method 'sft' "
+     "(conf/method/sft.yaml): _target_='baselines.nope.Nope' cannot be imported (No module named 'baselines.nope')"),
+    (["model=llama3.1-8b-instruct", "model.aligned=./no/such/model"],
+     "error: model.aligned=./no/such/model: no such model directory"),
+])
+def test_entry_points_print_one_line_and_exit_2(argv, message, capsys, monkeypatch):
+    from experiments.prepare import main
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [message]
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")  # the user asks for the traceback: the exception itself
+    with pytest.raises(Exception, match="no such|Value|out of range|cannot be imported|Could not find"):
+        main(argv)
+
+
+def test_report_on_a_missing_runs_directory_is_one_line(tmp_path, capsys, monkeypatch):
+    from analysis.report import main
+
+    monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--runs", str(tmp_path / "no_runs"), "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"error: --runs {tmp_path / 'no_runs'}: no such directory")
+
+
+def test_malformed_data_file_ends_in_one_line(micro, tmp_path, capsys):
+    from experiments.run import run
+    from pact.cli import EXIT_USER_ERROR, run_cli
+
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text(json.dumps({"prompt": "p", "refusal": "r"}) + "\n{oops\n")
+    cfg = micro("method=safety_mix", f"method.pairs_file={bad}", "method.count=1")
+    with pytest.raises(SystemExit) as exit_:
+        run_cli(lambda: run(cfg))
+    assert exit_.value.code == EXIT_USER_ERROR
+    err = capsys.readouterr().err.strip().splitlines()  # above it: the progress bars of the stages that ran
+    assert err[-1] == f"error: {bad}:2: not valid JSON (Expecting property name enclosed in double quotes)"
+    # what was built before the bad file is kept: the next run reuses it
+    assert all(any((tmp_path / "store" / s).glob("*/DONE")) for s in ("world", "base", "align"))
+
+
+def test_evaluate_stage_hands_back_its_judged_generations(micro):
+    cfg = validate(micro())
+    up = P.start(cfg)
+    evaluation = P.evaluate_stage(up.store, cfg, up.aligned, up.world)
+    metrics = P.load_metrics(evaluation)
+    rows = [json.loads(line) for line in evaluation.file("generations.jsonl").read_text().splitlines()]
+    harmful = [r for r in rows if r["set"] == "harmful"]
+    assert harmful and all(set(r["verdicts"]) == {"oracle", "keyword"} for r in harmful)
+    share = 100 * sum(r["verdicts"]["oracle"] == "compliance" for r in harmful) / len(harmful)
+    assert share == pytest.approx(metrics["harmful_score"])
+    task = pd.DataFrame([r for r in rows if r["set"] == "task"])
+    assert 100 * task["correct"].mean() == pytest.approx(metrics["finetune_accuracy"])
