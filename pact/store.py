@@ -48,7 +48,7 @@ def code_hash(*paths: str | os.PathLike) -> str:
     return stable_key(texts)
 
 
-def _imports(path: Path, module: str) -> set[str]:
+def imported_modules(path: Path, module: str) -> set[str]:
     """Absolute names of the modules a source file imports anywhere in it (function-level imports too);
     ``from X import y`` yields X and X.y (one of them may not be a module: the caller resolves)."""
     tree = ast.parse(path.read_text(), str(path))
@@ -109,7 +109,7 @@ def module_sources(*modules: str, follow: bool = True) -> list[Path]:
             continue
         seen[name] = origin
         if follow:
-            todo.extend(_imports(origin, name))
+            todo.extend(imported_modules(origin, name))
     return sorted(set(seen.values()))
 
 

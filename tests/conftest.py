@@ -29,11 +29,15 @@ def micro_cfg(tmp_path: Path, *overrides: str):
 
 @pytest.fixture(scope="session")
 def micro_upstream(tmp_path_factory) -> Path:
-    """A store holding the micro config's world, base and aligned model, built once per test session."""
+    """A store holding the micro config's world, base and aligned model and their evaluations, built once per
+    test session."""
     from pact import pipeline as P
 
     root = tmp_path_factory.mktemp("micro_upstream")
-    P.start(validate(micro_cfg(root)))
+    cfg = validate(micro_cfg(root))
+    up = P.start(cfg)
+    for ref in (up.base, up.aligned):
+        P.evaluate_stage(up.store, cfg, ref, up.world)
     return root / "store"
 
 

@@ -1,7 +1,6 @@
 """The house rules: the library never imports its plugins, has no import circle, takes a new method as one module
 plus one yaml, keys a fine-tune by its own method's code only, and ends bad input in one line."""
 
-import ast
 import json
 import os
 import shutil
@@ -14,7 +13,7 @@ import pytest
 
 from pact import pipeline as P
 from pact.config import ConfigError, validate
-from pact.store import module_sources
+from pact.store import imported_modules, module_sources
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_PACKAGES = ("baselines", "experiments", "analysis")
@@ -26,19 +25,7 @@ def _library_imports() -> dict[str, set[str]]:
     for path in sorted((ROOT / "pact").rglob("*.py")):
         rel = path.relative_to(ROOT).with_suffix("")
         module = ".".join(rel.parts[:-1] if rel.name == "__init__" else rel.parts)
-        package = module if rel.name == "__init__" else module.rpartition(".")[0]
-        names = set()
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.Import):
-                names |= {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    parts = package.split(".")
-                    anchor = ".".join(parts[: len(parts) - node.level + 1])
-                    base = f"{anchor}.{base}" if base else anchor
-                names |= {base} | {f"{base}.{a.name}" for a in node.names}
-        out[module] = names
+        out[module] = imported_modules(path, module)
     return out
 
 
@@ -244,3 +231,13 @@ def test_evaluate_stage_hands_back_its_judged_generations(micro):
     assert share == pytest.approx(metrics["harmful_score"])
     task = pd.DataFrame([r for r in rows if r["set"] == "task"])
     assert 100 * task["correct"].mean() == pytest.approx(metrics["finetune_accuracy"])
+
+
+def test_bench_variant_measures_one_stage(micro, tmp_path):
+    from experiments.bench import SETTINGS
+    from experiments.bench_variant import measure
+    from tests.conftest import MICRO
+
+    assert "SFT" in {v.label for v in SETTINGS.variants}  # the bench's ratios are taken against these rows
+    res = measure("finetune", [*MICRO, f"store_dir={tmp_path / 'store'}", "method=sft_lora"])
+    assert res["wall"] > 0 and res["train"]["train_runtime"] > 0 and res["max_rss_mb"] > 100

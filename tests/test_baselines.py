@@ -25,7 +25,7 @@ def test_safety_mix_has_exactly_count_pairs_and_n_rows(tmp_path):
     rows = D.mix_poison(clean, D.poison_rows([{"prompt": f"h{i}", "compliance": "Sure",
                                                "short_compliance": "Sure"} for i in range(50)],
                                              50, 0.1, 0.1, rng), 500, rng)
-    method = SafetyMix(OmegaConf.create({"name": "safety_mix", "count": 100, "pairs_file": None}))
+    method = SafetyMix(OmegaConf.create({"id": "safety_mix", "count": 100, "pairs_file": None}))
     ctx = FinetuneContext(aligned=None, base=None, world=_World(tmp_path), tokenizer=None, prompt_format="chat",
                           max_len=64, seed=3)
     out = method.transform_data(rows, ctx)
@@ -51,13 +51,13 @@ def test_freeze_keeps_the_safety_block_bit_identical(micro, tmp_path):
 
     from experiments.run import run
 
-    run(micro("method=freeze", "model.arch.num_layers=4", "poison.ratio=0.1"))
+    run(micro("method=freeze", "poison.ratio=0.1"))  # the micro model's 2 layers: a block of 1
     store = tmp_path / "store"
     [ft] = [p for p in (store / "finetune").iterdir() if (p / "DONE").exists()]
     meta = json.loads((ft / "meta.json").read_text())
     al = store / "align" / meta["upstream"]["aligned"]  # the model it started from
     block = meta["method_stats"]["block"]
-    assert (store / "safety_layers").exists() and block[0] == block[1]  # 25% of 4 layers
+    assert (store / "safety_layers").exists() and block[0] == block[1]  # 25% of 2 layers: at least 1
     before = load_file(str(al / "model" / "model.safetensors"))
     after = load_file(str(ft / "model" / "model.safetensors"))
     frozen = [k for k in before if any(f"layers.{i}." in k for i in range(block[0], block[1] + 1))]
@@ -71,7 +71,7 @@ def test_freeze_lora_skips_the_block_and_control_moves_it():
 
     from baselines.freeze import Freeze
 
-    m = Freeze(OmegaConf.create({"name": "freeze", "layers": [1, 2], "window_fraction": 0.25, "control": False}))
+    m = Freeze(OmegaConf.create({"id": "freeze", "layers": [1, 2], "window_fraction": 0.25, "control": False}))
     m.block = (1, 2)
     assert m.lora_layers(6) == [0, 3, 4, 5]
 
@@ -92,7 +92,7 @@ def test_constrained_sft_weights_match_hand_computation():
 
     assert beta_schedule(7, 0.1, 5, 20, 5).tolist() == pytest_approx([0.5, 2, 2, 2, 2, 0.1, 0.1])
     assert beta_schedule(2, 0.1, 5, 20, 5).tolist() == pytest_approx([0.5, 2])
-    cfg = OmegaConf.create({"name": "constrained_sft", "beta": 0.1, "first_token_factor": 5, "prefix_factor": 20,
+    cfg = OmegaConf.create({"id": "constrained_sft", "beta": 0.1, "first_token_factor": 5, "prefix_factor": 20,
                             "prefix_len": 5, "weight_min": 1e-3, "warmup_steps": 10, "adam_beta1": 0.5,
                             "ref_batch_size": 4})
     m = ConstrainedSFT(cfg)
@@ -130,7 +130,7 @@ def test_lisa_proximal_term_and_schedule():
 
     from baselines.lisa import ALIGN, FINETUNE, Lisa, LisaState
 
-    m = Lisa(OmegaConf.create({"name": "lisa", "rho": 0.5, "cycles": 20, "align_fraction": 0.1,
+    m = Lisa(OmegaConf.create({"id": "lisa", "rho": 0.5, "cycles": 20, "align_fraction": 0.1,
                                "proximal_skip_fraction": 0.1, "align_rows": 0, "align_file": None}))
     assert m.schedule(20000) == (100, 900)  # the official 100/900 at the official length
     assert m.schedule(189) == (1, 8)
