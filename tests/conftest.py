@@ -13,11 +13,12 @@ from pact.config import compose_config, validate
 MICRO = [
     "world=small", "model=toy_small", "world.base_harmful_prompts=400", "world.base_benign_prompts=200",
     "world.align_benign_prompts=100", "world.task_train=200", "world.task_test=40", "world.task_pretrain=60",
-    "world.vocab_size=600", "world.benign_eval_prompts=20",
+    "world.vocab_size=600", "world.benign_eval_prompts=20", "world.tokens_pairs=64",
     "model.arch.hidden_size=32", "model.arch.intermediate_size=64", "model.arch.num_heads=2",
-    "model.base_train.max_steps=40", "model.align_train.max_steps=30",
+    "model.base_train.max_steps=20", "model.align_train.max_steps=15",
     "model.base_train.batch_size=16", "model.align_train.batch_size=16",
     "finetune.n=80", "finetune.optim.epochs=1", "eval.limit=24", "engine.batch_size=32",
+    "eval.harmful_max_new_tokens=24", "eval.benign_max_new_tokens=24",
 ]
 
 
@@ -29,15 +30,17 @@ def micro_cfg(tmp_path: Path, *overrides: str):
 
 @pytest.fixture(scope="session")
 def micro_upstream(tmp_path_factory) -> Path:
-    """A store holding the micro config's world, base and aligned model and their evaluations, built once per
-    test session."""
+    """A store holding the micro config's world, base and aligned model, their evaluations and PACT's safety set,
+    built once per test session."""
     from pact import pipeline as P
+    from pact.tokens_stage import tokens_stage
 
     root = tmp_path_factory.mktemp("micro_upstream")
-    cfg = validate(micro_cfg(root))
+    cfg = validate(micro_cfg(root, "method=pact"))
     up = P.start(cfg)
     for ref in (up.base, up.aligned):
         P.evaluate_stage(up.store, cfg, ref, up.world)
+    tokens_stage(up.store, cfg.method.tokens, up.aligned, up.base, up.world, cfg.model.dtype)
     return root / "store"
 
 

@@ -61,12 +61,21 @@ def test_pact_math_imports_only_torch():
 
 
 def test_every_method_yaml_names_a_method_class_and_its_own_label():
+    from omegaconf import OmegaConf
+
     from pact.config import compose_config
+    from pact.methods import Method, method_class
+
+    def load(stem: str):  # a method yaml over the one its defaults name (how Hydra composes them)
+        node = OmegaConf.load(ROOT / "conf" / "method" / f"{stem}.yaml")
+        parents = [d for d in node.pop("defaults", []) if d != "_self_"]
+        return OmegaConf.merge(*(load(p) for p in parents), node)
 
     for path in sorted((ROOT / "conf" / "method").glob("*.yaml")):
-        cfg = compose_config([f"method={path.stem}"])
-        assert cfg.method.id == path.stem  # records, tables and error messages name the yaml by its id
-        assert "name" not in cfg.method
+        method = load(path.stem)
+        assert method.id == path.stem  # records, tables and error messages name the yaml by its id
+        assert "name" not in method and issubclass(method_class(method), Method)
+    assert compose_config(["method=pact_lora"]).method == load("pact_lora")  # as Hydra composes it
 
 
 PLUGIN = '''

@@ -171,11 +171,13 @@ def test_vaccine_perturbation_has_norm_rho_and_is_gone_after_training(micro, tmp
         return loss
 
     VaccineAlignment.training_step = spy
+    cfg = micro("method=vaccine", "poison.ratio=0.1")
     try:
-        run(micro("method=vaccine", "poison.ratio=0.1"))
+        run(cfg)
     finally:
         VaccineAlignment.training_step = orig
-    assert len(seen) == 30 and all(abs(x - 2.0) < 1e-4 for x in seen)  # every alignment step, norm rho
+    # every alignment step perturbed, with norm rho
+    assert len(seen) == cfg.model.align_train.max_steps and all(abs(x - 2.0) < 1e-4 for x in seen)
     aligns = [p for p in (tmp_path / "store" / "align").iterdir() if (p / "DONE").exists()]
     assert len(aligns) == 2  # the standard aligned model and the Vaccine-aligned one
     records = sorted(p.name for p in (tmp_path / "runs" / "default").glob("*.json"))

@@ -84,6 +84,7 @@ def test_killed_finetune_reruns_to_completion_without_reusing_partial(micro, tmp
     assert {k: rec[k] for k in METRICS} == {k: metrics[k] for k in METRICS}
 
 
+@pytest.mark.slow  # wandb starts its own service process
 def test_wandb_logger_runs_offline_without_key_or_network(micro, tmp_path, monkeypatch):
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_MODE", "offline")
@@ -102,6 +103,7 @@ def test_wandb_logger_runs_offline_without_key_or_network(micro, tmp_path, monke
     assert {row[3] for row in data["data"][:6]} <= {"refusal", "compliance", "other"}
 
 
+@pytest.mark.slow  # wandb starts its own service process
 def test_wandb_runs_are_grouped_by_experiment_and_tagged(micro, tmp_path, monkeypatch):
     from experiments.run import start_logger
 
