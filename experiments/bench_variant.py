@@ -18,6 +18,18 @@ MODES = ("finetune", "align")
 PREFIX = "BENCH"
 
 
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process since it started (``VmHWM``). Linux carries ``ru_maxrss`` over
+    ``exec`` from the parent, so a child started by a large parent would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:  # not Linux
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def measure(mode: str, overrides: list[str]) -> dict:
     """Build the ``mode`` stage of the config made of ``overrides`` (upstream artifacts are expected to be
     reused from the store) and measure it."""
@@ -36,7 +48,7 @@ def measure(mode: str, overrides: list[str]) -> dict:
     wall = time.time() - t0
     meta = json.loads((Path(ref.path).parent / "meta.json").read_text())
     return {"wall": wall, "train": meta["train"], "method_stats": meta.get("method_stats", {}),
-            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "max_rss_mb": peak_rss_mb()}
 
 
 def main(argv: list[str] | None = None) -> None:

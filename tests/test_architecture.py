@@ -250,3 +250,14 @@ def test_bench_variant_measures_one_stage(micro, tmp_path):
     assert "SFT" in {v.label for v in SETTINGS.variants}  # the bench's ratios are taken against these rows
     res = measure("finetune", [*MICRO, f"store_dir={tmp_path / 'store'}", "method=sft_lora"])
     assert res["wall"] > 0 and res["train"]["train_runtime"] > 0 and res["max_rss_mb"] > 100
+
+
+@pytest.mark.slow
+def test_bench_child_reports_its_own_peak_memory_not_its_parents(tmp_path):
+    ballast = bytearray(2 * 1024**3)  # the parent's peak: 2 GiB
+    ballast[:: 4096] = b"x" * len(ballast[:: 4096])  # touch every page so it is resident
+    code = "from experiments.bench_variant import peak_rss_mb; print(peak_rss_mb())"
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    del ballast
+    assert 50 < float(done.stdout.strip().splitlines()[-1]) < 1500, done.stderr[-2000:]
