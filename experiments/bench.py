@@ -61,11 +61,10 @@ def main(argv: list[str] | None = None) -> None:
     main_store = run_cli(lambda: prepare_upstream(args.overrides))
     rows = []
     for variant in SETTINGS.variants:
-        overrides = [*args.overrides, *variant.overrides]
-        label, adapter = variant.label, compose_config(overrides).method.adapter
-        res = run_variant(main_store, overrides)
+        res = run_variant(main_store, [*args.overrides, *variant.overrides])
+        label, adapter = variant.label, res["adapter"]
         steps = res["train"]["train_runtime"] * res["train"]["train_steps_per_second"]
-        res.update(label=label, adapter=adapter, steps=round(steps),
+        res.update(label=label, steps=round(steps),
                    step_s=res["train"]["train_runtime"] / max(steps, 1))
         rows.append(res)
         print(f"{adapter:5s} {label:32s} step {res['step_s'] * 1000:7.1f} ms  stage {res['wall']:6.1f} s  "

@@ -1,6 +1,6 @@
 """One timed variant of ``experiments.bench``, run in a fresh process so that its peak memory is its own:
 ``python -m experiments.bench_variant {finetune,align} [overrides]``. Prints one line ``BENCH{json}``: the
-stage's wall time, the Trainer's metrics, the method's stats and the process's peak RSS."""
+stage's wall time, the Trainer's metrics, the method's stats and adapter, and the process's peak RSS."""
 
 from __future__ import annotations
 
@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 from pact import pipeline as P
-from pact.cli import run_cli
+from pact.cli import fail, run_cli
 from pact.config import compose_config
+from pact.methods import build_method
 
 MODES = ("finetune", "align")
 PREFIX = "BENCH"
@@ -34,12 +35,12 @@ def measure(mode: str, overrides: list[str]) -> dict:
     """Build the ``mode`` stage of the config made of ``overrides`` (upstream artifacts are expected to be
     reused from the store) and measure it."""
     if mode not in MODES:
-        raise SystemExit(f"error: mode {mode!r}; choose one of {list(MODES)}")
+        fail(f"mode {mode!r}; choose one of {list(MODES)}")
     cfg = compose_config(overrides)
     up = P.start(cfg, models=mode == "finetune")
     if mode == "align":  # an alignment stage on its own (an alignment-stage defence's cost is there)
         base = P.base_stage(up.store, cfg.model, up.world)
-        defence = cfg.method if P.build_method(cfg.method).alignment_method() is not None else None
+        defence = cfg.method if build_method(cfg.method).alignment_method() is not None else None
         t0 = time.time()
         ref = P.align_stage(up.store, cfg.model, base, up.world, defence)
     else:
@@ -48,7 +49,7 @@ def measure(mode: str, overrides: list[str]) -> dict:
     wall = time.time() - t0
     meta = json.loads((Path(ref.path).parent / "meta.json").read_text())
     return {"wall": wall, "train": meta["train"], "method_stats": meta.get("method_stats", {}),
-            "max_rss_mb": peak_rss_mb()}
+            "adapter": cfg.method.adapter, "max_rss_mb": peak_rss_mb()}
 
 
 def main(argv: list[str] | None = None) -> None:

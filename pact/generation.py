@@ -70,15 +70,23 @@ class VLLMEngine(Engine):
         return [r.outputs[0].text.strip() for r in results]
 
 
-# engine.name -> its class (config validation reads the names from here).
-ENGINES: dict[str, type[Engine]] = {"hf": HFEngine, "vllm": VLLMEngine}
+def _hf(cfg: Any, model, tokenizer, model_path: Path | None, dtype: str, seed: int,
+        trust_remote_code: bool) -> Engine:
+    return HFEngine(model, tokenizer, int(cfg.batch_size))
+
+
+def _vllm(cfg: Any, model, tokenizer, model_path: Path | None, dtype: str, seed: int,
+          trust_remote_code: bool) -> Engine:
+    return VLLMEngine(model_path, tokenizer, cfg, dtype, seed, trust_remote_code)
+
+
+# engine.name -> how to build it (build_engine dispatches here; config validation reads the names).
+ENGINES = {"hf": _hf, "vllm": _vllm}
 
 
 def build_engine(cfg: Any, model, tokenizer, model_path: Path | None, dtype: str, seed: int,
                  trust_remote_code: bool = False) -> Engine:
     """The engine named by ``cfg.name``."""
-    if cfg.name == "hf":
-        return HFEngine(model, tokenizer, int(cfg.batch_size))
-    if cfg.name == "vllm":
-        return VLLMEngine(model_path, tokenizer, cfg, dtype, seed, trust_remote_code)
-    raise ValueError(f"engine.name={cfg.name!r}; expected one of {sorted(ENGINES)}")
+    if cfg.name not in ENGINES:
+        raise ValueError(f"engine.name={cfg.name!r}; expected one of {sorted(ENGINES)}")
+    return ENGINES[cfg.name](cfg, model, tokenizer, model_path, dtype, seed, trust_remote_code)

@@ -149,12 +149,12 @@ def check_models(cfg: DictConfig) -> None:
 
 
 def model_refs(store: Store, cfg: DictConfig, world: Artifact) -> tuple[ModelRef | None, ModelRef]:
-    """(base, aligned) for the configured model: trained here (toy) or named on the hub/disk (hub)."""
+    """(base, aligned) for the configured model: trained here (toy) or named on the hub/disk (hub; their local
+    paths are checked by :func:`start` before any work)."""
     m = cfg.model
     if m.kind == "toy":
         base = base_stage(store, m, world)
         return base, align_stage(store, m, base, world)
-    check_models(cfg)
     aligned = ModelRef(stable_key({"hub": m.aligned, "dtype": m.dtype}), m.aligned, "chat", m.aligned)
     base = ModelRef(stable_key({"hub": m.base, "dtype": m.dtype}), m.base, "plain", m.aligned) if m.base else None
     return base, aligned

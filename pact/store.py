@@ -86,31 +86,32 @@ def _local_origin(name: str, roots: tuple[Path, ...]) -> Path | None:
     return origin
 
 
-def module_sources(*modules: str, follow: bool = True) -> list[Path]:
-    """Source files of ``modules`` and (``follow``) of every module they import, transitively, that lives in
-    this repository or in the modules' own top-level packages (a plugin outside the repository): the code a
-    stage runs, for its key. Installed libraries are not followed."""
+def module_sources(*modules: str) -> list[Path]:
+    """Source files of ``modules`` and of every module they import, transitively, that lives in this repository
+    or in the modules' own top-level packages (a plugin outside the repository): the code a stage runs, for its
+    key. Installed libraries are not followed."""
     roots = {REPO_ROOT}
     for name in modules:
         origin = _local_origin(name.partition(".")[0], (Path("/"),))
         if origin is not None:
             roots.add(origin.parent)
     roots_t = tuple(roots)
-    seen: dict[str, Path] = {}
+    visited: set[str] = set()
+    found: set[Path] = set()
     todo = list(modules)
     while todo:
         name = todo.pop()
-        if name in seen:
+        if name in visited:
             continue
+        visited.add(name)
         origin = _local_origin(name, roots_t)
         if origin is None:
             if name in modules:
                 raise ModuleNotFoundError(f"no source file for module {name!r}")
             continue
-        seen[name] = origin
-        if follow:
-            todo.extend(imported_modules(origin, name))
-    return sorted(set(seen.values()))
+        found.add(origin)
+        todo.extend(imported_modules(origin, name))
+    return sorted(found)
 
 
 @dataclass(frozen=True)
