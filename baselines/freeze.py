@@ -85,14 +85,13 @@ class Freeze(Method):
         self.stats.update(block=[a, b], depth=depth, control=bool(self.cfg.control))
 
     def _localise(self, ctx: FinetuneContext, model, depth: int) -> tuple[int, int]:
-        if ctx.world is None:
-            raise ValueError("method.layers=auto needs the toy world's prompts; set method.layers=[a, b]")
         n_prompts = int(self.cfg.localise_prompts)
         slice_ = {"prompts": n_prompts, "fraction": float(self.cfg.window_fraction)}
 
         def build(tmp):
-            harmful = [r["prompt"] for r in D.read_jsonl(ctx.world.file("harmful_align.jsonl"), ("prompt",))]
-            benign = [r["prompt"] for r in D.read_jsonl(ctx.world.file("benign_train.jsonl"), ("prompt",))]
+            harmful_file, benign_file = ctx.data.localisation_prompts()
+            harmful = [r["prompt"] for r in D.read_jsonl(harmful_file, ("prompt",))]
+            benign = [r["prompt"] for r in D.read_jsonl(benign_file, ("prompt",))]
             gaps = cosine_gap_by_layer(model, ctx.tokenizer, harmful[:n_prompts],
                                        benign[:n_prompts], ctx.prompt_format)
             width = max(1, round(float(self.cfg.window_fraction) * depth))
@@ -101,7 +100,7 @@ class Freeze(Method):
             return {"block": list(block), "gaps": gaps}
 
         art = ctx.store.build("safety_layers", {**slice_, "key": stable_key(slice_)},
-                              {"aligned": ctx.aligned.key, "world": ctx.world.key}, build)
+                              {"aligned": ctx.aligned.key, **ctx.data.upstream}, build)
         a, b = json.loads(art.file("safety_layers.json").read_text())["block"]
         return int(a), int(b)
 

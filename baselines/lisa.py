@@ -63,9 +63,7 @@ class Lisa(Method):
         self.last_proximal = 0.0
 
     def prepare(self, ctx: FinetuneContext) -> None:
-        source = self.cfg.get("align_file") or (ctx.world.file("harmful_align.jsonl") if ctx.world else None)
-        if source is None:
-            raise ValueError("method.align_file is required without a toy world")
+        source = self.cfg.get("align_file") or ctx.data.alignment_pairs()
         pairs = D.read_jsonl(source, ("prompt", "refusal"))[: int(self.cfg.align_rows) or None]
         rows = [{"prompt": p["prompt"], "answer": p["refusal"]} for p in pairs]
         self.align_examples = D.encode_sft(rows, ctx.tokenizer, ctx.prompt_format, ctx.max_len)

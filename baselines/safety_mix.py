@@ -12,14 +12,13 @@ from pact.methods import FinetuneContext, Method
 
 
 class SafetyMix(Method):
-    """``count`` refusal pairs from the world's alignment split (disjoint from evaluation prompts) take the
+    """``count`` refusal pairs (the toy world's alignment split; real data: PACT's safety pairs, the aligned model's
+    own refusals; both disjoint from evaluation prompts) take the
     places of ``count`` clean user rows chosen at seeded random positions."""
 
     def transform_data(self, rows: list[dict[str, Any]], ctx: FinetuneContext) -> list[dict[str, Any]]:
         count = int(self.cfg.count)
-        source = self.cfg.get("pairs_file") or (ctx.world.file("harmful_align.jsonl") if ctx.world else None)
-        if source is None:
-            raise ValueError("method.pairs_file is required without a toy world")
+        source = self.cfg.get("pairs_file") or ctx.data.mixing_pairs(ctx.aligned, ctx.model, ctx.tokenizer)
         pairs = D.read_jsonl(source, ("prompt", "refusal"))
         clean = [i for i, r in enumerate(rows) if not r.get("poison")]
         if count > len(pairs) or count > len(clean):

@@ -26,7 +26,7 @@ from pact.config import CONF_DIR, compose_config
 from pact.tokens_stage import tokens_stage
 
 ROOT = CONF_DIR.parent
-SHARED_STAGES = ("world", "base", "align", "tokens", "safety_layers")
+SHARED_STAGES = ("world", "data", "base", "align", "tokens", "safety_pairs", "safety_layers")
 SETTINGS = OmegaConf.load(CONF_DIR / "analysis.yaml").bench  # variants and Vaccine's timed alignment steps
 
 
@@ -34,7 +34,7 @@ def prepare_upstream(overrides: list[str]) -> Path:
     """Build (or reuse) the shared artifacts in the main store; return its root."""
     cfg = compose_config(["method=pact", *overrides])
     up = P.start(cfg)
-    tokens_stage(up.store, cfg.method.tokens, up.aligned, up.base, up.world, cfg.model.dtype)
+    tokens_stage(up.store, cfg.method.tokens, up.aligned, up.base, up.data, cfg.model.dtype)
     (up.store.root / "safety_layers").mkdir(exist_ok=True)
     return up.store.root.resolve()
 

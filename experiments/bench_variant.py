@@ -45,7 +45,7 @@ def measure(mode: str, overrides: list[str]) -> dict:
         ref = P.align_stage(up.store, cfg.model, base, up.world, defence)
     else:
         t0 = time.time()
-        ref = P.finetune_stage(up.store, cfg, up.aligned, up.world, up.base)
+        ref = P.finetune_stage(up.store, cfg, up.aligned, up.data, up.base)
     wall = time.time() - t0
     meta = json.loads((Path(ref.path).parent / "meta.json").read_text())
     return {"wall": wall, "train": meta["train"], "method_stats": meta.get("method_stats", {}),

@@ -1,8 +1,9 @@
 """Build the shared upstream artifacts of a study before its sweep: ``python -m experiments.prepare [overrides]``.
 
-World, base and aligned model (and, for an alignment-stage defence named by ``method=``, its aligned model),
-with all of torch's threads (unless ``threads=N`` is given): a parallel sweep runs one thread per job, and its
-first jobs would otherwise build these serial stages on one thread while the others wait on the lock.
+The data (toy world or real sources), base and aligned model (and, for an alignment-stage defence named by
+``method=``, its aligned model), with all of torch's threads (unless ``threads=N`` is given): a parallel sweep
+runs one thread per job, and its first jobs would otherwise build these serial stages on one thread while the
+others wait on the lock.
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ def prepare(overrides: list[str]) -> None:
     """Build the upstream artifacts of the config made of ``overrides``."""
     cfg = compose_config(["threads=0", *overrides])  # threads=N still wins
     up = P.start(cfg)
-    P.defended_alignment(up.store, cfg, up.base, up.world)
-    print(f"ready: world {up.world.key}, aligned {up.aligned.key}")
+    P.defended_alignment(up.store, cfg, up.base, up.data)
+    print(f"ready: {up.data.kind} data {up.data.artifact.key}, aligned {up.aligned.key}")
 
 
 def main(argv: list[str] | None = None) -> None:

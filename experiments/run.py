@@ -36,31 +36,31 @@ def run(cfg: DictConfig, variant: str = "") -> dict[str, Any]:
     cfg = validate(cfg)
     start = time.time()
     up = P.start(cfg)  # torchrun: all ranks run every stage, rank 0 writes (pact/dist.py)
-    store, world, base, aligned = up.store, up.world, up.base, up.aligned
+    store, data, base, aligned = up.store, up.data, up.base, up.aligned
+    data_path = {f"{next(iter(data.upstream))}_path": str(data.path)}  # world_path (toy) or data_path (real)
     logger = start_logger(cfg, variant)
     for name, ref in (("base", base), ("aligned", aligned)):
         if ref is None:
             continue
-        metrics = P.load_metrics(P.evaluate_stage(store, cfg, ref, world))
-        write_record(cfg, name, None, int(cfg.model.seed), metrics, {"model": ref.key, "world": world.key},
-                     {"model_path": ref.path, "world_path": str(world.path)})
-    defended = P.defended_alignment(store, cfg, base, world)
+        metrics = P.load_metrics(P.evaluate_stage(store, cfg, ref, data))
+        write_record(cfg, name, None, int(cfg.model.seed), metrics, {"model": ref.key, **data.upstream},
+                     {"model_path": ref.path, **data_path})
+    defended = P.defended_alignment(store, cfg, base, data)
     if defended is not None:  # alignment-stage defence: its aligned model is a reference row too
-        metrics = P.load_metrics(P.evaluate_stage(store, cfg, defended, world))
+        metrics = P.load_metrics(P.evaluate_stage(store, cfg, defended, data))
         write_record(cfg, f"{cfg.method.id}_aligned", None, int(cfg.model.seed), metrics,
-                     {"model": defended.key, "world": world.key},
-                     {"model_path": defended.path, "world_path": str(world.path)})
+                     {"model": defended.key, **data.upstream}, {"model_path": defended.path, **data_path})
         aligned = defended
-    tuned = P.finetune_stage(store, cfg, aligned, world, base)
-    evaluation = P.evaluate_stage(store, cfg, tuned, world)
+    tuned = P.finetune_stage(store, cfg, aligned, data, base)
+    evaluation = P.evaluate_stage(store, cfg, tuned, data)
     metrics = P.load_metrics(evaluation)
-    paths = {"model_path": tuned.path, "world_path": str(world.path)}
+    paths = {"model_path": tuned.path, **data_path}
     ft_meta = json.loads((Path(tuned.path).parent / "meta.json").read_text())
     tokens_dir = ft_meta.get("method_stats", {}).get("tokens_dir")
     if tokens_dir:
         paths["tokens_meta"] = str(Path(tokens_dir) / "meta.json")
     path = write_record(cfg, cfg.method.id, float(cfg.poison.ratio), int(cfg.seed), metrics,
-                        {"model": tuned.key, "aligned": aligned.key, "world": world.key}, paths, variant)
+                        {"model": tuned.key, "aligned": aligned.key, **data.upstream}, paths, variant)
     if logger is not None:
         logger.log({f"eval/{k}": v for k, v in metrics.items() if isinstance(v, (int, float))})
         if cfg.logger.log_generations:

@@ -24,7 +24,7 @@ def safety_set(overrides: list[str]) -> dict:
     if "tokens" not in cfg.method:
         fail(f"method={cfg.method.id} has no safety tokens; use a PACT method")
     up = P.start(cfg)
-    art = tokens_stage(up.store, cfg.method.tokens, up.aligned, up.base, up.world, cfg.model.dtype,
+    art = tokens_stage(up.store, cfg.method.tokens, up.aligned, up.base, up.data, cfg.model.dtype,
                        cfg.model.trust_remote_code)
     meta = json.loads(art.file("meta.json").read_text())
     meta["path"] = str(art.path)

@@ -28,6 +28,8 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # implements them (pact.judges.JUDGES, pact.generation.ENGINES, pact.metrics.TASK_PARSERS, pact.models.DTYPES,
 # each method yaml's _target_).
 MODEL_KINDS = ("toy", "hub")       # pact.pipeline.model_refs: trained here, or a hub id / local path
+DATA_KINDS = ("toy", "real")       # pact.rundata: the toy world's files, or the real sources (conf/data/)
+TASK_ANSWERS = ("label", "solution")  # pact.rundata: a real task's training target
 ADAPTERS = ("full", "lora")        # pact.pipeline.finetune_stage
 LOGGERS = ("none", "wandb")        # experiments.run.start_logger
 LOGGER_MODES = ("offline", "online", "disabled")  # wandb's modes
@@ -86,7 +88,33 @@ class ModelConfig:
 @dataclass
 class TaskConfig:
     name: str = MISSING
+    kind: str = "toy"                   # toy: a toy-world task; real: built from data.sources
     max_new_tokens: int = 16
+    # kind=real: the sources of the training and test rows, the prompt (``{text}`` = the source's input) and
+    # the training target
+    train: Optional[str] = None
+    test: Optional[str] = None
+    test_rows: int = 0                  # the first rows of the test source (0 = all)
+    prompt: str = "{text}"
+    answer: str = "label"
+
+
+@dataclass
+class DataConfig:
+    kind: str = "toy"
+    judges: list[str] = field(default_factory=lambda: ["oracle", "keyword"])
+    primary_judge: str = "oracle"
+    harmful_max_new_tokens: int = 64
+    benign_max_new_tokens: int = 64
+    # kind=real (conf/data/real.yaml documents each)
+    root: Optional[str] = None
+    harmful_eval: list[str] = field(default_factory=list)
+    benign_eval: list[str] = field(default_factory=list)
+    benchmarks: dict[str, Any] = field(default_factory=dict)
+    poison: Any = None
+    safety_pairs: Any = None
+    alignment_pairs: Any = None
+    sources: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -120,7 +148,7 @@ class EngineConfig:
 
 @dataclass
 class JudgeConfig:
-    name: str = "oracle"
+    name: str = "${data.primary_judge}"
 
 
 @dataclass
@@ -147,6 +175,7 @@ class Config:
     store_dir: str = "outputs/store"
     runs_dir: str = "outputs/runs"
     threads: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
     world: WorldConfig = field(default_factory=WorldConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     task: TaskConfig = field(default_factory=TaskConfig)
@@ -209,6 +238,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError("model.aligned (a hub id or a local path) is required when model.kind='hub'")
     _choice("task.name", c.task.name, tuple(TASK_PARSERS))
     _range("task.max_new_tokens", c.task.max_new_tokens, 1)
+    _check_data(c)
     _range("poison.ratio", c.poison.ratio, 0, 1)
     _range("poison.short_max_ratio", c.poison.short_max_ratio, 0, 1)
     _range("finetune.n", c.finetune.n, 1)
@@ -226,7 +256,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"invalid method config: {err}") from None
     _choice("engine.name", c.engine.name, tuple(ENGINES))
     _range("engine.batch_size", c.engine.batch_size, 1)
-    _choice("judge.name", c.judge.name, tuple(JUDGES))
+    _choice("judge.name", c.judge.name, tuple(c.data.judges))
     _choice("logger.name", c.logger.name, LOGGERS)
     _choice("logger.mode", c.logger.mode, LOGGER_MODES)
     _range("world.task_heldout_fraction", c.world.task_heldout_fraction, 0, 1)
@@ -238,10 +268,54 @@ def validate(cfg: DictConfig) -> DictConfig:
             _range(f"world.{group}.{name}", c.world[group][name], 1)
     n_poison = round(c.poison.ratio * c.finetune.n)
     poison_pool = c.world.items_per_category["poison"] * len(HARMFUL) * c.world.templates_per_split["poison"]
-    if n_poison > poison_pool:
+    if c.data.kind == "toy" and n_poison > poison_pool:  # real data: pact.pipeline.check_sizes
         raise ConfigError(f"poison.ratio={c.poison.ratio} needs {n_poison} poison rows; the world's poison "
                           "split is smaller (raise world.items_per_category.poison)")
     return merged
+
+
+def _check_data(c: Any) -> None:
+    """The data group against the task, the model and the judges; real data: every name it uses is defined."""
+    d = c.data
+    _choice("data.kind", d.kind, DATA_KINDS)
+    _choice("task.kind", c.task.kind, DATA_KINDS)
+    if c.task.kind != d.kind:
+        raise ConfigError(f"task={c.task.name} is a {c.task.kind}-data task but data={d.kind}: pick a task of "
+                          f"conf/task/ with kind: {d.kind} (or data={c.task.kind})")
+    for j in d.judges:
+        _choice("data.judges[]", j, tuple(JUDGES))
+        if d.kind != "toy" and JUDGES[j].toy_only:
+            raise ConfigError(f"judge {j!r} reads the toy world's fields; data.judges for data={d.kind} may "
+                              f"list {[n for n, x in JUDGES.items() if not x.toy_only]}")
+    _range("data.harmful_max_new_tokens", d.harmful_max_new_tokens, 1)
+    _range("data.benign_max_new_tokens", d.benign_max_new_tokens, 1)
+    if d.kind != "real":
+        return
+    if c.model.kind == "toy":
+        raise ConfigError("data=real needs a model that reads text (model.kind=hub): the toy model is trained "
+                          "on the toy world's vocabulary; pick a model of conf/model/ with kind: hub")
+    if not d.root:
+        raise ConfigError("data.root (the folder of the real data's files) is missing")
+    if not d.harmful_eval:
+        raise ConfigError("data.harmful_eval lists no benchmark")
+    for key in ("harmful_eval", "benign_eval"):
+        for bench in d[key]:
+            if bench not in d.benchmarks:
+                raise ConfigError(f"data.{key}: benchmark {bench!r} is not defined in data.benchmarks; "
+                                  f"known: {sorted(d.benchmarks)}")
+    used = {f"data.benchmarks.{b}.source": d.benchmarks[b].source for b in [*d.harmful_eval, *d.benign_eval]}
+    used.update({"task.train": c.task.train, "task.test": c.task.test, "data.poison.full": d.poison.full,
+                 "data.safety_pairs.source": d.safety_pairs.source,
+                 "data.alignment_pairs.source": d.alignment_pairs.source})
+    used.update({f"data.poison.short[{i}]": s for i, s in enumerate(d.poison.short)})
+    for key, source in used.items():
+        if source not in d.sources:
+            raise ConfigError(f"{key}={source!r} is not a source of data.sources; known: {sorted(d.sources)}")
+    _choice("task.answer", c.task.answer, TASK_ANSWERS)
+    if "{text}" not in c.task.prompt:
+        raise ConfigError(f"task.prompt must contain {{text}} (where the source's input goes): {c.task.prompt!r}")
+    _choice("data.safety_pairs.judge", d.safety_pairs.judge, tuple(n for n, j in JUDGES.items() if not j.toy_only))
+    _range("data.safety_pairs.prompts", d.safety_pairs.prompts, 1)
 
 
 def compose_config(overrides: Sequence[str] = (), check: bool = True) -> DictConfig:

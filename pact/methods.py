@@ -20,12 +20,13 @@ from transformers import TrainerCallback
 
 @dataclass
 class FinetuneContext:
-    """What a method may read while it prepares: the aligned model, the world's data, and a store for its own
-    cached artifacts (keyed by the method's config and the aligned model's key)."""
+    """What a method may read while it prepares: the aligned model, the run's data (pact.rundata.RunData: toy world
+    or real sources), and a store for its own cached artifacts (keyed by the method's config and the aligned
+    model's key)."""
 
     aligned: Any            # pact.pipeline.ModelRef of the aligned model (the fine-tuning start point)
     base: Any               # ModelRef of the base model, or None (hub models without one)
-    world: Any              # the world Artifact (its data files), or None
+    data: Any               # the run's pact.rundata.RunData
     tokenizer: Any
     prompt_format: str
     max_len: int

@@ -70,7 +70,7 @@ class PactMethod(Method):
 
     # ---- preparation --------------------------------------------------------------------------------------
     def prepare(self, ctx: FinetuneContext) -> None:
-        art = tokens_stage(ctx.store, self.cfg.tokens, ctx.aligned, ctx.base, ctx.world, ctx.dtype)
+        art = tokens_stage(ctx.store, self.cfg.tokens, ctx.aligned, ctx.base, ctx.data, ctx.dtype)
         v, _ = load_direction(art)
         if self.cfg.subset == "vocab":
             self.ids = torch.arange(v.numel())

@@ -18,11 +18,14 @@ from transformers import set_seed
 from pact import data as D
 from pact import dist
 from pact.adapters import apply_lora
+from pact.config import ConfigError
 from pact.generation import build_engine
 from pact.judges import JUDGES
 from pact.methods import FinetuneContext, Method, build_method, method_class
-from pact.metrics import parse_answer, summarize
+from pact.metrics import score_answer, summarize, summarize_benchmarks
 from pact.models import check_model_path, load_model, load_tokenizer, save_model, toy_model
+from pact.rundata import RealData, RunData, ToyData, data_sizes, data_stage, needed_sources
+from pact.sources import check_sources
 from pact.store import Artifact, Store, code_hash, module_sources, stable_key
 from pact.training import train, training_arguments
 from pact.world.generator import WorldGenerator, WorldSpec
@@ -36,8 +39,9 @@ WORLD_CODE = code_hash(PKG / "world")
 TRAIN_CODE = code_hash(*module_sources("pact.data", "pact.models", "pact.training"))
 # A fine-tune runs this shared code plus its own method's module (and what that imports), never the modules
 # of other methods: editing one baseline changes the keys of its own fine-tunes only.
-FINETUNE_LIBRARY = ("pact.data", "pact.models", "pact.training", "pact.adapters", "pact.methods", "pact.refcache")
-GENERATE_CODE = code_hash(*module_sources("pact.generation", "pact.data"))
+FINETUNE_LIBRARY = ("pact.data", "pact.rundata", "pact.models", "pact.training", "pact.adapters", "pact.methods",
+                    "pact.refcache")
+GENERATE_CODE = code_hash(*module_sources("pact.generation", "pact.data", "pact.rundata"))
 JUDGE_CODE = code_hash(*module_sources("pact.judges", "pact.metrics"))
 
 
@@ -130,14 +134,14 @@ def align_stage(store: Store, mcfg: DictConfig, base: ModelRef, world: Artifact,
     return _train_stage(store, "align", mcfg, base, world, "align_corpus", "chat", "none", method_cfg)
 
 
-def defended_alignment(store: Store, cfg: DictConfig, base: ModelRef | None, world: Artifact) -> ModelRef | None:
+def defended_alignment(store: Store, cfg: DictConfig, base: ModelRef | None, data: RunData) -> ModelRef | None:
     """The aligned model of an alignment-stage defence (toy world only), or None for other methods."""
     if build_method(cfg.method).alignment_method() is None:
         return None
-    if cfg.model.kind != "toy" or base is None:
-        raise ValueError(f"method={cfg.method.id} changes the alignment stage, which only the toy world trains "
-                         "here; for hub models align with the defence first and pass model.aligned=<its path>")
-    return align_stage(store, cfg.model, base, world, cfg.method)
+    if cfg.model.kind != "toy" or base is None or data.kind != "toy":
+        raise ConfigError(f"method={cfg.method.id} changes the alignment stage, which only the toy world trains "
+                          "here; for hub models align with the defence first and pass model.aligned=<its path>")
+    return align_stage(store, cfg.model, base, data.artifact, cfg.method)
 
 
 def check_models(cfg: DictConfig) -> None:
@@ -148,27 +152,50 @@ def check_models(cfg: DictConfig) -> None:
             check_model_path(cfg.model.base, "model.base")
 
 
-def model_refs(store: Store, cfg: DictConfig, world: Artifact) -> tuple[ModelRef | None, ModelRef]:
-    """(base, aligned) for the configured model: trained here (toy) or named on the hub/disk (hub; their local
-    paths are checked by :func:`start` before any work)."""
+def check_data(cfg: DictConfig) -> None:
+    """With real data, every source file the run reads must exist and match MANIFEST.json (pact.sources):
+    checked before any stage runs or any model loads."""
+    if cfg.data.kind == "real":
+        check_sources(cfg.data, needed_sources(cfg))
+
+
+def check_sizes(cfg: DictConfig, data: RunData) -> None:
+    """finetune.n and poison.ratio against the rows the real data holds (the toy world's pool is checked by
+    pact.config.validate)."""
+    if data.kind != "real":
+        return
+    sizes = data_sizes(data.artifact)
+    n, ratio = int(cfg.finetune.n), float(cfg.poison.ratio)
+    count = round(ratio * n)
+    pool = "poison_short" if ratio <= float(cfg.poison.short_max_ratio) else "poison_full"
+    if n - count > sizes["task_train"]:
+        raise ConfigError(f"finetune.n={n} with poison.ratio={ratio:g} needs {n - count} task rows; "
+                          f"{cfg.task.train} has {sizes['task_train']}")
+    if count > sizes[pool]:
+        raise ConfigError(f"poison.ratio={ratio:g} with finetune.n={n} needs {count} poison rows; {pool} holds "
+                          f"{sizes[pool]} after removing the evaluation benchmarks' prompts (data.poison)")
+
+
+def model_refs(store: Store, cfg: DictConfig, data: RunData) -> tuple[ModelRef | None, ModelRef]:
+    """(base, aligned) for the configured model: trained here on the toy world (toy) or named on the hub/disk
+    (hub; their local paths are checked by :func:`start` before any work)."""
     m = cfg.model
     if m.kind == "toy":
-        base = base_stage(store, m, world)
-        return base, align_stage(store, m, base, world)
+        base = base_stage(store, m, data.artifact)
+        return base, align_stage(store, m, base, data.artifact)
     aligned = ModelRef(stable_key({"hub": m.aligned, "dtype": m.dtype}), m.aligned, "chat", m.aligned)
     base = ModelRef(stable_key({"hub": m.base, "dtype": m.dtype}), m.base, "plain", m.aligned) if m.base else None
     return base, aligned
 
 
 # ---- finetune ----------------------------------------------------------------------------------------------
-def finetune_rows(cfg: DictConfig, world: Artifact) -> list[dict[str, Any]]:
+def finetune_rows(cfg: DictConfig, data: RunData) -> list[dict[str, Any]]:
     """The user's fine-tuning set: n task rows with round(p * n) poison rows at seeded positions."""
     rng = random.Random(int(cfg.seed))
-    clean = D.read_jsonl(world.file(f"{cfg.task.name}_train.jsonl"), required=("prompt", "answer"))
+    clean = data.task_rows(cfg.task.name)
     n = int(cfg.finetune.n)
     count = round(float(cfg.poison.ratio) * n)
-    harmful = D.read_jsonl(world.file("harmful_poison.jsonl"), required=("prompt", "compliance"))
-    poison = D.poison_rows(harmful, count, float(cfg.poison.ratio), float(cfg.poison.short_max_ratio), rng)
+    poison = data.poison_rows(count, float(cfg.poison.ratio), float(cfg.poison.short_max_ratio), rng)
     return D.mix_poison(clean, poison, n, rng)
 
 
@@ -184,22 +211,22 @@ def finetune_slice(cfg: DictConfig) -> dict[str, Any]:
             "seed": int(cfg.seed), "max_len": int(cfg.model.max_len), "code": finetune_code(cfg.method)}
 
 
-def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, world: Artifact,
+def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, data: RunData,
                    base: ModelRef | None = None) -> ModelRef:
     """Fine-tune the aligned model with the configured method on the (possibly poisoned) task data."""
-    upstream = {"aligned": aligned.key, "world": world.key, **({"base": base.key} if base else {})}
+    upstream = {"aligned": aligned.key, **data.upstream, **({"base": base.key} if base else {})}
 
     def build(tmp: Path) -> dict[str, Any]:
         tok = load_tokenizer(aligned.tokenizer_path, cfg.model.trust_remote_code)
         model = load_model(aligned.path, cfg.model.dtype, cfg.model.trust_remote_code)
         method = build_method(cfg.method)
         adapter = cfg.method.get("adapter", "full")
-        ctx = FinetuneContext(aligned=aligned, base=base, world=world, tokenizer=tok,
+        ctx = FinetuneContext(aligned=aligned, base=base, data=data, tokenizer=tok,
                               prompt_format=aligned.prompt_format, max_len=int(cfg.model.max_len),
                               seed=int(cfg.seed), dtype=cfg.model.dtype, store=store, adapter=adapter,
                               model=model)
         method.prepare(ctx)
-        rows = method.transform_data(finetune_rows(cfg, world), ctx)
+        rows = method.transform_data(finetune_rows(cfg, data), ctx)
         D.write_jsonl(tmp / "finetune_data.jsonl", rows)
         examples = D.encode_sft(rows, tok, aligned.prompt_format, int(cfg.model.max_len))
         examples = method.prepare_examples(examples, ctx)
@@ -223,12 +250,15 @@ def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, world: Arti
 
 
 # ---- generate and evaluate --------------------------------------------------------------------------------
-def generate_stage(store: Store, cfg: DictConfig, ref: ModelRef, world: Artifact) -> Artifact:
-    """Greedy generations on held-out harmful prompts, benign look-alikes and the task's test set."""
+def generate_stage(store: Store, cfg: DictConfig, ref: ModelRef, data: RunData) -> Artifact:
+    """Greedy generations on held-out harmful prompts, benign look-alikes and the task's test set (real data:
+    on each configured benchmark)."""
     slice_ = {"eval": _plain(cfg.eval), "engine": {"name": cfg.engine.name, "batch_size": cfg.engine.batch_size},
-              "task": _plain(cfg.task), "prompt_format": ref.prompt_format, "dtype": cfg.model.dtype,
-              "code": GENERATE_CODE}
-    upstream = {"model": ref.key, "world": world.key}
+              "task": {"name": cfg.task.name, "max_new_tokens": cfg.task.max_new_tokens},  # its rows: data's key
+              "prompt_format": ref.prompt_format, "dtype": cfg.model.dtype, "code": GENERATE_CODE}
+    if data.kind != "toy":
+        slice_["benchmarks"] = [*cfg.data.harmful_eval, *cfg.data.benign_eval]
+    upstream = {"model": ref.key, **data.upstream}
 
     def build(tmp: Path) -> dict[str, Any]:
         tok = load_tokenizer(ref.tokenizer_path, cfg.model.trust_remote_code)
@@ -238,17 +268,13 @@ def generate_stage(store: Store, cfg: DictConfig, ref: ModelRef, world: Artifact
         engine = build_engine(cfg.engine, model, tok, Path(ref.path), cfg.model.dtype, int(cfg.seed),
                               cfg.model.trust_remote_code)
         limit = int(cfg.eval.limit) or None
-        sets = {
-            "harmful": ("harmful_eval", ("prompt", "action", "head"), int(cfg.eval.harmful_max_new_tokens)),
-            "benign": ("benign_eval", ("prompt", "action", "head"), int(cfg.eval.benign_max_new_tokens)),
-            "task": (f"{cfg.task.name}_test", ("prompt", "label"), int(cfg.task.max_new_tokens)),
-        }
         records = []
-        for name, (file, fields, max_new) in sets.items():
-            rows = D.read_jsonl(world.file(f"{file}.jsonl"), fields)[:limit]
+        for es in data.eval_sets(cfg):
+            rows = D.read_jsonl(es.file, es.fields)[:limit]
             ids = [D.prompt_ids(tok, r["prompt"], ref.prompt_format) for r in rows]
-            responses = engine.generate(ids, max_new, desc=f"generate {name}")
-            records += [{"set": name, **{k: r[k] for k in fields}, "response": resp}
+            responses = engine.generate(ids, es.max_new_tokens, desc=f"generate {es.benchmark or es.kind}")
+            named = {"benchmark": es.benchmark} if es.benchmark else {}
+            records += [{"set": es.kind, **named, **{k: r[k] for k in es.fields}, "response": resp}
                         for r, resp in zip(rows, responses)]
         D.write_jsonl(tmp / "generations.jsonl", records)
         return {"n": len(records)}
@@ -256,24 +282,27 @@ def generate_stage(store: Store, cfg: DictConfig, ref: ModelRef, world: Artifact
     return store.build("generate", slice_, upstream, build)
 
 
-def evaluate_stage(store: Store, cfg: DictConfig, ref: ModelRef, world: Artifact) -> Artifact:
+def evaluate_stage(store: Store, cfg: DictConfig, ref: ModelRef, data: RunData) -> Artifact:
     """Judge the cached generations and compute the metrics: the artifact holds ``metrics.json`` and the judged
     ``generations.jsonl`` (each harmful/benign row with every judge's verdict, each task row parsed and
     scored); :func:`load_metrics` reads the former."""
-    gen = generate_stage(store, cfg, ref, world)
-    slice_ = {"judge": cfg.judge.name, "task": cfg.task.name, "code": JUDGE_CODE}
+    gen = generate_stage(store, cfg, ref, data)
+    judges = list(cfg.data.judges)
+    slice_ = {"judge": cfg.judge.name, "judges": judges, "task": cfg.task.name, "code": JUDGE_CODE}
 
     def build(tmp: Path) -> dict[str, Any]:
         records = D.read_jsonl(gen.file("generations.jsonl"), ("set", "prompt", "response"))
         by_set: dict[str, list[dict[str, Any]]] = {"harmful": [], "benign": [], "task": []}
         for rec in records:
-            if rec["set"] == "task":
-                rec["parsed"] = parse_answer(cfg.task.name, rec["response"])
-                rec["correct"] = rec["parsed"] == rec["label"]
-            else:
-                rec["verdicts"] = {j: JUDGES[j](rec, rec["response"]) for j in JUDGES}
             by_set[rec["set"]].append(rec)
-        metrics = summarize(by_set["harmful"], by_set["benign"], by_set["task"], cfg.judge.name)
+            if rec["set"] == "task":
+                rec["parsed"], rec["correct"] = score_answer(cfg.task.name, rec["response"], rec["label"])
+        judged = by_set["harmful"] + by_set["benign"]
+        verdicts = {j: JUDGES[j].judge(judged, [r["response"] for r in judged]) for j in judges}
+        for i, rec in enumerate(judged):
+            rec["verdicts"] = {j: verdicts[j][i] for j in judges}
+        summary = summarize if data.kind == "toy" else summarize_benchmarks
+        metrics = summary(by_set["harmful"], by_set["benign"], by_set["task"], cfg.judge.name)
         D.write_jsonl(tmp / "generations.jsonl", records)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         return {"metrics": metrics}
@@ -298,23 +327,42 @@ def set_threads(cfg: DictConfig) -> None:
 # ---- start-up ----------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Upstream:
-    """What every entry point starts from: the store, the toy world and the (base, aligned) models."""
+    """What every entry point starts from: the store, the run's data (toy world or real sources) and the
+    (base, aligned) models."""
 
     store: Store
-    world: Artifact
+    data: RunData
     base: ModelRef | None
     aligned: ModelRef | None
 
+    @property
+    def world(self) -> Artifact:
+        """The toy world's artifact (what the toy model's base and align stages train on)."""
+        if self.data.kind != "toy":
+            raise ConfigError("this needs the toy world (data=toy); the run uses data=real")
+        return self.data.artifact
+
+
+def build_data(store: Store, cfg: DictConfig) -> RunData:
+    """The run's data: the toy world's artifact, or the real sources' ``data`` stage (checked against the
+    sizes the config asks for)."""
+    if cfg.data.kind == "toy":
+        return ToyData(world_stage(store, cfg.world))
+    data = RealData(data_stage(store, cfg), store, cfg)
+    check_sizes(cfg, data)
+    return data
+
 
 def start(cfg: DictConfig, models: bool = True) -> Upstream:
-    """The start-up shared by every entry point and the tests, for a validated config: join torchrun's process
-    group (no-op on one process), set torch's threads, open the store, build (or reuse) the world and, with
-    ``models``, the base and aligned models."""
-    check_models(cfg)  # before any work
+    """The start-up shared by every entry point and the tests, for a validated config: check the model paths and
+    the real data's files (before any work), join torchrun's process group (no-op on one process), set torch's
+    threads, open the store, build (or reuse) the data and, with ``models``, the base and aligned models."""
+    check_models(cfg)
+    check_data(cfg)
     dist.init()
     set_threads(cfg)
     store = Store(cfg.store_dir)
-    world = world_stage(store, cfg.world)
-    base, aligned = model_refs(store, cfg, world) if models else (None, None)
-    return Upstream(store, world, base, aligned)
+    data = build_data(store, cfg)
+    base, aligned = model_refs(store, cfg, data) if models else (None, None)
+    return Upstream(store, data, base, aligned)
 

@@ -56,9 +56,10 @@ def direction_from_models(aligned_model, base_model, tokenizer, pairs: list[dict
     return v, r
 
 
-def tokens_stage(store, tcfg: Any, aligned, base, world, dtype: str = "float32", trust_remote_code: bool = False):
+def tokens_stage(store, tcfg: Any, aligned, base, data, dtype: str = "float32", trust_remote_code: bool = False):
     """The safety-token direction as a store artifact (``direction.safetensors``: v and r; ``meta.json``: S with
-    each token decoded, its mean aligned probability r and its weight v). Needs the base model."""
+    each token decoded, its mean aligned probability r and its weight v). Needs the base model. The pairs:
+    ``tcfg.pairs_file`` when set, else the run's data (pact.rundata.RunData.safety_pairs)."""
     from safetensors.torch import save_file
 
     from pact import data as D
@@ -67,13 +68,14 @@ def tokens_stage(store, tcfg: Any, aligned, base, world, dtype: str = "float32",
     if base is None:
         raise ValueError("PACT's safety tokens compare the aligned and the base model: set model.base "
                          "(a hub id or a local path)")
-    pairs_file = tcfg.get("pairs_file") or (world.file("safety_pairs.jsonl") if world else None)
-    if pairs_file is None:
-        raise ValueError("method.tokens.pairs_file is required without a toy world")
+    if tcfg.get("pairs_file"):
+        pairs_file, label, data_keys = tcfg.pairs_file, str(tcfg.pairs_file), dict(data.upstream)
+    else:
+        pairs_file, label, data_keys = data.safety_pairs(aligned)
     slice_ = {k: tcfg[k] for k in ("top_k", "k_pairs", "max_resp_len", "mode", "temperature")}
-    slice_["pairs_file"] = str(tcfg.get("pairs_file") or "world:safety_pairs")
+    slice_["pairs_file"] = label
     slice_["code"] = TOKENS_CODE
-    upstream = {"aligned": aligned.key, "base": base.key, **({"world": world.key} if world else {})}
+    upstream = {"aligned": aligned.key, "base": base.key, **data_keys}
 
     def build(tmp):
         tok = load_tokenizer(aligned.tokenizer_path, trust_remote_code)

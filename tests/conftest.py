@@ -39,8 +39,8 @@ def micro_upstream(tmp_path_factory) -> Path:
     cfg = validate(micro_cfg(root, "method=pact"))
     up = P.start(cfg)
     for ref in (up.base, up.aligned):
-        P.evaluate_stage(up.store, cfg, ref, up.world)
-    tokens_stage(up.store, cfg.method.tokens, up.aligned, up.base, up.world, cfg.model.dtype)
+        P.evaluate_stage(up.store, cfg, ref, up.data)
+    tokens_stage(up.store, cfg.method.tokens, up.aligned, up.base, up.data, cfg.model.dtype)
     return root / "store"
 
 

@@ -163,8 +163,8 @@ def _cli(tmp_path, *args, env=None):
 @pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (("experiments.run", "poison.ratio=1.5"), "error: poison.ratio=1.5 is out of range: must be >= 0 and <= 1"),
-    (("experiments.run", "task=poetry"),
-     "error: task=poetry: no such option in conf/task/; choose one of ['arithmetic', 'sentiment', 'topic']"),
+    (("experiments.run", "task=poetry"), "error: task=poetry: no such option in conf/task/; choose one of "
+     "['agnews', 'arithmetic', 'gsm8k', 'sentiment', 'sst2', 'topic']"),
 ])
 def test_hydra_entry_point_prints_one_line_and_exits_2(tmp_path, args, message):
     done = _cli(tmp_path, *args)
@@ -181,8 +181,8 @@ def test_hydra_full_error_still_shows_the_traceback(tmp_path):
 @pytest.mark.parametrize("argv,message", [
     (["seed=abc"], "error: seed: Value 'abc' of type 'str' could not be converted to Integer"),
     (["model.base_train.lr=-1"], "error: model.base_train.lr=-1.0 is out of range: must be > 0"),
-    (["task=poetry"], "error: task=poetry: no such option in conf/task/; choose one of ['arithmetic', 'sentiment', "
-                      "'topic']"),
+    (["task=poetry"], "error: task=poetry: no such option in conf/task/; choose one of ['agnews', 'arithmetic', "
+                      "'gsm8k', 'sentiment', 'sst2', 'topic']"),
     (["method=sft", "method._target_=baselines.nope.Nope"], "error: invalid method config: method 'sft' "
      "(conf/method/sft.yaml): _target_='baselines.nope.Nope' cannot be imported (No module named 'baselines.nope')"),
     (["model=llama3.1-8b-instruct", "model.aligned=./no/such/model"],
@@ -231,7 +231,7 @@ def test_malformed_data_file_ends_in_one_line(micro, tmp_path, capsys):
 def test_evaluate_stage_hands_back_its_judged_generations(micro):
     cfg = validate(micro())
     up = P.start(cfg)
-    evaluation = P.evaluate_stage(up.store, cfg, up.aligned, up.world)
+    evaluation = P.evaluate_stage(up.store, cfg, up.aligned, up.data)
     metrics = P.load_metrics(evaluation)
     rows = [json.loads(line) for line in evaluation.file("generations.jsonl").read_text().splitlines()]
     harmful = [r for r in rows if r["set"] == "harmful"]

@@ -7,14 +7,8 @@ from omegaconf import OmegaConf
 from baselines.safety_mix import SafetyMix
 from pact import data as D
 from pact.methods import FinetuneContext
-
-
-class _World:
-    def __init__(self, path):
-        self.path = path
-
-    def file(self, name):
-        return self.path / name
+from pact.rundata import ToyData
+from pact.store import Artifact
 
 
 def test_safety_mix_has_exactly_count_pairs_and_n_rows(tmp_path):
@@ -26,8 +20,9 @@ def test_safety_mix_has_exactly_count_pairs_and_n_rows(tmp_path):
                                                "short_compliance": "Sure"} for i in range(50)],
                                              50, 0.1, 0.1, rng), 500, rng)
     method = SafetyMix(OmegaConf.create({"id": "safety_mix", "count": 100, "pairs_file": None}))
-    ctx = FinetuneContext(aligned=None, base=None, world=_World(tmp_path), tokenizer=None, prompt_format="chat",
-                          max_len=64, seed=3)
+    world = ToyData(Artifact("world", "w", tmp_path))
+    ctx = FinetuneContext(aligned=None, base=None, data=world, tokenizer=None, prompt_format="chat", max_len=64,
+                          seed=3)
     out = method.transform_data(rows, ctx)
     assert len(out) == 500
     safety = [r for r in out if r.get("safety")]

@@ -26,12 +26,12 @@ def toy(tmp_path_factory, micro_upstream):
     shutil.copytree(micro_upstream, root / "store", ignore=shutil.ignore_patterns(".locks"))
     cfg = validate(micro_cfg(root, "method=pact", "poison.ratio=0.1"))
     up = P.start(cfg)
-    return cfg, up.store, up.world, up.base, up.aligned
+    return cfg, up.store, up.data, up.base, up.aligned
 
 
 def _ctx(cfg, store, world, base, aligned, adapter):
     tok = load_tokenizer(aligned.tokenizer_path)
-    return FinetuneContext(aligned=aligned, base=base, world=world, tokenizer=tok, prompt_format="chat",
+    return FinetuneContext(aligned=aligned, base=base, data=world, tokenizer=tok, prompt_format="chat",
                            max_len=int(cfg.model.max_len), seed=0, store=store, adapter=adapter)
 
 

@@ -1,0 +1,303 @@
+"""The data of a run, from the toy world or from the real sources, behind one interface (:class:`RunData`): the
+fine-tuning rows, the poison pool, the evaluation sets, and the alignment-side data the methods read (PACT's
+safety pairs, Lisa's alignment pairs, safety mixing's pairs, freeze's localisation prompts).
+
+Real data is a store stage of its own (``data``): it reads the checked local files (pact.sources), writes the
+run's task, poison, evaluation and alignment-side files in our fields, and is keyed by the files' sha256, so a
+changed file rebuilds what depends on it. A prompt that also appears in an evaluation benchmark (normalised text)
+is dropped from the poison pool and from the safety prompts, and the counts are recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from pact import data as D
+from pact.sources import GSM8K_MARK, check_sources, load_source, normalise_text
+from pact.store import Artifact, Store, code_hash, module_sources
+
+DATA_CODE = code_hash(*module_sources(__name__))
+GSM8K_TARGET_MARK = "The final answer is: "  # Vaccine gsm8k/build_dataset.py replaces "####" with this
+SAFETY_PAIRS_CODE = DATA_CODE
+
+
+def _plain(cfg: Any) -> Any:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
+
+
+@dataclass(frozen=True)
+class EvalSet:
+    """One evaluation set: its kind (``harmful``, ``benign`` or ``task``), its benchmark name (None in the toy
+    world, whose sets are unnamed), its file, the fields each generation record keeps and the new-token budget."""
+
+    kind: str
+    benchmark: str | None
+    file: Path
+    fields: tuple[str, ...]
+    max_new_tokens: int
+
+
+class RunData:
+    """What the stages and methods read. ``upstream``: the store keys the data contributes to a stage's key."""
+
+    kind = "?"
+
+    def __init__(self, artifact: Artifact, upstream_name: str):
+        self.artifact = artifact
+        self.upstream = {upstream_name: artifact.key}
+
+    @property
+    def path(self) -> Path:
+        return self.artifact.path
+
+    def task_rows(self, task: str) -> list[dict[str, Any]]:
+        raise NotImplementedError
+
+    def poison_rows(self, count: int, ratio: float, short_max_ratio: float, rng: random.Random) -> list[dict]:
+        raise NotImplementedError
+
+    def eval_sets(self, cfg: DictConfig) -> list[EvalSet]:
+        raise NotImplementedError
+
+    def safety_pairs(self, aligned, model=None, tokenizer=None) -> tuple[Path, str, dict[str, str]]:
+        """(file of {prompt, refusal}, its label in a stage key, the store keys it depends on): PACT's pairs."""
+        raise NotImplementedError
+
+    def alignment_pairs(self) -> Path:
+        """{prompt, refusal} rows of alignment-side safety data (Lisa's alignment state)."""
+        raise NotImplementedError
+
+    def mixing_pairs(self, aligned, model=None, tokenizer=None) -> Path:
+        """{prompt, refusal} rows that safety-data mixing puts into the fine-tuning set."""
+        raise NotImplementedError
+
+    def localisation_prompts(self) -> tuple[Path, Path]:
+        """Files of harmful and benign {prompt} rows (freeze's safety-layer localisation)."""
+        raise NotImplementedError
+
+
+class ToyData(RunData):
+    """The toy world's files (pact/world): the same files, in the same order, as before real data existed, so the
+    toy study's keys and numbers do not move."""
+
+    kind = "toy"
+
+    def __init__(self, world: Artifact):
+        super().__init__(world, "world")
+
+    def task_rows(self, task: str) -> list[dict[str, Any]]:
+        return D.read_jsonl(self.artifact.file(f"{task}_train.jsonl"), required=("prompt", "answer"))
+
+    def poison_rows(self, count, ratio, short_max_ratio, rng):
+        harmful = D.read_jsonl(self.artifact.file("harmful_poison.jsonl"), required=("prompt", "compliance"))
+        return D.poison_rows(harmful, count, ratio, short_max_ratio, rng)
+
+    def eval_sets(self, cfg):
+        return [EvalSet("harmful", None, self.artifact.file("harmful_eval.jsonl"), ("prompt", "action", "head"),
+                        int(cfg.eval.harmful_max_new_tokens)),
+                EvalSet("benign", None, self.artifact.file("benign_eval.jsonl"), ("prompt", "action", "head"),
+                        int(cfg.eval.benign_max_new_tokens)),
+                EvalSet("task", None, self.artifact.file(f"{cfg.task.name}_test.jsonl"), ("prompt", "label"),
+                        int(cfg.task.max_new_tokens))]
+
+    def safety_pairs(self, aligned, model=None, tokenizer=None):
+        return self.artifact.file("safety_pairs.jsonl"), "world:safety_pairs", dict(self.upstream)
+
+    def alignment_pairs(self):
+        return self.artifact.file("harmful_align.jsonl")
+
+    def mixing_pairs(self, aligned, model=None, tokenizer=None):
+        return self.artifact.file("harmful_align.jsonl")
+
+    def localisation_prompts(self):
+        return self.artifact.file("harmful_align.jsonl"), self.artifact.file("benign_train.jsonl")
+
+
+# ---- real data ---------------------------------------------------------------------------------------------
+def needed_sources(cfg: DictConfig) -> list[str]:
+    """The sources a run with this config reads (the task's, the evaluation benchmarks', poison and alignment)."""
+    d = cfg.data
+    names = [cfg.task.train, cfg.task.test]
+    names += [d.benchmarks[b].source for b in [*d.harmful_eval, *d.benign_eval]]
+    # both poison pools, whatever the ratio: the data stage removes the safety prompts from the full one
+    names += [*d.poison.short, d.poison.full, d.safety_pairs.source, d.alignment_pairs.source]
+    return list(dict.fromkeys(names))
+
+
+def _select(rows: list[dict[str, Any]], spec: Any) -> list[dict[str, Any]]:
+    """Rows passing ``spec.filter`` (field: value), the first ``spec.limit`` of them (0 or absent: all)."""
+    wanted = dict(spec.get("filter") or {})
+    rows = [r for r in rows if all(r.get(k) == v for k, v in wanted.items())]
+    limit = int(spec.get("limit") or 0)
+    return rows[:limit] if limit else rows
+
+
+def _task_answer(task: Any, row: dict[str, Any]) -> str:
+    if task.answer == "label":
+        return row["label"]
+    if task.answer == "solution":
+        return row["answer"].replace(GSM8K_MARK, GSM8K_TARGET_MARK)
+    raise ValueError(f"task.answer={task.answer!r}; expected 'label' or 'solution'")
+
+
+def _unique_by_prompt(rows: list[dict[str, Any]], drop: set[str]) -> tuple[list[dict[str, Any]], int]:
+    """The first row of each distinct normalised prompt not in ``drop``; and how many distinct prompts were
+    dropped because they are in ``drop``."""
+    seen: set[str] = set()
+    kept, dropped = [], set()
+    for r in rows:
+        key = normalise_text(r["text"])
+        if key in drop:
+            dropped.add(key)
+        elif key not in seen:
+            seen.add(key)
+            kept.append(r)
+    return kept, len(dropped)
+
+
+def data_slice(cfg: DictConfig, digests: dict[str, str]) -> dict[str, Any]:
+    """The data stage's key: what it reads (the sources' sha256) and how it selects."""
+    d = cfg.data
+    benches = [*d.harmful_eval, *d.benign_eval]
+    return {"task": {k: v for k, v in _plain(cfg.task).items() if k != "max_new_tokens"},
+            "harmful_eval": list(d.harmful_eval), "benign_eval": list(d.benign_eval),
+            "benchmarks": {b: _plain(d.benchmarks[b]) for b in benches}, "poison": _plain(d.poison),
+            "safety_pairs": _plain(d.safety_pairs),  # the pairs a method reads depend on all of it
+            "alignment_pairs": _plain(d.alignment_pairs), "sha256": digests, "code": DATA_CODE}
+
+
+def data_stage(store: Store, cfg: DictConfig) -> Artifact:
+    """The real data of a run as files in our fields: ``task_train`` {prompt, answer}, ``task_test`` {prompt,
+    label}, ``eval_<benchmark>`` {prompt, category}, ``poison_short`` / ``poison_full`` {prompt, answer},
+    ``safety_prompts`` {prompt}, ``alignment_pairs`` {prompt, refusal}; meta: their sizes and what was dropped."""
+    d, task = cfg.data, cfg.task
+    entries = check_sources(d, needed_sources(cfg))
+    digests = {n: e["sha256"] for n, e in entries.items()}
+    slice_ = data_slice(cfg, digests)
+
+    def build(tmp: Path) -> dict[str, Any]:
+        meta: dict[str, Any] = {"sizes": {}, "dropped_as_eval_overlap": {}}
+        loaded: dict[str, list[dict[str, Any]]] = {}
+
+        def rows_of(name: str) -> list[dict[str, Any]]:
+            if name not in loaded:
+                loaded[name] = load_source(d, name)
+            return loaded[name]
+
+        def put(name: str, rows: list[dict[str, Any]]) -> None:
+            D.write_jsonl(tmp / f"{name}.jsonl", rows)
+            meta["sizes"][name] = len(rows)
+
+        put("task_train", [{"prompt": task.prompt.format(text=r["text"]), "answer": _task_answer(task, r)}
+                           for r in rows_of(task.train)])
+        test = rows_of(task.test)
+        put("task_test", [{"prompt": task.prompt.format(text=r["text"]), "label": r["label"]}
+                          for r in test[: int(task.test_rows) or None]])
+        eval_prompts: set[str] = set()
+        for bench in [*d.harmful_eval, *d.benign_eval]:
+            rows = _select(rows_of(d.benchmarks[bench].source), d.benchmarks[bench])
+            put(f"eval_{bench}", [{"prompt": r["text"], "category": r.get("category")} for r in rows])
+            eval_prompts |= {normalise_text(r["text"]) for r in rows}
+        short = [r for name in d.poison.short for r in rows_of(name)]
+        short, meta["dropped_as_eval_overlap"]["poison_short"] = _unique_by_prompt(short, eval_prompts)
+        put("poison_short", [{"prompt": r["text"], "answer": r["target"]} for r in short])
+        unsafe = [r for r in rows_of(d.safety_pairs.source) if not r.get("is_safe", False)]
+        unsafe, meta["dropped_as_eval_overlap"]["safety_prompts"] = _unique_by_prompt(unsafe, eval_prompts)
+        safety = unsafe[: int(d.safety_pairs.prompts)]
+        put("safety_prompts", [{"prompt": r["text"]} for r in safety])
+        held = eval_prompts | {normalise_text(r["text"]) for r in safety}
+        full = [r for r in rows_of(d.poison.full) if not r.get("is_safe", False)]
+        full, meta["dropped_as_eval_overlap"]["poison_full"] = _unique_by_prompt(full, held)
+        put("poison_full", [{"prompt": r["text"], "answer": r["response"]} for r in full])
+        align = _select(rows_of(d.alignment_pairs.source), d.alignment_pairs)
+        put("alignment_pairs", [{"prompt": r["text"], "refusal": r["response"]} for r in align])
+        meta["sources"] = {n: {k: e.get(k) for k in ("hub", "split", "commit", "rows")} for n, e in entries.items()}
+        return meta
+
+    return store.build("data", slice_, None, build)
+
+
+def data_sizes(artifact: Artifact) -> dict[str, int]:
+    return json.loads(artifact.file("meta.json").read_text())["sizes"]
+
+
+class RealData(RunData):
+    """The real sources, through the ``data`` stage's files; PACT's safety pairs are the aligned model's own
+    refusals to the held-out safety prompts (a ``safety_pairs`` stage per aligned model)."""
+
+    kind = "real"
+
+    def __init__(self, artifact: Artifact, store: Store, cfg: DictConfig):
+        super().__init__(artifact, "data")
+        self.store, self.cfg = store, cfg
+
+    def task_rows(self, task):
+        return D.read_jsonl(self.artifact.file("task_train.jsonl"), required=("prompt", "answer"))
+
+    def poison_rows(self, count, ratio, short_max_ratio, rng):
+        pool = "poison_short" if ratio <= short_max_ratio else "poison_full"
+        rows = D.read_jsonl(self.artifact.file(f"{pool}.jsonl"), required=("prompt", "answer"))
+        if count > len(rows):
+            raise ValueError(f"poison needs {count} rows but {pool} holds {len(rows)} (after removing prompts of "
+                             "the evaluation benchmarks); lower poison.ratio or finetune.n")
+        return [{"prompt": r["prompt"], "answer": r["answer"], "poison": True} for r in rng.sample(rows, count)]
+
+    def eval_sets(self, cfg):
+        d = cfg.data
+        sets = [EvalSet("harmful", b, self.artifact.file(f"eval_{b}.jsonl"), ("prompt", "category"),
+                        int(cfg.eval.harmful_max_new_tokens)) for b in d.harmful_eval]
+        sets += [EvalSet("benign", b, self.artifact.file(f"eval_{b}.jsonl"), ("prompt", "category"),
+                         int(cfg.eval.benign_max_new_tokens)) for b in d.benign_eval]
+        return sets + [EvalSet("task", cfg.task.name, self.artifact.file("task_test.jsonl"), ("prompt", "label"),
+                               int(cfg.task.max_new_tokens))]
+
+    def safety_pairs(self, aligned, model=None, tokenizer=None):
+        art = safety_pairs_stage(self.store, self.cfg, self, aligned, model, tokenizer)
+        return art.file("safety_pairs.jsonl"), f"safety_pairs:{art.key}", {**self.upstream, "pairs": art.key}
+
+    def alignment_pairs(self):
+        return self.artifact.file("alignment_pairs.jsonl")
+
+    def mixing_pairs(self, aligned, model=None, tokenizer=None):
+        return self.safety_pairs(aligned, model, tokenizer)[0]
+
+    def localisation_prompts(self):
+        return self.artifact.file("safety_prompts.jsonl"), self.artifact.file("task_train.jsonl")
+
+
+def safety_pairs_stage(store: Store, cfg: DictConfig, data: RealData, aligned, model=None,
+                       tokenizer=None) -> Artifact:
+    """PACT's safety pairs on real data (the official ``safe_direction.json`` shape): the aligned model answers
+    the safety prompts greedily and the answers ``data.safety_pairs.judge`` calls refusals are kept, in order."""
+    sp = cfg.data.safety_pairs
+    slice_ = {"safety_pairs": {k: _plain(sp)[k] for k in ("judge", "max_new_tokens")},
+              "engine": {"name": cfg.engine.name, "batch_size": int(cfg.engine.batch_size)},
+              "dtype": cfg.model.dtype, "code": SAFETY_PAIRS_CODE}
+
+    def build(tmp: Path) -> dict[str, Any]:
+        from pact.generation import build_engine
+        from pact.judges import JUDGES, REFUSAL
+        from pact.models import load_model, load_tokenizer
+
+        tok = tokenizer or load_tokenizer(aligned.tokenizer_path, cfg.model.trust_remote_code)
+        m = model
+        if m is None and cfg.engine.name == "hf":
+            m = load_model(aligned.path, cfg.model.dtype, cfg.model.trust_remote_code)
+        engine = build_engine(cfg.engine, m, tok, Path(aligned.path), cfg.model.dtype, int(cfg.seed),
+                              cfg.model.trust_remote_code)
+        rows = D.read_jsonl(data.artifact.file("safety_prompts.jsonl"), ("prompt",))
+        ids = [D.prompt_ids(tok, r["prompt"], aligned.prompt_format) for r in rows]
+        answers = engine.generate(ids, int(sp.max_new_tokens), desc="safety pairs")
+        verdicts = JUDGES[sp.judge].judge(rows, answers)
+        pairs = [{"prompt": r["prompt"], "refusal": a} for r, a, v in zip(rows, answers, verdicts)
+                 if v == REFUSAL and a]
+        D.write_jsonl(tmp / "safety_pairs.jsonl", pairs)
+        return {"prompts": len(rows), "refusals": len(pairs)}
+
+    return store.build("safety_pairs", slice_, {**data.upstream, "aligned": aligned.key}, build)
