@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.figures import ablation_curve, hs_vs_fa, hs_vs_p
-from analysis.tables import write_paper_tables
+from analysis.tables import is_real, write_paper_tables
 from pact.cli import run_cli
 from pact.fileio import write_atomic
 from pact.records import IDENTITY, INTERNAL, read_records
@@ -28,6 +28,20 @@ EXTRA_METRICS = ["harmful_score_keyword", "harmful_steps_rate", "benign_refusal_
 LABELS = {"harmful_score": "HS ↓", "refusal_rate": "Refusal ↑", "other_rate": "Other",
           "finetune_accuracy": "FA ↑", "helpfulness": "Helpful ↑", "harmful_score_keyword": "HS (keyword)",
           "harmful_steps_rate": "Steps", "benign_refusal_rate": "Benign refusal"}
+
+
+def label(metric: str) -> str:
+    """A metric's column title: ``harmful_score.strongreject`` -> ``HS.strongreject``, ``harmful_score_keyword``
+    -> ``HS (keyword)``."""
+    if metric in LABELS:
+        return LABELS[metric]
+    name, _, bench = metric.partition(".")
+    if name.startswith("harmful_score_"):
+        name = f"HS ({name.removeprefix('harmful_score_')})"
+    else:
+        name = {"harmful_score": "HS", "benign_refusal_rate": "Benign refusal", "refusal_rate": "Refusal"}.get(name,
+                                                                                                               name)
+    return f"{name}.{bench}" if bench else name
 
 
 def collect(runs_dir: str | os.PathLike, experiments: list[str] | None = None) -> pd.DataFrame:
@@ -72,7 +86,7 @@ def method_table(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
     out = []
     for (method, ratio), group in df.groupby(["method", "poison_ratio"], dropna=False, sort=False):
         row = {"method": method, "p": "–" if pd.isna(ratio) else f"{ratio:g}", "seeds": group["seed"].nunique()}
-        row.update({LABELS.get(m, m): mean_std(group[m]) if m in group else "–" for m in metrics})
+        row.update({label(m): mean_std(group[m]) if m in group else "–" for m in metrics})
         out.append(row)
     return pd.DataFrame(out)
 
@@ -121,14 +135,26 @@ def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, experiments:
         write_atomic(out / "summary.csv", df.to_csv(index=False, float_format="%.6g"))
     else:
         df = load_summary(summary, experiments)
-    metrics = METRICS + [m for m in EXTRA_METRICS if m in df]
     for (exp, model, task), group in df.groupby(["experiment", "model", "task"], sort=True):
-        table = method_table(group, metrics)
         title = f"# {exp}: {model}, task {task}\n\n"
-        note = ("Percent, mean ± std over seeds. HS = Harmful Score (oracle judge) on held-out harmful prompts; "
-                "Refusal/Other = the oracle's other two classes; FA = Fine-tune Accuracy on the task's test set; "
-                "Helpful = helpful answers to held-out benign look-alike requests. `base`/`aligned` rows are the "
-                "reference models before fine-tuning.\n\n")
+        if is_real(group):
+            group = group.dropna(axis=1, how="all")  # the toy world's columns (oracle, helpfulness) are empty
+            judge = "/".join(sorted(group["judge"].dropna().unique())) if "judge" in group else "?"
+            metrics = ["harmful_score", "refusal_rate", "benign_refusal_rate", "finetune_accuracy"]
+            metrics += [c for c in group.columns if c.startswith(("harmful_score.", "benign_refusal_rate."))]
+            metrics += [c for c in group.columns if c.startswith("harmful_score_") and "." not in c]
+            note = (f"Percent, mean ± std over seeds. HS = Harmful Score ({judge} judge) and Refusal, each the mean "
+                    "over the harmful benchmarks (each benchmark weighs the same; `HS.<benchmark>` columns per "
+                    "benchmark, `HS (<judge>)` by every judge that ran); Benign refusal = over-refusal on the benign "
+                    "benchmarks; FA = Fine-tune Accuracy on the task's test set. `base`/`aligned` rows are the "
+                    "reference models before fine-tuning.\n\n")
+        else:
+            metrics = METRICS + [m for m in EXTRA_METRICS if m in group]
+            note = ("Percent, mean ± std over seeds. HS = Harmful Score (oracle judge) on held-out harmful prompts; "
+                    "Refusal/Other = the oracle's other two classes; FA = Fine-tune Accuracy on the task's test set; "
+                    "Helpful = helpful answers to held-out benign look-alike requests. `base`/`aligned` rows are the "
+                    "reference models before fine-tuning.\n\n")
+        table = method_table(group, metrics)
         write_atomic(out / "tables" / f"{exp}_{model}_{task}.md", title + note + to_markdown(table))
         write_paper_tables(group, out / "tables", f"{exp}_{model}_{task}_paper")
         if group["poison_ratio"].dropna().nunique() > 1:

@@ -13,6 +13,18 @@ import pandas as pd
 # (metric, short label, better is higher?)
 COLUMNS = [("harmful_score", "HS", False), ("refusal_rate", "Ref", True), ("helpfulness", "Help", True),
            ("finetune_accuracy", "FA", True)]
+# Real data has no helpfulness judge: the benign column is over-refusal on the benign benchmarks.
+REAL_COLUMNS = [("harmful_score", "HS", False), ("refusal_rate", "Ref", True),
+                ("benign_refusal_rate", "OverRef", False), ("finetune_accuracy", "FA", True)]
+
+
+def is_real(df: pd.DataFrame) -> bool:
+    """Whether the rows come from real-data runs (per-benchmark columns ``<metric>.<benchmark>``)."""
+    return any("." in c and df[c].notna().any() for c in df.columns if c.startswith("harmful_score."))
+
+
+def columns_for(df: pd.DataFrame) -> list[tuple[str, str, bool]]:
+    return REAL_COLUMNS if is_real(df) else COLUMNS
 MISSING = "–"
 
 
@@ -22,18 +34,18 @@ def aggregate(df: pd.DataFrame, axis: str = "poison_ratio") -> pd.DataFrame:
     ft = df[df["poison_ratio"].notna()]
     rows = []
     for (method, value), group in ft.groupby(["method", axis], sort=False):
-        for metric, _, _ in COLUMNS:
-            vals = pd.to_numeric(group[metric], errors="coerce").dropna()
+        for metric, _, _ in columns_for(df):
+            vals = pd.to_numeric(group[metric], errors="coerce").dropna() if metric in group else pd.Series([])
             rows.append({"method": method, axis: value, "metric": metric, "mean": vals.mean() if len(vals) else None,
                          "std": vals.std(ddof=1) if len(vals) > 1 else (0.0 if len(vals) else None),
                          "n": len(vals)})
     return pd.DataFrame(rows)
 
 
-def _best(agg: pd.DataFrame, axis: str) -> set[tuple]:
+def _best(agg: pd.DataFrame, axis: str, columns: list[tuple[str, str, bool]]) -> set[tuple]:
     best = set()
     for (value, metric), group in agg.dropna(subset=["mean"]).groupby([axis, "metric"]):
-        higher = dict((m, h) for m, _, h in COLUMNS)[metric]
+        higher = dict((m, h) for m, _, h in columns)[metric]
         target = group["mean"].max() if higher else group["mean"].min()
         best |= {(m, value, metric) for m in group.loc[group["mean"] == target, "method"]}
     return best
@@ -45,7 +57,8 @@ def paper_table(df: pd.DataFrame, axis: str = "poison_ratio", methods: list[str]
     agg = aggregate(df, axis)
     values = sorted(agg[axis].dropna().unique().tolist()) if axis == "poison_ratio" else list(dict.fromkeys(agg[axis]))
     methods = methods or list(dict.fromkeys(agg["method"]))
-    best = _best(agg, axis)
+    columns = columns_for(df)
+    best = _best(agg, axis, columns)
     cell = {(r.method, getattr(r, axis), r.metric): r for r in agg.itertuples(index=False)}
 
     def text(method, value, metric) -> str:
@@ -58,15 +71,15 @@ def paper_table(df: pd.DataFrame, axis: str = "poison_ratio", methods: list[str]
         return s if fmt == "md" else s.replace("±", "$\\pm$")
 
     label = (lambda v: f"p = {v:g}") if axis == "poison_ratio" else str
-    header = [f"{label(v)} {short}" for v in values for _, short, _ in COLUMNS]
-    body = [[m] + [text(m, v, metric) for v in values for metric, _, _ in COLUMNS] for m in methods]
+    header = [f"{label(v)} {short}" for v in values for _, short, _ in columns]
+    body = [[m] + [text(m, v, metric) for v in values for metric, _, _ in columns] for m in methods]
     if fmt == "md":
         lines = ["| method | " + " | ".join(header) + " |", "|---" * (len(header) + 1) + "|"]
         lines += ["| " + " | ".join(row) + " |" for row in body]
         return "\n".join(lines) + "\n"
     cols = "l" + "r" * len(header)
-    groups = " & ".join(f"\\multicolumn{{{len(COLUMNS)}}}{{c}}{{{label(v)}}}" for v in values)
-    subs = " & ".join(short for _ in values for _, short, _ in COLUMNS)
+    groups = " & ".join(f"\\multicolumn{{{len(columns)}}}{{c}}{{{label(v)}}}" for v in values)
+    subs = " & ".join(short for _ in values for _, short, _ in columns)
     lines = [f"\\begin{{tabular}}{{{cols}}}", "\\toprule", f" & {groups} \\\\", f"method & {subs} \\\\", "\\midrule"]
     lines += [" & ".join(r.replace("_", "\\_") if i == 0 else r for i, r in enumerate(row)) + " \\\\" for row in body]
     lines += ["\\bottomrule", "\\end{tabular}"]
@@ -76,7 +89,9 @@ def paper_table(df: pd.DataFrame, axis: str = "poison_ratio", methods: list[str]
 def write_paper_tables(df: pd.DataFrame, out_dir: Path, stem: str, axis: str = "poison_ratio") -> None:
     """``<stem>.md``, ``<stem>.tex`` and ``<stem>.csv`` under ``out_dir``."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    note = ("HS = Harmful Score ↓, Ref = refusal rate ↑, Help = helpfulness ↑, FA = Fine-tune Accuracy ↑; "
+    benign = ("OverRef = refusals of benign requests ↓ (mean over the benign benchmarks); HS and Ref are means "
+              "over the harmful benchmarks" if is_real(df) else "Help = helpfulness ↑")
+    note = (f"HS = Harmful Score ↓, Ref = refusal rate ↑, {benign}, FA = Fine-tune Accuracy ↑; "
             "percent, mean ± std over seeds; best mean per column in bold; – = missing.\n\n")
     (out_dir / f"{stem}.md").write_text(note + paper_table(df, axis, fmt="md"))
     (out_dir / f"{stem}.tex").write_text(paper_table(df, axis, fmt="tex"))

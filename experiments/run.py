@@ -66,9 +66,9 @@ def run(cfg: DictConfig, variant: str = "") -> dict[str, Any]:
         if cfg.logger.log_generations:
             logger.log({"eval/generations": generations_table(cfg, evaluation)})
         logger.finish()
+    shown = ("harmful_score", "refusal_rate", "other_rate", "finetune_accuracy", "helpfulness")
     log.info("run %s done in %.1fs: HS %.1f  refusal %.1f  other %.1f  FA %.1f  helpful %.1f -> %s",
-             P.run_name(cfg), time.time() - start, metrics["harmful_score"], metrics["refusal_rate"],
-             metrics["other_rate"], metrics["finetune_accuracy"], metrics["helpfulness"], path)
+             P.run_name(cfg), time.time() - start, *(metrics.get(k, math.nan) for k in shown), path)
     return metrics
 
 
