@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup reproduce extras smoke test test-fast lint figures bench clean
+.PHONY: help setup reproduce extras smoke real-smoke test test-fast lint figures bench clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -41,6 +41,12 @@ reproduce: setup ## the whole toy-world study -> results/ (~60 min on 2 cores)
 smoke: setup ## a 1-run study on a smaller world (~1 min after setup) -> outputs/smoke/
 	PACT_STORE=outputs/smoke/store PACT_RUNS=outputs/smoke/runs $(PY) -m experiments.run experiment=smoke
 	$(PY) -m analysis.report --runs outputs/smoke/runs --out outputs/smoke
+
+real-smoke: setup ## the real-data path on fixture files and a tiny Llama (~30 s) -> outputs/real_smoke/
+	mkdir -p outputs/real_smoke
+	$(PY) -m tests.realdata outputs/real_smoke > outputs/real_smoke/overrides.txt
+	$(PY) -m experiments.run $$(cat outputs/real_smoke/overrides.txt) poison.ratio=0.1
+	$(PY) -m analysis.report --runs outputs/real_smoke/runs --out outputs/real_smoke/report
 
 test: setup ## every test (~3 min)
 	$(PY) -m pytest -q

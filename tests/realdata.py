@@ -103,3 +103,37 @@ def real_overrides(root: Path, aligned: Path, base: Path, tmp: Path) -> list[str
             "finetune.n=20", "finetune.optim.epochs=1", "finetune.optim.batch_size=4", "eval.harmful_max_new_tokens=6",
             "eval.benign_max_new_tokens=6", "task.max_new_tokens=3", "data.safety_pairs.max_new_tokens=6",
             "engine.batch_size=16", f"store_dir={tmp / 'store'}", f"runs_dir={tmp / 'runs'}"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tests.realdata DIR``: write the fixture sources and the tiny models under DIR, and an experiment
+    config ``real_smoke`` (DIR/conf/experiment/) that runs on them; print the overrides that select it
+    (``make real-smoke`` runs them)."""
+    import sys
+
+    from omegaconf import OmegaConf
+
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        raise SystemExit("usage: python -m tests.realdata DIR")
+    out = Path(args[0]).resolve()
+    root = out / "data"
+    if not (root / "MANIFEST.json").exists():
+        write_sources(root)
+    for name, seed in (("aligned", 0), ("base", 1)):
+        if not (out / name / "config.json").exists():
+            tiny_hub_model(out / name, seed=seed)
+    groups = ("data", "task", "model")
+    lines = ["# @package _global_", "# The real-data path on fixture files and a tiny Llama (tests/realdata.py)",
+             "defaults:"]
+    overrides = real_overrides(root, out / "aligned", out / "base", out)
+    lines += [f"  - override /{o.split('=')[0]}: {o.split('=', 1)[1]}" for o in overrides if o.split("=")[0] in groups]
+    values = OmegaConf.from_dotlist(["experiment_name=real_smoke",
+                                     *(o for o in overrides if o.split("=")[0] not in groups)])
+    (out / "conf" / "experiment").mkdir(parents=True, exist_ok=True)
+    (out / "conf" / "experiment" / "real_smoke.yaml").write_text("\n".join(lines) + "\n" + OmegaConf.to_yaml(values))
+    print(f"hydra.searchpath=[file://{out / 'conf'}] experiment=real_smoke")
+
+
+if __name__ == "__main__":
+    main()

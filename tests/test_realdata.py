@@ -345,3 +345,14 @@ def test_methods_read_the_real_alignment_side_data(fixtures, tmp_path, monkeypat
     assert "data" in layers["upstream"] and "world" not in layers["upstream"]
     with pytest.raises(ConfigError, match="method=vaccine changes the alignment stage"):
         run(real_cfg(fixtures, tmp_path, "method=vaccine", check=False))
+
+
+def test_real_smoke_experiment_composes_on_the_fixtures(tmp_path, capsys):
+    from tests.realdata import main
+
+    main([str(tmp_path / "smoke")])
+    overrides = capsys.readouterr().out.split()
+    cfg = compose_config(overrides)
+    assert cfg.experiment_name == "real_smoke" and cfg.data.kind == "real" and cfg.task.name == "sst2"
+    assert cfg.model.aligned == str(tmp_path / "smoke" / "aligned") and cfg.finetune.n == 20
+    assert check_sources(cfg.data, ["sst2_train"])  # the fixtures and their manifest are in place
