@@ -24,7 +24,6 @@ from pact.store import Artifact, Store, code_hash, module_sources
 
 DATA_CODE = code_hash(*module_sources(__name__))
 GSM8K_TARGET_MARK = "The final answer is: "  # Vaccine gsm8k/build_dataset.py replaces "####" with this
-SAFETY_PAIRS_CODE = DATA_CODE
 
 
 def _plain(cfg: Any) -> Any:
@@ -278,7 +277,7 @@ def safety_pairs_stage(store: Store, cfg: DictConfig, data: RealData, aligned, m
     sp = cfg.data.safety_pairs
     slice_ = {"safety_pairs": {k: _plain(sp)[k] for k in ("judge", "max_new_tokens")},
               "engine": {"name": cfg.engine.name, "batch_size": int(cfg.engine.batch_size)},
-              "dtype": cfg.model.dtype, "code": SAFETY_PAIRS_CODE}
+              "dtype": cfg.model.dtype, "code": DATA_CODE}
 
     def build(tmp: Path) -> dict[str, Any]:
         from pact.generation import build_engine

@@ -236,6 +236,11 @@ def test_fetch_data_writes_files_and_manifest(tmp_path, monkeypatch, capsys):
     assert manifest["gsm8k_test"]["rows"] == 6 and manifest["gsm8k_test"]["commit"] == "f" * 40
     assert set(check_sources(dcfg, ["jbb_harmful", "gsm8k_test"])) == {"jbb_harmful", "gsm8k_test"}
     assert [json.loads(x) for x in (tmp_path / "jbb_harmful.jsonl").read_text().splitlines()] == rows["jbb_harmful"]
+    capsys.readouterr()
+    fetch_data.main(["--list", "--root", str(tmp_path)])
+    listing = capsys.readouterr().out
+    assert "gsm8k_test           openai/gsm8k main test: 6 rows, commit ffff" in listing
+    assert "sst2_train           stanfordnlp/sst2  train: not fetched" in listing
     # a gated source is imported from the user's download (HEx-PHI's category_<k>.csv files)
     folder = tmp_path / "hexphi_download"
     folder.mkdir()
