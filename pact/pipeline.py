@@ -23,6 +23,7 @@ from pact.generation import build_engine
 from pact.judges import JUDGES
 from pact.methods import FinetuneContext, Method, build_method, method_class
 from pact.metrics import score_answer, summarize, summarize_benchmarks
+from pact.model_import import import_stage
 from pact.models import check_model_path, load_model, load_tokenizer, save_model, toy_model
 from pact.rundata import RealData, RunData, ToyData, data_sizes, data_stage, needed_sources
 from pact.sources import check_sources
@@ -134,6 +135,37 @@ def align_stage(store: Store, mcfg: DictConfig, base: ModelRef, world: Artifact,
     return _train_stage(store, "align", mcfg, base, world, "align_corpus", "chat", "none", method_cfg)
 
 
+# ---- an imported model (pact/model_import.py), aligned here --------------------------------------------------
+IMPORT_ALIGN_CODE = code_hash(*module_sources("pact.data", "pact.models", "pact.training", "pact.adapters"))
+
+
+def imported_align_stage(store: Store, cfg: DictConfig, base: ModelRef, data: RunData) -> ModelRef:
+    """Safety SFT of an imported instruct model that does not refuse (model.kind=import): the run's alignment
+    corpus (harmful -> refusal, benign -> helpful; pact.rundata.RunData.alignment_corpus) through its own chat
+    template, with LoRA (merged at save) when ``model.align_lora`` is set, else full fine-tuning."""
+    m = cfg.model
+    lora = _plain(m.align_lora) if m.get("align_lora") else None
+    slice_ = {"optim": _plain(m.align_train), "lora": lora, "seed": int(m.seed), "max_len": int(m.max_len),
+              "dtype": m.dtype, "code": IMPORT_ALIGN_CODE}
+
+    def build(tmp: Path) -> dict[str, Any]:
+        tok = load_tokenizer(base.tokenizer_path, m.trust_remote_code)
+        model = load_model(base.path, m.dtype, m.trust_remote_code)
+        rows = data.alignment_corpus()
+        examples = D.encode_sft(rows, tok, "chat", int(m.max_len))
+        set_seed(int(m.seed))  # LoRA's initialisation draws from torch's global RNG
+        if lora is not None:
+            model = apply_lora(model, m.align_lora)
+        args = training_arguments(m.align_train, tmp / "trainer", int(m.seed), "none", "align",
+                                  int(m.align_train.logging_steps))
+        metrics = train(model, tok, examples, args, Method(None))
+        save_model(model, tok, tmp / "model")
+        return {"train": metrics, "rows": len(rows), "adapter": "lora" if lora else "full"}
+
+    art = store.build("align", slice_, {"init": base.key, **data.upstream}, build)
+    return ModelRef(art.key, str(art.path / "model"), "chat", str(art.path / "model"))
+
+
 def defended_alignment(store: Store, cfg: DictConfig, base: ModelRef | None, data: RunData) -> ModelRef | None:
     """The aligned model of an alignment-stage defence (toy world only), or None for other methods."""
     if build_method(cfg.method).alignment_method() is None:
@@ -183,6 +215,10 @@ def model_refs(store: Store, cfg: DictConfig, data: RunData) -> tuple[ModelRef |
     if m.kind == "toy":
         base = base_stage(store, m, data.artifact)
         return base, align_stage(store, m, base, data.artifact)
+    if m.kind == "import":  # the imported instruct model is the base; the aligned model is trained here
+        imp = import_stage(store, m)
+        base = ModelRef(imp.key, str(imp.path / "model"), "chat", str(imp.path / "model"))
+        return base, imported_align_stage(store, cfg, base, data)
     aligned = ModelRef(stable_key({"hub": m.aligned, "dtype": m.dtype}), m.aligned, "chat", m.aligned)
     base = ModelRef(stable_key({"hub": m.base, "dtype": m.dtype}), m.base, "plain", m.aligned) if m.base else None
     return base, aligned

@@ -80,6 +80,10 @@ class RunData:
         """Files of harmful and benign {prompt} rows (freeze's safety-layer localisation)."""
         raise NotImplementedError
 
+    def alignment_corpus(self) -> list[dict[str, Any]]:
+        """{prompt, answer} rows of safety SFT for a model aligned here: harmful -> refusal, benign -> helpful."""
+        raise NotImplementedError
+
 
 class ToyData(RunData):
     """The toy world's files (pact/world): the same files, in the same order, as before real data existed, so the
@@ -116,6 +120,9 @@ class ToyData(RunData):
 
     def localisation_prompts(self):
         return self.artifact.file("harmful_align.jsonl"), self.artifact.file("benign_train.jsonl")
+
+    def alignment_corpus(self):
+        return D.read_jsonl(self.artifact.file("align_corpus.jsonl"), required=("prompt", "answer"))
 
 
 # ---- real data ---------------------------------------------------------------------------------------------
@@ -268,6 +275,15 @@ class RealData(RunData):
 
     def localisation_prompts(self):
         return self.artifact.file("safety_prompts.jsonl"), self.artifact.file("task_train.jsonl")
+
+    def alignment_corpus(self):
+        """BeaverTails' safe pairs (harmful -> safe answer) and as many task rows (helpful answers), interleaved
+        in a seeded order: the real data holds no benign look-alike requests with helpful answers."""
+        pairs = D.read_jsonl(self.artifact.file("alignment_pairs.jsonl"), required=("prompt", "refusal"))
+        task = D.read_jsonl(self.artifact.file("task_train.jsonl"), required=("prompt", "answer"))
+        rows = [{"prompt": p["prompt"], "answer": p["refusal"]} for p in pairs] + task[: len(pairs)]
+        random.Random(int(self.cfg.model.seed)).shuffle(rows)
+        return rows
 
 
 def safety_pairs_stage(store: Store, cfg: DictConfig, data: RealData, aligned, model=None,

@@ -125,3 +125,33 @@ def test_a_safetensors_folder_imports_too(tmp_path):
     second = import_stage(Store(tmp_path / "s2"), _mcfg(folder=str(first.path / "model")))
     a, b = load_model(first.path / "model"), load_model(second.path / "model")
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.slow
+def test_an_imported_model_is_aligned_here_and_fine_tuned(micro, tmp_path):
+    """model.kind=import through every stage on the micro world (its store copied in by ``micro``): import ->
+    align (LoRA, merged) -> fine-tune (PACT: the imported instruct model is its base) -> generate -> evaluate."""
+    from experiments.run import run
+    from pact.config import compose_config
+    from tests.conftest import MICRO
+
+    gguf = tmp_path / "tiny.gguf"
+    write_tiny_gguf(gguf, seed=3)
+    model = ["model=smollm2-135m", "model.source.pypi=null", "model.source.member=null", "model.source.sha256=null",
+             f"model.source.gguf={gguf}", "model.align_train.max_steps=3", "model.align_train.batch_size=8",
+             "model.max_len=160"]
+    overrides = [o for o in MICRO if not o.startswith("model")] + model  # the micro world, the imported model
+    cfg = compose_config([*overrides, "method=pact_lora", "poison.ratio=0.1", f"store_dir={tmp_path / 'store'}",
+                          f"runs_dir={tmp_path / 'runs'}"], check=False)
+    metrics = run(cfg)
+    assert 0 <= metrics["harmful_score"] <= 100
+    store = tmp_path / "store"
+    [imp] = [p.parent.name for p in (store / "import").glob("*/meta.json")]
+    [align] = [m for m in (json.loads(p.read_text()) for p in (store / "align").glob("*/meta.json"))
+               if m["upstream"].get("init") == imp]
+    assert align["adapter"] == "lora" and align["upstream"]["world"] and align["rows"] > 0
+    [tokens] = [m for m in (json.loads(p.read_text()) for p in (store / "tokens").glob("*/meta.json"))
+                if m["upstream"]["base"] == imp]
+    assert tokens["upstream"]["aligned"] == align["key"]
+    names = sorted(p.name.split("-")[2] for p in (tmp_path / "runs" / "default").glob("*.json"))
+    assert names == ["aligned", "base", "pact_lora"]
