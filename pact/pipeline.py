@@ -177,8 +177,9 @@ def defended_alignment(store: Store, cfg: DictConfig, base: ModelRef | None, dat
 
 
 def check_models(cfg: DictConfig) -> None:
-    """A hub model given as a local path that does not exist stops the run here, naming the key."""
-    if cfg.model.kind != "toy":
+    """A hub model given as a local path that does not exist stops the run here, naming the key (an imported
+    model's source is checked by its import stage)."""
+    if cfg.model.kind == "hub":
         check_model_path(cfg.model.aligned, "model.aligned")
         if cfg.model.base:
             check_model_path(cfg.model.base, "model.base")
