@@ -322,6 +322,7 @@ def test_real_data_run_end_to_end_on_a_tiny_hub_model(fixtures, tmp_path):
     assert "p = 0.1 OverRef" in paper and "Help" not in paper
 
 
+@pytest.mark.slow
 def test_methods_read_the_real_alignment_side_data(fixtures, tmp_path, monkeypatch):
     """PACT's tokens and safety mixing read the aligned model's refusals, Lisa BeaverTails' safe pairs, freeze
     localises on the safety prompts: none of them touches a toy file."""
