@@ -83,6 +83,10 @@ class PactMethod(Method):
             bucket_w = positive[positive > 0].mean() if (positive > 0).any() else torch.tensor(1.0)
             self.weights = torch.cat([self.weights, bucket_w.reshape(1)])
         self.header = assistant_header_ids(ctx.tokenizer)
+        if self.cfg.get("post_bos"):  # ablation: the post-only input starts with BOS, as a real context does
+            if ctx.tokenizer.bos_token_id is None:
+                raise ValueError("method.post_bos=true but the tokenizer has no BOS token")
+            self.header = [ctx.tokenizer.bos_token_id, *self.header]
         self.tokens_key = art.key
         self.stats.update(tokens_dir=str(art.path), safety_set_size=int(len(self.ids)))
         if self.cfg.reference == "live" and ctx.adapter != "lora":

@@ -128,3 +128,17 @@ def test_micro_pact_run_end_to_end(toy):
     [ft] = [p for p in (store.root / "finetune").iterdir() if (p / "DONE").exists()]
     meta = json.loads((ft / "meta.json").read_text())
     assert meta["config"]["method"]["_target_"] == "pact.pact_method.PactMethod"
+
+
+def test_post_bos_ablation_prefixes_the_post_only_input(toy):
+    cfg, store, world, base, aligned = toy
+    ctx = _ctx(cfg, store, world, base, aligned, "full")
+    official, with_bos = _method(cfg), _method(cfg, post_bos=True)
+    official.prepare(ctx)
+    with_bos.prepare(ctx)
+    assert ctx.tokenizer.bos_token_id not in official.header
+    assert with_bos.header == [ctx.tokenizer.bos_token_id, *official.header]
+    examples = _batch(cfg, world, ctx)
+    batch = SFTCollator(ctx.tokenizer.pad_token_id)(examples)
+    ids, _ = with_bos._post_only_batch(batch["labels"], batch["input_ids"], ctx.tokenizer.pad_token_id)
+    assert (ids[:, 0] == ctx.tokenizer.bos_token_id).all()
