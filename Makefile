@@ -38,7 +38,7 @@ reproduce: setup ## the whole toy-world study -> results/ (~60 min on 2 cores)
 	$(PY) -m analysis.world_stats --out results
 	$(PY) -m experiments.safety_tokens > results/safety_tokens.txt
 
-smoke: setup ## a 1-run study on a smaller world (~1 min after setup) -> outputs/smoke/
+smoke: setup ## a 1-run study on a smaller world (1-3 min after setup) -> outputs/smoke/
 	PACT_STORE=outputs/smoke/store PACT_RUNS=outputs/smoke/runs $(PY) -m experiments.run experiment=smoke
 	$(PY) -m analysis.report --runs outputs/smoke/runs --out outputs/smoke
 
