@@ -42,7 +42,7 @@ smoke: setup ## a 1-run study on a smaller world (1-3 min after setup) -> output
 	PACT_STORE=outputs/smoke/store PACT_RUNS=outputs/smoke/runs $(PY) -m experiments.run experiment=smoke
 	$(PY) -m analysis.report --runs outputs/smoke/runs --out outputs/smoke
 
-real-smoke: setup ## the real-data path on fixture files and a tiny Llama (~30 s) -> outputs/real_smoke/
+real-smoke: setup ## the real-data path on fixture files and a tiny Llama (~35 s) -> outputs/real_smoke/
 	mkdir -p outputs/real_smoke
 	$(PY) -m tests.realdata outputs/real_smoke > outputs/real_smoke/overrides.txt
 	$(PY) -m experiments.run $$(cat outputs/real_smoke/overrides.txt) poison.ratio=0.1
