@@ -8,19 +8,17 @@ from collections import Counter
 from typing import Any
 
 from pact.judges import CLASSES, COMPLIANCE, OTHER, REFUSAL, STEPS, delivers_help
+from pact.sources import AG_NEWS_LABELS, GSM8K_MARK, GSM8K_TARGET_MARK
 
 FINAL_ANSWER = re.compile(r"The final answer is:\s*(-?\d+)")
-TOPICS = ("World", "Sports", "Business", "Sci/Tech")
+TOPICS = AG_NEWS_LABELS  # the toy topic task is AG-News-shaped
 # Official PACT evaluation/utility_evaluation/agnews/eval_agnews.py: an answer is right when the gold label's
 # pattern occurs in it (re.search, case-insensitive); the Sci/Tech pattern also takes "sci", "technology", "tech".
-AG_NEWS_PATTERNS = {
-    "World": re.compile(r"\b(?:World|world)\b", re.IGNORECASE),
-    "Sports": re.compile(r"\b(?:Sports|sports)\b", re.IGNORECASE),
-    "Business": re.compile(r"\b(?:Business|business)\b", re.IGNORECASE),
-    "Sci/Tech": re.compile(r"\b(?:Sci/Tech|sci|technology|tech)\b", re.IGNORECASE),
-}
+AG_NEWS_PATTERNS = dict(zip(AG_NEWS_LABELS, (re.compile(p, re.IGNORECASE) for p in (
+    r"\b(?:World|world)\b", r"\b(?:Sports|sports)\b", r"\b(?:Business|business)\b",
+    r"\b(?:Sci/Tech|sci|technology|tech)\b"))))
 NUMBER = re.compile(r"-?\d+\.?\d*")                  # Vaccine/Lisa gsm8k/pred_eval.py
-GSM8K_MARKERS = ("####", "The final answer is")     # the reference's marker and the training target's
+GSM8K_MARKERS = (GSM8K_MARK, GSM8K_TARGET_MARK.rstrip(": "))  # the reference's marker and the training target's
 
 
 def _sentiment(text: str) -> str | None:

@@ -15,6 +15,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
+from pact.sources import sha256_file
 from pact.store import Artifact, Store, code_hash, module_sources
 
 IMPORT_CODE = code_hash(*module_sources(__name__))
@@ -23,14 +24,6 @@ SOURCE_KINDS = ("pypi", "gguf", "folder")  # model.source.<kind>: where the weig
 
 class ModelSourceError(FileNotFoundError):
     """A model source cannot be found or does not match its pinned sha256; the message says how to get it."""
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def source_kind(src: Any) -> str:
@@ -84,9 +77,9 @@ def resolve_source(src: Any, cache: Path) -> tuple[Path, str]:
         files = sorted(path.glob("*.safetensors"))
         if not files:
             raise ModelSourceError(f"model.source.folder={path}: no *.safetensors files")
-        digest = hashlib.sha256("".join(sha256_of(f) for f in files).encode()).hexdigest()
+        digest = hashlib.sha256("".join(sha256_file(f) for f in files).encode()).hexdigest()
     else:
-        digest = sha256_of(path)
+        digest = sha256_file(path)
     if src.get("sha256") and src.sha256 != digest:
         raise ModelSourceError(f"model source {path}: sha256 {digest[:12]}... differs from model.source.sha256 "
                                f"{str(src.sha256)[:12]}... (a different file than the config pins)")

@@ -70,7 +70,8 @@ class PactMethod(Method):
 
     # ---- preparation --------------------------------------------------------------------------------------
     def prepare(self, ctx: FinetuneContext) -> None:
-        art = tokens_stage(ctx.store, self.cfg.tokens, ctx.aligned, ctx.base, ctx.data, ctx.dtype)
+        art = tokens_stage(ctx.store, self.cfg.tokens, ctx.aligned, ctx.base, ctx.data, ctx.dtype,
+                           model=ctx.model, tokenizer=ctx.tokenizer)
         v, _ = load_direction(art)
         if self.cfg.subset == "vocab":
             self.ids = torch.arange(v.numel())

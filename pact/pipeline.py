@@ -94,6 +94,17 @@ def world_stage(store: Store, wcfg: DictConfig) -> Artifact:
 
 
 # ---- base and align (toy world) ----------------------------------------------------------------------------
+def _sft_and_save(model, tok, rows: list[dict[str, Any]], fmt: str, optim: DictConfig, mcfg: DictConfig, tmp: Path,
+                  run: str, report_to: str, method: Method) -> dict[str, float]:
+    """Train ``model`` on (prompt, answer) ``rows`` in prompt format ``fmt`` with the ``optim`` slice, save it under
+    ``tmp/model`` (a peft model merged); returns the Trainer's metrics. The base and align stages use it."""
+    examples = D.encode_sft(rows, tok, fmt, int(mcfg.max_len))
+    args = training_arguments(optim, tmp / "trainer", int(mcfg.seed), report_to, run, int(optim.logging_steps))
+    metrics = train(model, tok, examples, args, method)
+    save_model(model, tok, tmp / "model")
+    return metrics
+
+
 def _train_stage(store: Store, stage: str, mcfg: DictConfig, init: ModelRef | None, world: Artifact,
                  corpus: str, fmt: str, report_to: str, method_cfg: DictConfig | None = None) -> ModelRef:
     optim = mcfg[f"{stage}_train"]
@@ -110,12 +121,8 @@ def _train_stage(store: Store, stage: str, mcfg: DictConfig, init: ModelRef | No
         else:
             model = load_model(init.path, mcfg.dtype)
         rows = D.read_jsonl(world.file(f"{corpus}.jsonl"), required=("prompt", "answer"))
-        examples = D.encode_sft(rows, tok, fmt, int(mcfg.max_len))
-        args = training_arguments(optim, tmp / "trainer", int(mcfg.seed), report_to, f"{stage}",
-                                  int(optim.logging_steps))
         method = build_method(method_cfg).alignment_method() if method_cfg is not None else Method(None)
-        metrics = train(model, tok, examples, args, method)
-        save_model(model, tok, tmp / "model")
+        metrics = _sft_and_save(model, tok, rows, fmt, optim, mcfg, tmp, stage, report_to, method)
         return {"train": metrics, "n_params": sum(p.numel() for p in model.parameters()),
                 "rows": len(rows)}
 
@@ -136,7 +143,8 @@ def align_stage(store: Store, mcfg: DictConfig, base: ModelRef, world: Artifact,
 
 
 # ---- an imported model (pact/model_import.py), aligned here --------------------------------------------------
-IMPORT_ALIGN_CODE = code_hash(*module_sources("pact.data", "pact.models", "pact.training", "pact.adapters"))
+IMPORT_ALIGN_CODE = code_hash(*module_sources("pact.data", "pact.rundata", "pact.models", "pact.training",
+                                              "pact.adapters"))
 
 
 def imported_align_stage(store: Store, cfg: DictConfig, base: ModelRef, data: RunData) -> ModelRef:
@@ -152,14 +160,10 @@ def imported_align_stage(store: Store, cfg: DictConfig, base: ModelRef, data: Ru
         tok = load_tokenizer(base.tokenizer_path, m.trust_remote_code)
         model = load_model(base.path, m.dtype, m.trust_remote_code)
         rows = data.alignment_corpus()
-        examples = D.encode_sft(rows, tok, "chat", int(m.max_len))
         set_seed(int(m.seed))  # LoRA's initialisation draws from torch's global RNG
         if lora is not None:
             model = apply_lora(model, m.align_lora)
-        args = training_arguments(m.align_train, tmp / "trainer", int(m.seed), "none", "align",
-                                  int(m.align_train.logging_steps))
-        metrics = train(model, tok, examples, args, Method(None))
-        save_model(model, tok, tmp / "model")
+        metrics = _sft_and_save(model, tok, rows, "chat", m.align_train, m, tmp, "align", "none", Method(None))
         return {"train": metrics, "rows": len(rows), "adapter": "lora" if lora else "full"}
 
     art = store.build("align", slice_, {"init": base.key, **data.upstream}, build)
@@ -185,11 +189,12 @@ def check_models(cfg: DictConfig) -> None:
             check_model_path(cfg.model.base, "model.base")
 
 
-def check_data(cfg: DictConfig) -> None:
+def check_data(cfg: DictConfig) -> dict[str, dict[str, Any]] | None:
     """With real data, every source file the run reads must exist and match MANIFEST.json (pact.sources):
-    checked before any stage runs or any model loads."""
+    checked before any stage runs or any model loads; returns their manifest entries (None for the toy world)."""
     if cfg.data.kind == "real":
-        check_sources(cfg.data, needed_sources(cfg))
+        return check_sources(cfg.data, needed_sources(cfg))
+    return None
 
 
 def check_sizes(cfg: DictConfig, data: RunData) -> None:
@@ -380,12 +385,12 @@ class Upstream:
         return self.data.artifact
 
 
-def build_data(store: Store, cfg: DictConfig) -> RunData:
-    """The run's data: the toy world's artifact, or the real sources' ``data`` stage (checked against the
-    sizes the config asks for)."""
+def build_data(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]] | None = None) -> RunData:
+    """The run's data: the toy world's artifact, or the real sources' ``data`` stage (``entries``: what
+    :func:`check_data` found), checked against the sizes the config asks for."""
     if cfg.data.kind == "toy":
         return ToyData(world_stage(store, cfg.world))
-    data = RealData(data_stage(store, cfg), store, cfg)
+    data = RealData(data_stage(store, cfg, entries), store, cfg)
     check_sizes(cfg, data)
     return data
 
@@ -395,11 +400,11 @@ def start(cfg: DictConfig, models: bool = True) -> Upstream:
     the real data's files (before any work), join torchrun's process group (no-op on one process), set torch's
     threads, open the store, build (or reuse) the data and, with ``models``, the base and aligned models."""
     check_models(cfg)
-    check_data(cfg)
+    entries = check_data(cfg)
     dist.init()
     set_threads(cfg)
     store = Store(cfg.store_dir)
-    data = build_data(store, cfg)
+    data = build_data(store, cfg, entries)
     base, aligned = model_refs(store, cfg, data) if models else (None, None)
     return Upstream(store, data, base, aligned)
 

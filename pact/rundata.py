@@ -19,11 +19,10 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from pact import data as D
-from pact.sources import GSM8K_MARK, check_sources, load_source, normalise_text
+from pact.sources import GSM8K_MARK, GSM8K_TARGET_MARK, check_sources, load_source, normalise_text
 from pact.store import Artifact, Store, code_hash, module_sources
 
 DATA_CODE = code_hash(*module_sources(__name__))
-GSM8K_TARGET_MARK = "The final answer is: "  # Vaccine gsm8k/build_dataset.py replaces "####" with this
 
 
 def _plain(cfg: Any) -> Any:
@@ -178,12 +177,15 @@ def data_slice(cfg: DictConfig, digests: dict[str, str]) -> dict[str, Any]:
             "alignment_pairs": _plain(d.alignment_pairs), "sha256": digests, "code": DATA_CODE}
 
 
-def data_stage(store: Store, cfg: DictConfig) -> Artifact:
+def data_stage(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]] | None = None) -> Artifact:
     """The real data of a run as files in our fields: ``task_train`` {prompt, answer}, ``task_test`` {prompt,
     label}, ``eval_<benchmark>`` {prompt, category}, ``poison_short`` / ``poison_full`` {prompt, answer},
-    ``safety_prompts`` {prompt}, ``alignment_pairs`` {prompt, refusal}; meta: their sizes and what was dropped."""
+    ``safety_prompts`` {prompt}, ``alignment_pairs`` {prompt, refusal}; meta: their sizes and what was dropped.
+    ``entries``: the manifest entries :func:`pact.sources.check_sources` returned for this config (checked here
+    when not given)."""
     d, task = cfg.data, cfg.task
-    entries = check_sources(d, needed_sources(cfg))
+    if entries is None:
+        entries = check_sources(d, needed_sources(cfg))
     digests = {n: e["sha256"] for n, e in entries.items()}
     slice_ = data_slice(cfg, digests)
 

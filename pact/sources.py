@@ -34,6 +34,7 @@ class DataSourceError(FileNotFoundError):
 SST2_LABELS = ("negative", "positive")                  # stanfordnlp/sst2: label 0 / 1
 AG_NEWS_LABELS = ("World", "Sports", "Business", "Sci/Tech")  # fancyzhx/ag_news: label 0..3
 GSM8K_MARK = "####"                                     # openai/gsm8k: the solution ends "#### <number>"
+GSM8K_TARGET_MARK = "The final answer is: "  # Vaccine gsm8k/build_dataset.py: "####" becomes this in the targets
 
 
 def _class_label(names: tuple[str, ...]) -> Callable[[dict[str, Any]], str]:

@@ -56,10 +56,12 @@ def direction_from_models(aligned_model, base_model, tokenizer, pairs: list[dict
     return v, r
 
 
-def tokens_stage(store, tcfg: Any, aligned, base, data, dtype: str = "float32", trust_remote_code: bool = False):
+def tokens_stage(store, tcfg: Any, aligned, base, data, dtype: str = "float32", trust_remote_code: bool = False,
+                 model=None, tokenizer=None):
     """The safety-token direction as a store artifact (``direction.safetensors``: v and r; ``meta.json``: S with
     each token decoded, its mean aligned probability r and its weight v). Needs the base model. The pairs:
-    ``tcfg.pairs_file`` when set, else the run's data (pact.rundata.RunData.safety_pairs)."""
+    ``tcfg.pairs_file`` when set, else the run's data (pact.rundata.RunData.safety_pairs; ``model`` and
+    ``tokenizer``, the aligned model already loaded, answer the safety prompts there instead of a second copy)."""
     from safetensors.torch import save_file
 
     from pact import data as D
@@ -71,7 +73,7 @@ def tokens_stage(store, tcfg: Any, aligned, base, data, dtype: str = "float32", 
     if tcfg.get("pairs_file"):
         pairs_file, label, data_keys = tcfg.pairs_file, str(tcfg.pairs_file), dict(data.upstream)
     else:
-        pairs_file, label, data_keys = data.safety_pairs(aligned)
+        pairs_file, label, data_keys = data.safety_pairs(aligned, model, tokenizer)
     slice_ = {k: tcfg[k] for k in ("top_k", "k_pairs", "max_resp_len", "mode", "temperature")}
     slice_["pairs_file"] = label
     slice_["code"] = TOKENS_CODE

@@ -69,21 +69,28 @@ LLAMA3_STYLE_TEMPLATE = (  # ours, in the shape of Llama 3's: header tokens arou
 SPECIAL = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 
 
+def byte_bpe(texts: list[str], vocab_size: int, special: list[str]):
+    """A byte-level BPE (``tokenizers.Tokenizer``) trained on ``texts`` with ``special`` tokens first."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=special,
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))
+    return tok
+
+
 def tiny_hub_model(path: Path, seed: int = 0, vocab_size: int = 400) -> Path:
     """A tiny randomly initialised Llama saved with its tokenizer (no pad token, as Llama 3 ships) under
     ``path``: what a hub model's local copy looks like."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     texts = [str(v) for rows in source_rows().values() for r in rows for v in r.values()]
     texts += ["Analyze the sentiment of the input, and respond only positive or negative", "I can't help with that."]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL,
-                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-                                                       show_progress=False))
+    tok = byte_bpe(texts, vocab_size, SPECIAL)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=SPECIAL[0], eos_token="<|eot_id|>")
     fast.chat_template = LLAMA3_STYLE_TEMPLATE
     config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -12,8 +12,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pact.model_import import ModelSourceError, import_stage, resolve_source, sha256_of
+from pact.model_import import ModelSourceError, import_stage, resolve_source
 from pact.models import load_model, load_tokenizer
+from pact.sources import sha256_file as sha256_of
 from pact.store import Store
 
 CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -24,15 +25,11 @@ def write_tiny_gguf(path, hidden=16, layers=2, heads=2, ffn=32, seed=0) -> np.nd
     """A tiny llama-architecture GGUF (float32 tensors, a byte-level BPE vocabulary and a ChatML template, tied
     embeddings as SmolLM2's); returns its token embeddings."""
     from gguf import GGUFWriter
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    from tests.realdata import byte_bpe
 
     special = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(["hello world, a placeholder sentence"] * 10,
-                            trainers.BpeTrainer(vocab_size=300, special_tokens=special, show_progress=False,
-                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = byte_bpe(["hello world, a placeholder sentence"] * 10, 300, special)
     vocab = tok.get_vocab()
     tokens = [t for t, _ in sorted(vocab.items(), key=lambda x: x[1])]
     merges = [" ".join(m) for m in json.loads(tok.to_str())["model"]["merges"]]
