@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup reproduce extras smoke real-smoke test test-fast lint figures bench clean
+.PHONY: help setup reproduce extras smollm2 smoke real-smoke test test-fast lint figures bench clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ STUDIES := poison_ratio tasks pact_ablation_lambda pact_ablation_topk pact_ablat
 # Studies beyond the 60-minute budget of `make reproduce` (`make extras`); `make figures` reports those that ran.
 EXTRA_STUDIES := pact_switches_benign
 
+# A real pretrained model on this CPU (`make smollm2`): SmolLM2-135M-Instruct imported from a PyPI wheel and aligned here.
+REAL_STUDIES := smollm2_cpu
+
 # World, base and aligned model first with every thread; Vaccine's own alignment (~5 min) then builds on one
 # thread beside the first sweep, whose Vaccine jobs come last and wait for it on the store's lock.
 reproduce: setup ## the whole toy-world study -> results/ (~60 min on 2 cores)
@@ -37,6 +40,15 @@ reproduce: setup ## the whole toy-world study -> results/ (~60 min on 2 cores)
 	$(MAKE) figures
 	$(PY) -m analysis.world_stats --out results
 	$(PY) -m experiments.safety_tokens > results/safety_tokens.txt
+	$(PY) -m experiments.pact_step0 experiment=poison_ratio poison.ratio=0.1 --out results/pact_step0.csv
+
+# Import and alignment first with every thread, then the sweep (two jobs, one thread each).
+smollm2: setup ## SmolLM2-135M on this CPU: import, alignment, SFT-LoRA vs PACT-LoRA -> results/ (~60 min)
+	$(PY) -m experiments.prepare experiment=smollm2_cpu --evaluate
+	$(PY) -m experiments.run experiment=smollm2_cpu
+	$(PY) -m experiments.pact_step0 experiment=smollm2_cpu method=pact_lora poison.ratio=0.1 --out results/pact_step0.csv
+	$(PY) -m analysis.token_confidence --experiment smollm2_cpu --methods sft_lora pact_lora
+	$(MAKE) figures
 
 smoke: setup ## a 1-run study on a smaller world (1-3 min after setup) -> outputs/smoke/
 	PACT_STORE=outputs/smoke/store PACT_RUNS=outputs/smoke/runs $(PY) -m experiments.run experiment=smoke
@@ -58,7 +70,7 @@ lint: setup ## ruff (configured in pyproject.toml)
 	$(VENV)/bin/ruff check .
 
 figures: setup ## tables and figures from the run records (or the committed summary.csv) -> results/
-	$(PY) -m analysis.report $(foreach s,$(STUDIES) $(EXTRA_STUDIES),--experiment $(s)) --out results
+	$(PY) -m analysis.report $(foreach s,$(STUDIES) $(EXTRA_STUDIES) $(REAL_STUDIES),--experiment $(s)) --out results
 	$(PY) -m analysis.token_confidence --out results
 
 extras: setup ## studies beyond the hour of `make reproduce` (EXTRA_STUDIES)

@@ -59,6 +59,12 @@ def collect(runs_dir: str | os.PathLike, experiments: list[str] | None = None) -
             df[col] = pd.NA
     rest = [c for c in df.columns if c not in ID_COLUMNS + METRICS]
     df = df[ID_COLUMNS + METRICS + rest]
+    return sort_rows(df)
+
+
+def sort_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows by experiment, model, task; reference rows first, then methods in natural order, p, seed."""
+    df = df.copy()
     df["is_reference"] = df["poison_ratio"].isna()
     df = df.sort_values(["experiment", "model", "task", "is_reference", "method", "poison_ratio", "seed"],
                         ascending=[True, True, True, False, True, True, True], na_position="first",
@@ -125,12 +131,20 @@ def load_summary(path: str | os.PathLike, experiments: list[str] | None = None) 
 def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, experiments: list[str] | None = None,
            summary: str | os.PathLike | None = None) -> pd.DataFrame:
     """Write ``summary.csv``, per (experiment, model, task) a detailed Markdown table and a paper-style table
-    (Markdown, LaTeX, CSV), and the figures, under ``out_dir``. With ``summary``, the rows come from that
-    ``summary.csv`` instead of the run records (a fresh clone has the committed one but no records), and it is
-    not rewritten."""
+    (Markdown, LaTeX, CSV), and the figures, under ``out_dir``. An existing ``summary.csv`` keeps the rows of the
+    experiments that have no run records (e.g. the committed SmolLM2 study after a toy-only `make reproduce`). With
+    ``summary``, the rows come from that ``summary.csv`` instead of the run records (a fresh clone has the committed
+    one but no records), and it is not rewritten."""
     out = Path(out_dir)
     if summary is None:
         df = collect(runs_dir, experiments)
+        if (out / "summary.csv").is_file():  # keep the rows of experiments that have no records here
+            kept = pd.read_csv(out / "summary.csv")
+            kept = kept[~kept["experiment"].isin(df["experiment"].unique())]
+            if len(kept):
+                log.info("keeping %d rows of %s from %s (no run records for them under %s)", len(kept),
+                         "/".join(sorted(kept["experiment"].unique())), out / "summary.csv", runs_dir)
+                df = sort_rows(pd.concat([df, kept], ignore_index=True))
         # 6 significant digits: percentages of a few hundred prompts (e.g. 315/320 = 98.4375) survive exactly
         write_atomic(out / "summary.csv", df.to_csv(index=False, float_format="%.6g"))
     else:

@@ -4,7 +4,8 @@ puts on the safety set S and how far it is from the aligned model, on held-out h
 ``python -m analysis.token_confidence --experiment poison_ratio --p 0.1 --seed 0 [--methods sft pact]``
 Teacher-forces each held-out harmful prompt's refusal (the world's, through the chat template) and records,
 for positions t = 0..15: mass on S = sum over S of p_model(token | prefix) and KL(p_aligned || p_model) over
-the whole vocabulary. Writes ``figures/token_confidence.{png,pdf}`` and the numbers as CSV.
+the whole vocabulary. Writes ``figures/token_confidence.{png,pdf}`` (other experiments:
+``figures/<experiment>_token_confidence.*``) and the numbers as CSV.
 """
 
 from __future__ import annotations
@@ -85,12 +86,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="results")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    csv = out / "figures" / "token_confidence.csv"
+    # the main study's figure keeps its name; other studies' figures are named after them
+    stem = "token_confidence" if args.experiment == SETTINGS.experiment else f"{args.experiment}_token_confidence"
+    csv = out / "figures" / f"{stem}.csv"
     title = f"Held-out harmful prompts, teacher-forced refusals ({args.experiment}, seed {args.seed})"
     records = read_records(args.runs, [args.experiment])
     if not any(Path(r.get("model_path", "")).exists() for r in records) and csv.exists():
         print(f"models not in the store: replotting {csv}")  # `make figures` never retrains
-        plot(pd.read_csv(csv), title, out / "figures" / "token_confidence")
+        plot(pd.read_csv(csv), title, out / "figures" / stem)
         return
     aligned = next((r for r in records if r["method"] == "aligned"), None)
     if aligned is None:
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> None:
     df = position_curves(paths, aligned["model_path"], Path(tokens_meta), Path(aligned["world_path"]))
     csv.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(csv, index=False, float_format="%.5g")
-    plot(pd.read_csv(csv), title, out / "figures" / "token_confidence")  # from the CSV: the same figure as a replot
+    plot(pd.read_csv(csv), title, out / "figures" / stem)  # from the CSV: the same figure as a replot
     print(df.pivot(index="t", columns="model", values="mass_on_S").round(3).to_string())
 
 

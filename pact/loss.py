@@ -39,6 +39,17 @@ def pact_gate(policy: torch.Tensor, ref_post: torch.Tensor, mask: torch.Tensor, 
         return c * prefix_boost  # applied whatever prefix_n is, after the decay (official code)
 
 
+@torch.no_grad()
+def pact_target(ref_full: torch.Tensor, ref_post: torch.Tensor, gate: torch.Tensor, weights: torch.Tensor,
+                temperature: float = 2.0) -> torch.Tensor:
+    """PACT's target q on S ([B, A, |S|]): relu(weights) * softmax(((1 - c) * ref_full + c * ref_post) / T),
+    renormalised over S, with c = ``gate`` ([B, A])."""
+    c = gate.detach().float().unsqueeze(-1)
+    mix = (1 - c) * ref_full.detach().float() + c * ref_post.detach().float()
+    q = torch.softmax(mix / temperature, dim=-1) * F.relu(weights.detach().float())
+    return q / q.sum(dim=-1, keepdim=True).clamp_min(LOG_EPS)
+
+
 def pact_kl(policy: torch.Tensor, ref_full: torch.Tensor, ref_post: torch.Tensor, mask: torch.Tensor,
             weights: torch.Tensor, *, temperature: float = 2.0, gate_top_p: float = 0.9, gate_alpha: float = 2.0,
             gate_bias: float = 0.0, gate_temperature: float = 1.0, prefix_n: int = 8, decay_tau: float = 8.0,
@@ -55,12 +66,8 @@ def pact_kl(policy: torch.Tensor, ref_full: torch.Tensor, ref_post: torch.Tensor
         gate = pact_gate(policy, ref_post, mask, gate_top_p=gate_top_p, gate_alpha=gate_alpha,
                          gate_bias=gate_bias, gate_temperature=gate_temperature, prefix_n=prefix_n,
                          decay_tau=decay_tau, prefix_boost=prefix_boost)
-    with torch.no_grad():
-        c = gate.detach().float().unsqueeze(-1)
-        mix = (1 - c) * ref_full.detach().float() + c * ref_post.detach().float()
-        q = torch.softmax(mix / temperature, dim=-1) * F.relu(weights.detach().float())
-        q = q / q.sum(dim=-1, keepdim=True).clamp_min(LOG_EPS)
-        log_q = q.clamp_min(LOG_EPS).log()
+    q = pact_target(ref_full, ref_post, gate, weights, temperature)
+    log_q = q.clamp_min(LOG_EPS).log()
     log_p = F.log_softmax(policy.float() / temperature, dim=-1)
     kl_t = temperature ** 2 * (q * (log_q - log_p)).sum(dim=-1)
     return (kl_t * mask_f).sum() / mask_f.sum().clamp_min(1)

@@ -112,7 +112,7 @@ class PactMethod(Method):
         def compute(batch: list[dict[str, Any]]) -> list[dict[str, torch.Tensor]]:
             nonlocal model
             model = model or (ctx.model or load_model(ctx.aligned.path, ctx.dtype)).eval()
-            full, post = self._reference(model, batch)
+            full, post = self.reference(model, batch)
             lengths = [int((torch.as_tensor(e["labels"]) != IGNORE_INDEX).sum()) for e in batch]
             return [{"full": full[j, :n], "post": post[j, :n]} for j, n in enumerate(lengths)]
 
@@ -152,7 +152,9 @@ class PactMethod(Method):
             post = torch.nn.functional.pad(post, (0, 0, 0, a - post.shape[1]))
         return full.float(), post.float()
 
-    def _reference(self, model, examples: list[dict[str, Any]]):
+    def reference(self, model, examples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reference's subset logits of encoded ``examples`` (input_ids, labels) under ``model``:
+        (full-context, post-only), each [B, A, |S|] float32 at the answer positions (padded rows: zeros)."""
         from pact.data import SFTCollator
 
         pad = 0  # the padding id is irrelevant: padded positions are masked out of the loss
@@ -161,6 +163,14 @@ class PactMethod(Method):
                                             pad)
 
     # ---- loss ---------------------------------------------------------------------------------------------
+    def kl_options(self) -> dict[str, float | int]:
+        """The keyword arguments of :func:`pact.loss.pact_kl` (and :func:`pact.loss.pact_gate`) from the config."""
+        c = self.cfg
+        return {"temperature": float(c.temperature), "gate_top_p": float(c.gate_top_p),
+                "gate_alpha": float(c.gate_alpha), "gate_bias": float(c.gate_bias),
+                "gate_temperature": float(c.gate_temperature), "prefix_n": int(c.prefix_n),
+                "decay_tau": float(c.decay_tau), "prefix_boost": float(c.prefix_boost)}
+
     def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
@@ -181,11 +191,8 @@ class PactMethod(Method):
             gate = torch.zeros_like(mask, dtype=torch.float32)
         elif self.cfg.gate == "post_only":
             gate = mask.float()
-        kl = pact_kl(policy, ref_full, ref_post, mask, self.weights.to(labels.device),
-                     temperature=float(self.cfg.temperature), gate_top_p=float(self.cfg.gate_top_p),
-                     gate_alpha=float(self.cfg.gate_alpha), gate_bias=float(self.cfg.gate_bias),
-                     gate_temperature=float(self.cfg.gate_temperature), prefix_n=int(self.cfg.prefix_n),
-                     decay_tau=float(self.cfg.decay_tau), prefix_boost=float(self.cfg.prefix_boost), gate=gate)
+        kl = pact_kl(policy, ref_full, ref_post, mask, self.weights.to(labels.device), **self.kl_options(),
+                     gate=gate)
         self.last_kl = float(kl.detach())
         loss = outputs.loss + lam * kl
         return (loss, outputs) if return_outputs else loss

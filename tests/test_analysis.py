@@ -158,3 +158,23 @@ def test_compare_matches_rows_by_identity_and_reports_every_differing_cell(tmp_p
     other = compare(read_text_table(tmp_path / "ref.csv"), read_text_table(tmp_path / "other.csv"))
     assert other["matched"] == 3 and len(other["missing"]) == 1
     assert [(d[1], d[2], d[3]) for d in other["diffs"]] == [("harmful_score", "90", "90.0001")]
+
+
+def test_report_keeps_summary_rows_of_experiments_without_records(tmp_path):
+    """Records of one experiment rewrite that experiment's rows; the rows of experiments with no records here (a
+    committed study this clone did not run) stay in summary.csv as they were, byte for byte."""
+    from analysis.report import report
+
+    rows = _summary().to_dict("records")
+    report(_write_runs(tmp_path / "first", rows, "other"), tmp_path / "out")
+    kept = (tmp_path / "out" / "summary.csv").read_text().splitlines()[1:]
+    changed = [{**r, "harmful_score": 42.0} for r in rows]
+    report(_write_runs(tmp_path / "second", changed, "e"), tmp_path / "out")
+    df = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert set(df["experiment"]) == {"e", "other"}
+    assert (df[df["experiment"] == "e"]["harmful_score"] == 42.0).all()
+    lines = (tmp_path / "out" / "summary.csv").read_text().splitlines()[1:]
+    assert set(kept) <= set(lines)
+    report(_write_runs(tmp_path / "third", rows, "other"), tmp_path / "out")  # records replace kept rows
+    df = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert len(df) == 2 * len(rows) and (df[df["experiment"] == "other"]["harmful_score"] != 42.0).any()

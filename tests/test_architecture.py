@@ -261,3 +261,15 @@ def test_bench_child_reports_its_own_peak_memory_not_its_parents(tmp_path):
                           env=dict(os.environ, PYTHONPATH=str(ROOT)))
     del ballast
     assert 50 < float(done.stdout.strip().splitlines()[-1]) < 1500, done.stderr[-2000:]
+
+
+def test_prepare_evaluate_builds_the_reference_rows_evaluations(micro, tmp_path):
+    """`prepare --evaluate` leaves the base and aligned model's evaluations in the store, so a sweep reuses them."""
+    from experiments.prepare import main
+    from tests.conftest import MICRO
+
+    cfg = micro("eval.limit=6")  # other evaluation settings than the copied store holds
+    before = set((tmp_path / "store" / "evaluate").iterdir())
+    main([f"store_dir={cfg.store_dir}", f"runs_dir={cfg.runs_dir}", *MICRO, "eval.limit=6", "--evaluate"])
+    new = set((tmp_path / "store" / "evaluate").iterdir()) - before
+    assert len(new) == 2 and all((p / "DONE").is_file() for p in new)

@@ -87,7 +87,7 @@ def test_reference_cache_is_keyed_by_example_and_reused(toy, monkeypatch):
     files = sorted(m._cache_dir(ctx).glob("*.safetensors"))
     assert len(files) >= len({str(e["input_ids"]) for e in examples})
     calls = []
-    monkeypatch.setattr(PactMethod, "_reference", lambda self, *a: calls.append(a) or (_ for _ in ()).throw(
+    monkeypatch.setattr(PactMethod, "reference", lambda self, *a: calls.append(a) or (_ for _ in ()).throw(
         AssertionError("recomputed a cached example")))
     again = m.prepare_examples(list(reversed(examples)), ctx)  # other order (another seed): same entries
     assert not calls
@@ -142,3 +142,27 @@ def test_post_bos_ablation_prefixes_the_post_only_input(toy):
     batch = SFTCollator(ctx.tokenizer.pad_token_id)(examples)
     ids, _ = with_bos._post_only_batch(batch["labels"], batch["input_ids"], ctx.tokenizer.pad_token_id)
     assert (ids[:, 0] == ctx.tokenizer.bos_token_id).all()
+
+
+def test_step0_measures(toy, tmp_path, capsys):
+    """At step 0 the policy is the aligned model: with uniform weights and the gate off PACT's target is the
+    aligned model's own distribution on S (KL 0); with the official raw weights it is not."""
+    cfg, store, world, base, aligned = toy
+    from experiments.pact_step0 import main
+
+    common = [f"store_dir={cfg.store_dir}", f"runs_dir={cfg.runs_dir}", *_micro_overrides(), "poison.ratio=0.1"]
+    out = tmp_path / "step0.csv"
+    main([*common, "--out", str(out)])
+    import pandas as pd
+
+    table = pd.read_csv(out).set_index("rows")
+    assert table.loc["all", "n_rows"] == cfg.finetune.n == table.loc["task", "n_rows"] + table.loc["poison", "n_rows"]
+    assert table.loc["poison", "n_rows"] == round(0.1 * cfg.finetune.n)
+    assert ((table["gate"] >= 0) & (table["gate"] <= 1)).all()
+    assert (table["target_mass_top1"] <= table["target_mass_top5"] + 1e-9).all()
+    assert (table["kl_gate_off"] > 1e-3).all()
+    main([*common, "method.weights=uniform", "--out", str(out)])  # replaces the model's rows
+    uniform = pd.read_csv(out)
+    assert len(uniform) == 3 and (uniform["kl_gate_off"].abs() < 1e-5).all()
+    assert (uniform["kl_gate_on"] > 0).all()  # the post-only reference differs from the full context
+    assert "kl_gate_on" in capsys.readouterr().out

@@ -1,0 +1,148 @@
+"""What PACT's regulariser asks at step 0: ``python -m experiments.pact_step0 [overrides] [--out CSV]``.
+
+At the first step the policy is the aligned model, so any KL the regulariser reports there comes from its target,
+not from drift: the weighting of S by relu(v), the post-only reference mixed in by the gate, the temperature.
+On the configured run's training rows (task and poison, as the fine-tune sees them) this measures, per answer
+position and split by row kind: the gate c (all positions and the first ``prefix_n``), the KL with the gate on
+(official) and off (c = 0), the share of the target's mass on the ``TOP_M`` highest-weighted tokens of S, and
+the entropy within S (at the loss temperature) of the full-context and post-only references and of the target.
+Rows (one per model x row kind) replace the same model's rows in ``--out`` (default: print only).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from pact import data as D
+from pact import pipeline as P
+from pact.cli import fail, run_cli
+from pact.config import compose_config, validate
+from pact.labels import answer_positions
+from pact.loss import pact_gate, pact_kl, pact_target
+from pact.methods import FinetuneContext, build_method
+from pact.models import load_model, load_tokenizer
+
+TOP_M = (1, 5, 10)  # how many of S's highest-weighted tokens the mass share is reported for
+
+
+def entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Entropy (nats) of softmax(logits / T) over the last axis."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)
+
+
+def batch_measures(method, full: torch.Tensor, post: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per-position measures [B, A] (and per-row KLs) of one batch, with the aligned model as the policy."""
+    opts = method.kl_options()
+    weights = method.weights
+    gate = pact_gate(full, post, mask, **{k: v for k, v in opts.items() if k != "temperature"})
+    q = pact_target(full, post, gate, weights, opts["temperature"])
+    order = torch.argsort(weights, descending=True)
+    out = {"gate": gate, "entropy_full": entropy(full, opts["temperature"]),
+           "entropy_post": entropy(post, opts["temperature"]),
+           "entropy_target": -(q * q.clamp_min(1e-12).log()).sum(dim=-1)}
+    for m in TOP_M:
+        out[f"target_mass_top{m}"] = q[..., order[:m]].sum(dim=-1)
+    # the loss's own KL per row (a row's mean over its positions, times its positions, sums to the batch total)
+    for name, g in (("kl_gate_on", None), ("kl_gate_off", torch.zeros_like(gate))):
+        out[name] = torch.stack([pact_kl(full[i:i + 1], full[i:i + 1], post[i:i + 1], mask[i:i + 1],
+                                         weights, **opts, gate=None if g is None else g[i:i + 1])
+                                 for i in range(full.shape[0])])
+    return out
+
+
+def measure(overrides: list[str]) -> pd.DataFrame:
+    """The step-0 table of the config made of ``overrides`` (method defaults to pact)."""
+    if not any(o.startswith("method=") for o in overrides):
+        overrides = ["method=pact", *overrides]
+    cfg = validate(compose_config(overrides))
+    if "tokens" not in cfg.method:
+        fail(f"method={cfg.method.id} is not a PACT method")
+    up = P.start(cfg)
+    tok = load_tokenizer(up.aligned.tokenizer_path, cfg.model.trust_remote_code)
+    model = load_model(up.aligned.path, cfg.model.dtype, cfg.model.trust_remote_code).eval()
+    method = build_method(cfg.method)
+    method.prepare(FinetuneContext(aligned=up.aligned, base=up.base, data=up.data, tokenizer=tok,
+                                   prompt_format=up.aligned.prompt_format, max_len=int(cfg.model.max_len),
+                                   seed=int(cfg.seed), dtype=cfg.model.dtype, store=up.store, model=model))
+    rows = P.finetune_rows(cfg, up.data)
+    examples = D.encode_sft(rows, tok, up.aligned.prompt_format, int(cfg.model.max_len))
+    prefix_n = int(cfg.method.prefix_n)
+    sums: dict[str, dict[str, float]] = {}
+    counts: dict[str, dict[str, float]] = {}
+    size = int(cfg.method.ref_batch_size)
+    for lo in range(0, len(examples), size):
+        batch, kinds = examples[lo:lo + size], rows[lo:lo + size]
+        full, post = method.reference(model, batch)
+        labels = D.SFTCollator(0)([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in batch])["labels"]
+        _, mask = answer_positions(labels)
+        vals = batch_measures(method, full, post, mask)
+        n_pos = mask.sum(dim=1).float()
+        early = mask & (torch.arange(mask.shape[1]) < prefix_n)
+        for i, row in enumerate(kinds):
+            for kind in ("all", "poison" if row.get("poison") else "task"):
+                s, c = sums.setdefault(kind, {}), counts.setdefault(kind, {})
+                c["rows"] = c.get("rows", 0) + 1
+                for name, v in vals.items():
+                    if name.startswith("kl_"):  # per-row mean -> position-weighted sum
+                        s[name] = s.get(name, 0.0) + float(v[i]) * float(n_pos[i])
+                        c[name] = c.get(name, 0.0) + float(n_pos[i])
+                    else:
+                        s[name] = s.get(name, 0.0) + float(v[i][mask[i]].sum())
+                        c[name] = c.get(name, 0.0) + float(n_pos[i])
+                s["gate_prefix"] = s.get("gate_prefix", 0.0) + float(vals["gate"][i][early[i]].sum())
+                c["gate_prefix"] = c.get("gate_prefix", 0.0) + float(early[i].sum())
+    weights = method.weights.clamp_min(0)
+    top = torch.sort(weights, descending=True).values
+    out = []
+    for kind in ("all", "task", "poison"):
+        if kind not in sums:
+            continue
+        row: dict[str, Any] = {"model": cfg.model.name, "task": cfg.task.name, "poison_ratio": float(cfg.poison.ratio),
+                               "seed": int(cfg.seed), "rows": kind, "n_rows": int(counts[kind]["rows"]),
+                               "positions": int(counts[kind]["gate"]), "safety_set_size": int(len(weights)),
+                               "temperature": float(cfg.method.temperature)}
+        for name in sums[kind]:
+            row[name] = sums[kind][name] / counts[kind][name] if counts[kind][name] else math.nan
+        for m in TOP_M:  # the same share for the weights alone: how peaked relu(v) is
+            row[f"weight_share_top{m}"] = float(top[:m].sum() / top.sum())
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def write(table: pd.DataFrame, path: Path) -> None:
+    """Replace this model's rows in ``path`` (a CSV shared by every model measured) with ``table``."""
+    if path.exists():
+        old = pd.read_csv(path)
+        table = pd.concat([old[~old["model"].isin(table["model"])], table], ignore_index=True)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    table.to_csv(tmp, index=False, float_format="%.6g")
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = list(sys.argv[1:] if argv is None else argv)
+    out = None
+    if "--out" in args:
+        i = args.index("--out")
+        if i + 1 >= len(args):
+            fail("--out needs a CSV path")
+        out = Path(args[i + 1])
+        del args[i:i + 2]
+    table = run_cli(lambda: measure(args))
+    with pd.option_context("display.width", 200, "display.max_columns", 40):
+        print(table.T.to_string(header=False))
+    if out is not None:
+        write(table, out)
+        print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()
