@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup reproduce extras smollm2 smoke real-smoke test test-fast lint figures bench clean
+.PHONY: help setup reproduce extras smollm2 smollm2-extras smoke real-smoke test test-fast lint figures bench clean
 
 help: ## this list
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -25,7 +25,7 @@ STUDIES := poison_ratio tasks pact_ablation_lambda pact_ablation_topk pact_ablat
 EXTRA_STUDIES := pact_switches_benign
 
 # A real pretrained model on this CPU (`make smollm2`): SmolLM2-135M-Instruct imported from a PyPI wheel and aligned here.
-REAL_STUDIES := smollm2_cpu
+REAL_STUDIES := smollm2_cpu smollm2_cpu_extras smollm2_cpu_official_lr
 
 # World, base and aligned model first with every thread; Vaccine's own alignment (~5 min) then builds on one
 # thread beside the first sweep, whose Vaccine jobs come last and wait for it on the store's lock.
@@ -48,6 +48,15 @@ smollm2: setup ## SmolLM2-135M on this CPU: import, alignment, SFT-LoRA vs PACT-
 	$(PY) -m experiments.run experiment=smollm2_cpu
 	$(PY) -m experiments.pact_step0 experiment=smollm2_cpu method=pact_lora poison.ratio=0.1 --out results/pact_step0.csv
 	$(PY) -m analysis.token_confidence --experiment smollm2_cpu --methods sft_lora pact_lora
+	$(MAKE) figures
+
+# One seed at p = 0.1 (PACT's switches also at p = 0) after `make smollm2`: full fine-tuning, safety-data mixing, and the
+# fine-tunes that separate the causes of PACT's behaviour (conf/experiment/smollm2_cpu_{extras,official_lr}.yaml).
+smollm2-extras: setup ## SmolLM2 extra runs after make smollm2: full SFT/PACT, safety mix, ablations (~30 min)
+	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=sft,pact,safety_mix_lora
+	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=pact_lora method.post_bos=true poison.ratio=0.0,0.1
+	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=pact_lora method.gate=off poison.ratio=0.0,0.1
+	$(PY) -m experiments.run experiment=smollm2_cpu_official_lr
 	$(MAKE) figures
 
 smoke: setup ## a 1-run study on a smaller world (1-3 min after setup) -> outputs/smoke/
@@ -77,8 +86,9 @@ extras: setup ## studies beyond the hour of `make reproduce` (EXTRA_STUDIES)
 	for study in $(EXTRA_STUDIES); do $(PY) -m experiments.run experiment=$$study || exit 1; done
 	$(MAKE) figures
 
-bench: setup ## time and memory of every method against SFT -> results/bench.md
-	$(PY) -m experiments.bench --out results/bench.md
+bench: setup ## time and memory of every method against SFT, toy model and SmolLM2 -> results/bench.md (~15 min)
+	$(PY) -m experiments.bench --settings bench --out results/bench.md
+	$(PY) -m experiments.bench --settings bench_smollm2 --out results/bench.md
 
 clean: ## delete outputs/ and multirun/ (the store, run records, Hydra logs)
 	rm -rf outputs multirun

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -21,13 +22,16 @@ from omegaconf import OmegaConf
 
 from experiments.bench_variant import PREFIX
 from pact import pipeline as P
-from pact.cli import run_cli
+from pact.cli import fail, run_cli
 from pact.config import CONF_DIR, compose_config
+from pact.fileio import write_atomic
 from pact.tokens_stage import tokens_stage
 
 ROOT = CONF_DIR.parent
-SHARED_STAGES = ("world", "data", "base", "align", "tokens", "safety_pairs", "safety_layers")
-SETTINGS = OmegaConf.load(CONF_DIR / "analysis.yaml").bench  # variants and Vaccine's timed alignment steps
+SHARED_STAGES = ("world", "data", "import", "base", "align", "tokens", "safety_pairs", "safety_layers")
+ANALYSIS = OmegaConf.load(CONF_DIR / "analysis.yaml")
+SETTINGS = ANALYSIS.bench  # the toy model's variants and Vaccine's timed alignment steps; others: --settings
+TITLE = "# Cost of PACT relative to SFT"
 
 
 def prepare_upstream(overrides: list[str]) -> Path:
@@ -56,12 +60,18 @@ def run_variant(main_store: Path, overrides: list[str], shared: tuple[str, ...] 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="results/bench.md")
+    parser.add_argument("--settings", default="bench", help="the block of conf/analysis.yaml to run (bench, "
+                        "bench_smollm2): its variants become one section of --out, replacing the same section")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides shared by all variants")
     args = parser.parse_args(argv)
-    main_store = run_cli(lambda: prepare_upstream(args.overrides))
+    if args.settings not in ANALYSIS or "variants" not in ANALYSIS[args.settings]:
+        run_cli(lambda: fail(f"--settings {args.settings}: no such bench block in conf/analysis.yaml"))
+    settings = ANALYSIS[args.settings]
+    overrides = [*settings.overrides, *args.overrides]
+    main_store = run_cli(lambda: prepare_upstream(overrides))
     rows = []
-    for variant in SETTINGS.variants:
-        res = run_variant(main_store, [*args.overrides, *variant.overrides])
+    for variant in settings.variants:
+        res = run_variant(main_store, [*overrides, *variant.overrides])
         label, adapter = variant.label, res["adapter"]
         steps = res["train"]["train_runtime"] * res["train"]["train_steps_per_second"]
         res.update(label=label, steps=round(steps),
@@ -70,10 +80,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{adapter:5s} {label:32s} step {res['step_s'] * 1000:7.1f} ms  stage {res['wall']:6.1f} s  "
               f"peak RSS {res['max_rss_mb']:7.0f} MB", flush=True)
     # Alignment-stage defences (Vaccine) change the alignment stage: time align_steps steps with and without.
-    align_steps = int(SETTINGS.align_steps)
+    align_steps = int(settings.align_steps)
     align_rows = []
-    for variant in SETTINGS.align_variants:
-        res = run_variant(main_store, [*args.overrides, *variant.overrides,
+    for variant in settings.align_variants:
+        res = run_variant(main_store, [*overrides, *variant.overrides,
                                        f"model.align_train.max_steps={align_steps}"], ("world", "base"), mode="align")
         label = variant.label
         res.update(label=label, step_s=res["train"]["train_runtime"] / align_steps)
@@ -81,8 +91,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"align {label:32s} step {res['step_s'] * 1000:7.1f} ms  peak RSS {res['max_rss_mb']:7.0f} MB",
               flush=True)
     sft = {r["adapter"]: r for r in rows if r["label"] == "SFT"}
-    lines = ["# Cost of PACT relative to SFT", "",
-             f"Command: `python -m experiments.bench {' '.join(args.overrides)}`. Same aligned model, same rows, "
+    command = " ".join(["python -m experiments.bench", f"--settings {args.settings}", *args.overrides])
+    lines = [f"Command: `{command}` (conf/analysis.yaml `{args.settings}`: {' '.join(overrides) or 'defaults'}). "
+             "Same aligned model, same rows, "
              "same steps; each variant in a fresh process with no fine-tuning artifacts cached (the PACT "
              "reference cache is built inside the measured stage). Step = the Trainer's mean step time; stage = "
              "the whole fine-tuning stage (loading, cache build, training, saving); peak = the process's peak RSS "
@@ -95,16 +106,29 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {r['adapter']} | {r['label']} | {r['steps']} | {1000 * r['step_s']:.1f} | "
                      f"{r['step_s'] / s['step_s']:.2f}x | {r['wall']:.1f} | {r['wall'] / s['wall']:.2f}x | "
                      f"{cache} | {r['max_rss_mb']:.0f} | {r['max_rss_mb'] / s['max_rss_mb']:.2f}x |")
-    plain = align_rows[0]
-    lines += ["", f"Alignment stage, {align_steps} steps from the same base model (Vaccine's two passes per step):", "",
-              "| stage | step (ms) | step / plain | peak RSS (MB) | peak / plain |", "|---|---|---|---|---|"]
-    for r in align_rows:
-        lines.append(f"| {r['label']} | {1000 * r['step_s']:.1f} | {r['step_s'] / plain['step_s']:.2f}x | "
-                     f"{r['max_rss_mb']:.0f} | {r['max_rss_mb'] / plain['max_rss_mb']:.2f}x |")
+    if align_rows:
+        plain = align_rows[0]
+        lines += ["", f"Alignment stage, {align_steps} steps from the same base model (Vaccine's two passes per "
+                  "step):", "", "| stage | step (ms) | step / plain | peak RSS (MB) | peak / plain |",
+                  "|---|---|---|---|---|"]
+        for r in align_rows:
+            lines.append(f"| {r['label']} | {1000 * r['step_s']:.1f} | {r['step_s'] / plain['step_s']:.2f}x | "
+                         f"{r['max_rss_mb']:.0f} | {r['max_rss_mb'] / plain['max_rss_mb']:.2f}x |")
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {out}")
+    write_section(out, settings.title, lines)
+    print(f"wrote section {settings.title!r} of {out}")
+
+
+def write_section(path: Path, title: str, lines: list[str]) -> None:
+    """Write ``lines`` as the ``## title`` section of ``path``, keeping its other sections (a file from before
+    sections, or any text above the first section, is replaced by the file's title)."""
+    sections: dict[str, str] = {}
+    if path.exists():
+        for part in re.split(r"(?m)^## ", path.read_text())[1:]:
+            sections[part.split("\n", 1)[0]] = "## " + part.rstrip("\n")
+    sections[title] = "\n".join([f"## {title}", "", *lines]).rstrip("\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, "\n\n".join([TITLE, *sections.values()]) + "\n")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,10 @@
 At the first step the policy is the aligned model, so any KL the regulariser reports there comes from its target,
 not from drift: the weighting of S by relu(v), the post-only reference mixed in by the gate, the temperature.
 On the configured run's training rows (task and poison, as the fine-tune sees them) this measures, per answer
-position and split by row kind: the gate c (all positions and the first ``prefix_n``), the KL with the gate on
-(official) and off (c = 0), the share of the target's mass on the ``TOP_M`` highest-weighted tokens of S, and
-the entropy within S (at the loss temperature) of the full-context and post-only references and of the target.
+position and split by row kind: the gate c (mean and sd over all positions; mean over the first ``prefix_n``), the
+KL with the gate on (official) and off (c = 0), the share of the target's mass on the ``TOP_M`` highest-weighted
+tokens of S, the entropy within S (at the loss temperature) of the full-context and post-only references and of the
+target, and the cross-entropy on the answer tokens (the SFT term beside PACT's; KLs are the loss's T^2 * KL).
 Rows (one per model x row kind) replace the same model's rows in ``--out`` (default: print only).
 """
 
@@ -23,7 +24,7 @@ from pact import data as D
 from pact import pipeline as P
 from pact.cli import fail, run_cli
 from pact.config import compose_config, validate
-from pact.labels import answer_positions
+from pact.labels import IGNORE_INDEX, answer_positions
 from pact.loss import pact_gate, pact_kl, pact_target
 from pact.methods import FinetuneContext, build_method
 from pact.models import load_model, load_tokenizer
@@ -44,7 +45,7 @@ def batch_measures(method, full: torch.Tensor, post: torch.Tensor, mask: torch.T
     gate = pact_gate(full, post, mask, **{k: v for k, v in opts.items() if k != "temperature"})
     q = pact_target(full, post, gate, weights, opts["temperature"])
     order = torch.argsort(weights, descending=True)
-    out = {"gate": gate, "entropy_full": entropy(full, opts["temperature"]),
+    out = {"gate": gate, "gate_sq": gate ** 2, "entropy_full": entropy(full, opts["temperature"]),
            "entropy_post": entropy(post, opts["temperature"]),
            "entropy_target": -(q * q.clamp_min(1e-12).log()).sum(dim=-1)}
     for m in TOP_M:
@@ -55,6 +56,17 @@ def batch_measures(method, full: torch.Tensor, post: torch.Tensor, mask: torch.T
                                          weights, **opts, gate=None if g is None else g[i:i + 1])
                                  for i in range(full.shape[0])])
     return out
+
+
+@torch.no_grad()
+def answer_ce(model, examples: list[dict[str, Any]]) -> torch.Tensor:
+    """Per row, the model's mean cross-entropy (nats) on its answer tokens: the SFT term PACT's KL is added to."""
+    batch = D.SFTCollator(0)([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+    labels = batch["labels"][:, 1:]
+    ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp_min(0), reduction="none")
+    valid = (labels != IGNORE_INDEX).float()
+    return (ce * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1)
 
 
 def measure(overrides: list[str]) -> pd.DataFrame:
@@ -83,6 +95,7 @@ def measure(overrides: list[str]) -> pd.DataFrame:
         labels = D.SFTCollator(0)([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in batch])["labels"]
         _, mask = answer_positions(labels)
         vals = batch_measures(method, full, post, mask)
+        vals["ce"] = answer_ce(model, batch)
         n_pos = mask.sum(dim=1).float()
         early = mask & (torch.arange(mask.shape[1]) < prefix_n)
         for i, row in enumerate(kinds):
@@ -90,7 +103,7 @@ def measure(overrides: list[str]) -> pd.DataFrame:
                 s, c = sums.setdefault(kind, {}), counts.setdefault(kind, {})
                 c["rows"] = c.get("rows", 0) + 1
                 for name, v in vals.items():
-                    if name.startswith("kl_"):  # per-row mean -> position-weighted sum
+                    if name.startswith("kl_") or name == "ce":  # per-row mean -> position-weighted sum
                         s[name] = s.get(name, 0.0) + float(v[i]) * float(n_pos[i])
                         c[name] = c.get(name, 0.0) + float(n_pos[i])
                     else:
@@ -110,6 +123,7 @@ def measure(overrides: list[str]) -> pd.DataFrame:
                                "temperature": float(cfg.method.temperature)}
         for name in sums[kind]:
             row[name] = sums[kind][name] / counts[kind][name] if counts[kind][name] else math.nan
+        row["gate_sd"] = math.sqrt(max(row.pop("gate_sq") - row["gate"] ** 2, 0.0))
         for m in TOP_M:  # the same share for the weights alone: how peaked relu(v) is
             row[f"weight_share_top{m}"] = float(top[:m].sum() / top.sum())
         out.append(row)

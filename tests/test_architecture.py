@@ -252,6 +252,21 @@ def test_bench_variant_measures_one_stage(micro, tmp_path):
     assert res["wall"] > 0 and res["train"]["train_runtime"] > 0 and res["max_rss_mb"] > 100
 
 
+def test_bench_sections_replace_only_themselves(tmp_path):
+    """`make bench` writes one section per settings block of conf/analysis.yaml into one bench.md."""
+    from experiments.bench import ANALYSIS, TITLE, write_section
+
+    for block in ("bench", "bench_smollm2"):  # each ratio is taken against an SFT row with the same adapter
+        labels = {(v.label, "lora" in " ".join(v.overrides)) for v in ANALYSIS[block].variants}
+        assert {("SFT", False), ("SFT", True)} <= labels
+    out = tmp_path / "bench.md"
+    out.write_text("# old file without sections\n| a | b |\n")
+    write_section(out, "toy", ["toy v1"])
+    write_section(out, "smol", ["smol v1"])
+    write_section(out, "toy", ["toy v2"])
+    assert out.read_text() == f"{TITLE}\n\n## toy\n\ntoy v2\n\n## smol\n\nsmol v1\n"
+
+
 @pytest.mark.slow
 def test_bench_child_reports_its_own_peak_memory_not_its_parents(tmp_path):
     ballast = bytearray(2 * 1024**3)  # the parent's peak: 2 GiB
