@@ -42,20 +42,20 @@ reproduce: setup ## the whole toy-world study -> results/ (~60 min on 2 cores)
 	$(PY) -m experiments.safety_tokens > results/safety_tokens.txt
 	$(PY) -m experiments.pact_step0 experiment=poison_ratio poison.ratio=0.1 --out results/pact_step0.csv
 
-# Import and alignment first with every thread, then the sweep (two jobs, one thread each).
-smollm2: setup ## SmolLM2-135M on this CPU: import, alignment, SFT-LoRA vs PACT-LoRA -> results/ (~60 min)
+# Import, alignment and the reference rows' evaluations first with every thread, then the sweep (two jobs, one
+# thread each; its first PACT job builds the safety set, 451 s on one thread, while the other core may wait).
+smollm2: setup ## SmolLM2-135M on this CPU: import, alignment, SFT-LoRA vs PACT-LoRA -> results/ (70 min)
 	$(PY) -m experiments.prepare experiment=smollm2_cpu --evaluate
 	$(PY) -m experiments.run experiment=smollm2_cpu
 	$(PY) -m experiments.pact_step0 experiment=smollm2_cpu method=pact_lora poison.ratio=0.1 --out results/pact_step0.csv
 	$(PY) -m analysis.token_confidence --experiment smollm2_cpu --methods sft_lora pact_lora
 	$(MAKE) figures
 
-# One seed at p = 0.1 (PACT's switches also at p = 0) after `make smollm2`: full fine-tuning, safety-data mixing, and the
+# One seed at p = 0.1 after `make smollm2`: full fine-tuning, safety-data mixing, and the
 # fine-tunes that separate the causes of PACT's behaviour (conf/experiment/smollm2_cpu_{extras,official_lr}.yaml).
 smollm2-extras: setup ## SmolLM2 extra runs after make smollm2: full SFT/PACT, safety mix, ablations (~30 min)
 	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=sft,pact,safety_mix_lora
-	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=pact_lora method.post_bos=true poison.ratio=0.0,0.1
-	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=pact_lora method.gate=off poison.ratio=0.0,0.1
+	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=pact_lora method.post_bos=true,false method.gate=on,off
 	$(PY) -m experiments.run experiment=smollm2_cpu_official_lr
 	$(MAKE) figures
 
