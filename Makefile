@@ -53,7 +53,7 @@ smollm2: setup ## SmolLM2-135M on this CPU: import, alignment, SFT-LoRA vs PACT-
 
 # One seed at p = 0.1 after `make smollm2`: full fine-tuning, safety-data mixing, and the
 # fine-tunes that separate the causes of PACT's behaviour (conf/experiment/smollm2_cpu_{extras,official_lr}.yaml).
-smollm2-extras: setup ## SmolLM2 extra runs after make smollm2: full SFT/PACT, safety mix, ablations (~30 min)
+smollm2-extras: setup ## SmolLM2 extra runs after make smollm2: full SFT/PACT, safety mix, ablations (~35 min)
 	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=sft,pact,safety_mix_lora
 	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=pact_lora method.post_bos=true,false method.gate=on,off
 	$(PY) -m experiments.run experiment=smollm2_cpu_official_lr
