@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 .PHONY: help setup reproduce extras smollm2 smollm2-extras smoke real-smoke test test-fast lint figures bench clean
 
 help: ## this list
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 setup: $(STAMP) ## create .venv: torch 2.13 (CPU) first, then this package with its pins
 
