@@ -30,7 +30,6 @@ from pact.tokens_stage import tokens_stage
 ROOT = CONF_DIR.parent
 SHARED_STAGES = ("world", "data", "import", "base", "align", "tokens", "safety_pairs", "safety_layers")
 ANALYSIS = OmegaConf.load(CONF_DIR / "analysis.yaml")
-SETTINGS = ANALYSIS.bench  # the toy model's variants and Vaccine's timed alignment steps; others: --settings
 TITLE = "# Cost of PACT relative to SFT"
 
 

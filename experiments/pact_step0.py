@@ -19,17 +19,19 @@ from typing import Any
 
 import pandas as pd
 import torch
+from omegaconf import OmegaConf
 
 from pact import data as D
 from pact import pipeline as P
 from pact.cli import fail, run_cli
-from pact.config import compose_config, validate
+from pact.config import CONF_DIR, compose_config, validate
+from pact.fileio import write_atomic
 from pact.labels import IGNORE_INDEX, answer_positions
-from pact.loss import pact_gate, pact_kl, pact_target
+from pact.loss import LOG_EPS, pact_gate, pact_kl, pact_target
 from pact.methods import FinetuneContext, build_method
 from pact.models import load_model, load_tokenizer
 
-TOP_M = (1, 5, 10)  # how many of S's highest-weighted tokens the mass share is reported for
+TOP_M = tuple(OmegaConf.load(CONF_DIR / "analysis.yaml").pact_step0.top_m)
 
 
 def entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -47,7 +49,7 @@ def batch_measures(method, full: torch.Tensor, post: torch.Tensor, mask: torch.T
     order = torch.argsort(weights, descending=True)
     out = {"gate": gate, "gate_sq": gate ** 2, "entropy_full": entropy(full, opts["temperature"]),
            "entropy_post": entropy(post, opts["temperature"]),
-           "entropy_target": -(q * q.clamp_min(1e-12).log()).sum(dim=-1)}
+           "entropy_target": -(q * q.clamp_min(LOG_EPS).log()).sum(dim=-1)}
     for m in TOP_M:
         out[f"target_mass_top{m}"] = q[..., order[:m]].sum(dim=-1)
     # the loss's own KL per row (a row's mean over its positions, times its positions, sums to the batch total)
@@ -59,9 +61,9 @@ def batch_measures(method, full: torch.Tensor, post: torch.Tensor, mask: torch.T
 
 
 @torch.no_grad()
-def answer_ce(model, examples: list[dict[str, Any]]) -> torch.Tensor:
-    """Per row, the model's mean cross-entropy (nats) on its answer tokens: the SFT term PACT's KL is added to."""
-    batch = D.SFTCollator(0)([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+def answer_ce(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per row of a collated batch, the model's mean cross-entropy (nats) on its answer tokens: the SFT term PACT's
+    KL is added to."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
     ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp_min(0), reduction="none")
@@ -92,10 +94,10 @@ def measure(overrides: list[str]) -> pd.DataFrame:
     for lo in range(0, len(examples), size):
         batch, kinds = examples[lo:lo + size], rows[lo:lo + size]
         full, post = method.reference(model, batch)
-        labels = D.SFTCollator(0)([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in batch])["labels"]
-        _, mask = answer_positions(labels)
+        collated = D.SFTCollator(0)([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in batch])
+        _, mask = answer_positions(collated["labels"])
         vals = batch_measures(method, full, post, mask)
-        vals["ce"] = answer_ce(model, batch)
+        vals["ce"] = answer_ce(model, collated)
         n_pos = mask.sum(dim=1).float()
         early = mask & (torch.arange(mask.shape[1]) < prefix_n)
         for i, row in enumerate(kinds):
@@ -136,9 +138,7 @@ def write(table: pd.DataFrame, path: Path) -> None:
         old = pd.read_csv(path)
         table = pd.concat([old[~old["model"].isin(table["model"])], table], ignore_index=True)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".csv.tmp")
-    table.to_csv(tmp, index=False, float_format="%.6g")
-    tmp.replace(path)
+    write_atomic(path, table.to_csv(index=False, float_format="%.6g"))
 
 
 def main(argv: list[str] | None = None) -> None:

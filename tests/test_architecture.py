@@ -243,11 +243,11 @@ def test_evaluate_stage_hands_back_its_judged_generations(micro):
 
 
 def test_bench_variant_measures_one_stage(micro, tmp_path):
-    from experiments.bench import SETTINGS
+    from experiments.bench import ANALYSIS
     from experiments.bench_variant import measure
     from tests.conftest import MICRO
 
-    assert "SFT" in {v.label for v in SETTINGS.variants}  # the bench's ratios are taken against these rows
+    assert "SFT" in {v.label for v in ANALYSIS.bench.variants}  # the bench's ratios are taken against these rows
     res = measure("finetune", [*MICRO, f"store_dir={tmp_path / 'store'}", "method=sft_lora"])
     assert res["wall"] > 0 and res["train"]["train_runtime"] > 0 and res["max_rss_mb"] > 100
 
