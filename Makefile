@@ -42,10 +42,10 @@ reproduce: setup ## the whole toy-world study -> results/ (~60 min on 2 cores)
 	$(PY) -m experiments.safety_tokens > results/safety_tokens.txt
 	$(PY) -m experiments.pact_step0 experiment=poison_ratio poison.ratio=0.1 --out results/pact_step0.csv
 
-# Import, alignment and the reference rows' evaluations first with every thread, then the sweep (two jobs, one
-# thread each; its first PACT job builds the safety set, 451 s on one thread, while the other core may wait).
+# Import, alignment, the safety set (the aligned and base model's passes side by side) and the reference rows'
+# evaluations first with every thread, then the sweep (two jobs, one thread each).
 smollm2: setup ## SmolLM2-135M on this CPU: import, alignment, SFT-LoRA vs PACT-LoRA -> results/ (70 min)
-	$(PY) -m experiments.prepare experiment=smollm2_cpu --evaluate
+	$(PY) -m experiments.prepare experiment=smollm2_cpu method=pact_lora --evaluate
 	$(PY) -m experiments.run experiment=smollm2_cpu
 	$(PY) -m experiments.pact_step0 experiment=smollm2_cpu method=pact_lora poison.ratio=0.1 --out results/pact_step0.csv
 	$(PY) -m analysis.token_confidence --experiment smollm2_cpu --methods sft_lora pact_lora

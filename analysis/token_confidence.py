@@ -25,11 +25,14 @@ from omegaconf import OmegaConf  # noqa: E402
 from analysis.style import METHOD_COLORS, apply_style, save_figure  # noqa: E402
 from pact import data as D  # noqa: E402
 from pact.cli import fail  # noqa: E402
+from pact.config import compose_config  # noqa: E402
 from pact.models import load_model, load_tokenizer  # noqa: E402
 from pact.records import read_records  # noqa: E402
+from pact.store import Store, code_hash, module_sources  # noqa: E402
 from pact.tokens_stage import response_logits  # noqa: E402
 
 SETTINGS = OmegaConf.load(Path(__file__).resolve().parent.parent / "conf" / "analysis.yaml").token_confidence
+CODE = code_hash(*module_sources("analysis.token_confidence"))  # part of the cached curves' key
 
 
 @torch.no_grad()
@@ -59,6 +62,21 @@ def position_curves(model_paths: dict[str, str], aligned_path: str, tokens_meta:
                 out.append({"model": name, "t": t, "mass_on_S": float(mass[t] / count[t]),
                             "kl_to_aligned": float(kl[t] / count[t]), "n": int(count[t])})
     return pd.DataFrame(out)
+
+
+def cached_curves(model_paths: dict[str, str], aligned_path: str, tokens_meta: str, world_dir: str) -> pd.DataFrame:
+    """:func:`position_curves` as a store artifact (stage ``token_confidence``, in the configured store) keyed by
+    the models' and the safety set's store paths (content-keyed), the settings and this code."""
+    slice_ = {"models": model_paths, "aligned": aligned_path, "tokens": tokens_meta, "world": world_dir,
+              "prompts": int(SETTINGS.prompts), "positions": int(SETTINGS.positions), "code": CODE}
+
+    def build(tmp: Path) -> dict[str, int]:
+        df = position_curves(model_paths, aligned_path, Path(tokens_meta), Path(world_dir))
+        df.to_csv(tmp / "curves.csv", index=False)
+        return {"rows": len(df)}
+
+    art = Store(compose_config([]).store_dir).build("token_confidence", slice_, None, build)
+    return pd.read_csv(art.file("curves.csv"))
 
 
 def plot(df: pd.DataFrame, title: str, out_stem: Path) -> None:
@@ -109,7 +127,7 @@ def main(argv: list[str] | None = None) -> None:
         tokens_meta = tokens_meta or rec.get("tokens_meta")
     if tokens_meta is None:
         fail("none of the chosen runs carries a safety set (run a PACT method first)")
-    df = position_curves(paths, aligned["model_path"], Path(tokens_meta), Path(aligned["world_path"]))
+    df = cached_curves(paths, aligned["model_path"], tokens_meta, aligned["world_path"])
     csv.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(csv, index=False, float_format="%.5g")
     plot(pd.read_csv(csv), title, out / "figures" / stem)  # from the CSV: the same figure as a replot

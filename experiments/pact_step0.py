@@ -30,8 +30,10 @@ from pact.labels import IGNORE_INDEX, answer_positions
 from pact.loss import LOG_EPS, pact_gate, pact_kl, pact_target
 from pact.methods import FinetuneContext, build_method
 from pact.models import load_model, load_tokenizer
+from pact.store import code_hash, module_sources, stable_key
 
 TOP_M = tuple(OmegaConf.load(CONF_DIR / "analysis.yaml").pact_step0.top_m)
+STEP0_CODE = code_hash(*module_sources("experiments.pact_step0"))  # part of the step0 artifact's key
 
 
 def entropy(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -61,10 +63,10 @@ def batch_measures(method, full: torch.Tensor, post: torch.Tensor, mask: torch.T
 
 
 @torch.no_grad()
-def answer_ce(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Per row of a collated batch, the model's mean cross-entropy (nats) on its answer tokens: the SFT term PACT's
-    KL is added to."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1].float()
+def answer_ce(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Per row of a collated batch, the mean cross-entropy (nats) of its full-context ``logits`` [B, T, V] on the
+    answer tokens: the SFT term PACT's KL is added to."""
+    logits = logits[:, :-1].float()
     labels = batch["labels"][:, 1:]
     ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp_min(0), reduction="none")
     valid = (labels != IGNORE_INDEX).float()
@@ -72,7 +74,9 @@ def answer_ce(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 
 
 def measure(overrides: list[str]) -> pd.DataFrame:
-    """The step-0 table of the config made of ``overrides`` (method defaults to pact)."""
+    """The step-0 table of the config made of ``overrides`` (method defaults to pact), a store artifact (stage
+    ``step0``) keyed by the training rows' tokens, the aligned model, the safety set, the loss's options and this
+    code: a rerun reads it instead of measuring again."""
     if not any(o.startswith("method=") for o in overrides):
         overrides = ["method=pact", *overrides]
     cfg = validate(compose_config(overrides))
@@ -80,49 +84,77 @@ def measure(overrides: list[str]) -> pd.DataFrame:
         fail(f"method={cfg.method.id} is not a PACT method")
     up = P.start(cfg)
     tok = load_tokenizer(up.aligned.tokenizer_path, cfg.model.trust_remote_code)
-    model = load_model(up.aligned.path, cfg.model.dtype, cfg.model.trust_remote_code).eval()
     method = build_method(cfg.method)
     method.prepare(FinetuneContext(aligned=up.aligned, base=up.base, data=up.data, tokenizer=tok,
                                    prompt_format=up.aligned.prompt_format, max_len=int(cfg.model.max_len),
-                                   seed=int(cfg.seed), dtype=cfg.model.dtype, store=up.store, model=model))
+                                   seed=int(cfg.seed), dtype=cfg.model.dtype, store=up.store))
     rows = P.finetune_rows(cfg, up.data)
     examples = D.encode_sft(rows, tok, up.aligned.prompt_format, int(cfg.model.max_len))
-    prefix_n = int(cfg.method.prefix_n)
+    labels = {"model": cfg.model.name, "task": cfg.task.name, "poison_ratio": float(cfg.poison.ratio),
+              "seed": int(cfg.seed), "temperature": float(cfg.method.temperature)}
+    slice_ = {"rows": stable_key([[e["input_ids"], e["labels"], bool(r.get("poison"))]
+                                  for e, r in zip(examples, rows)]),
+              "method": {k: cfg.method[k] for k in ("weights", "subset", "extra_bucket")},
+              "kl": method.kl_options(), "header": method.header, "ref_batch_size": int(cfg.method.ref_batch_size),
+              "dtype": cfg.model.dtype, "top_m": list(TOP_M), "labels": labels, "code": STEP0_CODE}
+
+    def build(tmp: Path) -> dict[str, Any]:
+        model = load_model(up.aligned.path, cfg.model.dtype, cfg.model.trust_remote_code).eval()
+        table = step0_table(model, method, examples, rows, labels, int(cfg.method.prefix_n),
+                            int(cfg.method.ref_batch_size))
+        table.to_csv(tmp / "step0.csv", index=False)
+        return {"rows": len(examples)}
+
+    art = up.store.build("step0", slice_, {"aligned": up.aligned.key, "tokens": method.tokens_key}, build)
+    return pd.read_csv(art.file("step0.csv"))
+
+
+def step0_table(model, method, examples: list[dict[str, Any]], rows: list[dict[str, Any]], labels: dict[str, Any],
+                prefix_n: int, batch_size: int) -> pd.DataFrame:
+    """One row per row kind (all, task, poison) of the measures of :func:`batch_measures` and the answer CE,
+    averaged over answer positions, with ``labels`` (model, task, ...) in front."""
     sums: dict[str, dict[str, float]] = {}
     counts: dict[str, dict[str, float]] = {}
-    size = int(cfg.method.ref_batch_size)
-    for lo in range(0, len(examples), size):
-        batch, kinds = examples[lo:lo + size], rows[lo:lo + size]
-        full, post = method.reference(model, batch)
-        collated = D.SFTCollator(0)([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in batch])
-        _, mask = answer_positions(collated["labels"])
-        vals = batch_measures(method, full, post, mask)
-        vals["ce"] = answer_ce(model, collated)
-        n_pos = mask.sum(dim=1).float()
-        early = mask & (torch.arange(mask.shape[1]) < prefix_n)
-        for i, row in enumerate(kinds):
-            for kind in ("all", "poison" if row.get("poison") else "task"):
-                s, c = sums.setdefault(kind, {}), counts.setdefault(kind, {})
-                c["rows"] = c.get("rows", 0) + 1
-                for name, v in vals.items():
-                    if name.startswith("kl_") or name == "ce":  # per-row mean -> position-weighted sum
-                        s[name] = s.get(name, 0.0) + float(v[i]) * float(n_pos[i])
-                        c[name] = c.get(name, 0.0) + float(n_pos[i])
-                    else:
-                        s[name] = s.get(name, 0.0) + float(v[i][mask[i]].sum())
-                        c[name] = c.get(name, 0.0) + float(n_pos[i])
-                s["gate_prefix"] = s.get("gate_prefix", 0.0) + float(vals["gate"][i][early[i]].sum())
-                c["gate_prefix"] = c.get("gate_prefix", 0.0) + float(early[i].sum())
+    seen: list[torch.Tensor] = []
+    # The reference's first forward is the full-context one: its logits, caught here, give the CE too (one pass).
+    hook = model.register_forward_hook(lambda _module, _args, out: seen.append(out.logits))
+    try:
+        for lo in range(0, len(examples), batch_size):
+            batch, kinds = examples[lo:lo + batch_size], rows[lo:lo + batch_size]
+            seen.clear()
+            full, post = method.reference(model, batch)
+            collated = D.SFTCollator(0)([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in batch])
+            if seen[0].shape[:2] != collated["input_ids"].shape:
+                raise RuntimeError("PactMethod.reference no longer runs the full context first")
+            _, mask = answer_positions(collated["labels"])
+            vals = batch_measures(method, full, post, mask)
+            vals["ce"] = answer_ce(seen[0], collated)
+            n_pos = mask.sum(dim=1).float()
+            early = mask & (torch.arange(mask.shape[1]) < prefix_n)
+            for i, row in enumerate(kinds):
+                for kind in ("all", "poison" if row.get("poison") else "task"):
+                    s, c = sums.setdefault(kind, {}), counts.setdefault(kind, {})
+                    c["rows"] = c.get("rows", 0) + 1
+                    for name, v in vals.items():
+                        if name.startswith("kl_") or name == "ce":  # per-row mean -> position-weighted sum
+                            s[name] = s.get(name, 0.0) + float(v[i]) * float(n_pos[i])
+                            c[name] = c.get(name, 0.0) + float(n_pos[i])
+                        else:
+                            s[name] = s.get(name, 0.0) + float(v[i][mask[i]].sum())
+                            c[name] = c.get(name, 0.0) + float(n_pos[i])
+                    s["gate_prefix"] = s.get("gate_prefix", 0.0) + float(vals["gate"][i][early[i]].sum())
+                    c["gate_prefix"] = c.get("gate_prefix", 0.0) + float(early[i].sum())
+    finally:
+        hook.remove()
     weights = method.weights.clamp_min(0)
     top = torch.sort(weights, descending=True).values
     out = []
     for kind in ("all", "task", "poison"):
         if kind not in sums:
             continue
-        row: dict[str, Any] = {"model": cfg.model.name, "task": cfg.task.name, "poison_ratio": float(cfg.poison.ratio),
-                               "seed": int(cfg.seed), "rows": kind, "n_rows": int(counts[kind]["rows"]),
-                               "positions": int(counts[kind]["gate"]), "safety_set_size": int(len(weights)),
-                               "temperature": float(cfg.method.temperature)}
+        row: dict[str, Any] = {**{k: labels[k] for k in ("model", "task", "poison_ratio", "seed")}, "rows": kind,
+                               "n_rows": int(counts[kind]["rows"]), "positions": int(counts[kind]["gate"]),
+                               "safety_set_size": int(len(weights)), "temperature": labels["temperature"]}
         for name in sums[kind]:
             row[name] = sums[kind][name] / counts[kind][name] if counts[kind][name] else math.nan
         row["gate_sd"] = math.sqrt(max(row.pop("gate_sq") - row["gate"] ** 2, 0.0))

@@ -23,30 +23,52 @@ def direction_from_logits(aligned: list[torch.Tensor], base: list[torch.Tensor],
     d only on the ``top_k`` tokens by mean aligned probability r; z-score the nonzero entries; v = d / ||d||.
     The safety set S is nonzero(v).
     """
-    if mode not in DIRECTION_MODES:
-        raise ValueError(f"mode={mode!r}; expected one of {DIRECTION_MODES}")
-    if not aligned or len(aligned) != len(base):
+    if len(aligned) != len(base):
         raise ValueError(f"need the same positive number of aligned and base samples, got {len(aligned)} "
                          f"and {len(base)}")
-    d_sum = r_sum = None
+    sums = DirectionSums(mode, temperature)
     for za, zb in zip(aligned, base):
+        sums.add(za, zb)
+    return sums.direction(top_k)
+
+
+class DirectionSums:
+    """The running sums behind :func:`direction_from_logits`, fed one (aligned, base) sample at a time, so that a
+    model-level pass need not hold every sample's logits (same arithmetic, same order)."""
+
+    def __init__(self, mode: str = "p_diff", temperature: float = 1.0):
+        if mode not in DIRECTION_MODES:
+            raise ValueError(f"mode={mode!r}; expected one of {DIRECTION_MODES}")
+        self.mode, self.temperature = mode, temperature
+        self.n = 0
+        self.d_sum: torch.Tensor | None = None
+        self.r_sum: torch.Tensor | None = None
+
+    def add(self, za: torch.Tensor, zb: torch.Tensor) -> None:
+        """One sample: the aligned and base model's logits [R, V] on the same response tokens."""
         if za.shape != zb.shape:
             raise ValueError(f"aligned and base logits differ in shape: {tuple(za.shape)} vs {tuple(zb.shape)}")
-        log_pa = torch.log_softmax(za.double() / temperature, dim=-1)
-        log_pb = torch.log_softmax(zb.double() / temperature, dim=-1)
+        log_pa = torch.log_softmax(za.double() / self.temperature, dim=-1)
+        log_pb = torch.log_softmax(zb.double() / self.temperature, dim=-1)
         pa = log_pa.exp()
-        diff = pa - log_pb.exp() if mode == "p_diff" else pa * (log_pb - log_pa)
+        diff = pa - log_pb.exp() if self.mode == "p_diff" else pa * (log_pb - log_pa)
         d_i, r_i = diff.mean(dim=0), pa.mean(dim=0)
-        d_sum = d_i if d_sum is None else d_sum + d_i
-        r_sum = r_i if r_sum is None else r_sum + r_i
-    d, r = d_sum / len(aligned), r_sum / len(aligned)
-    if 0 < top_k < d.numel():
-        keep = torch.zeros_like(d, dtype=torch.bool)
-        keep[r.topk(top_k).indices] = True
-        d = torch.where(keep, d, torch.zeros_like(d))
-    on = d.abs() > ZERO_EPS
-    if int(on.sum()) > 1:
-        vals = d[on]
-        d = d.clone()
-        d[on] = (vals - vals.mean()) / (vals.std(unbiased=True) + STD_EPS)
-    return (d / (d.norm() + STD_EPS)).float()
+        self.d_sum = d_i if self.d_sum is None else self.d_sum + d_i
+        self.r_sum = r_i if self.r_sum is None else self.r_sum + r_i
+        self.n += 1
+
+    def direction(self, top_k: int = 50) -> torch.Tensor:
+        """v [V] float32 from the samples added so far."""
+        if self.d_sum is None or self.r_sum is None:
+            raise ValueError("need the same positive number of aligned and base samples, got none")
+        d, r = self.d_sum / self.n, self.r_sum / self.n
+        if 0 < top_k < d.numel():
+            keep = torch.zeros_like(d, dtype=torch.bool)
+            keep[r.topk(top_k).indices] = True
+            d = torch.where(keep, d, torch.zeros_like(d))
+        on = d.abs() > ZERO_EPS
+        if int(on.sum()) > 1:
+            vals = d[on]
+            d = d.clone()
+            d[on] = (vals - vals.mean()) / (vals.std(unbiased=True) + STD_EPS)
+        return (d / (d.norm() + STD_EPS)).float()

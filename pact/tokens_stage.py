@@ -1,15 +1,18 @@
 """Safety tokens at the model level: teacher-forced passes over (harmful prompt, refusal) pairs, the PACT direction
-of an aligned/base pair (:func:`pact.tokens.direction_from_logits`) and the cached ``tokens`` stage."""
+of an aligned/base pair (:class:`pact.tokens.DirectionSums`) and the cached ``tokens`` stage."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
 
 from pact.data import prompt_ids
 from pact.store import code_hash, module_sources
-from pact.tokens import direction_from_logits
+from pact.tokens import DirectionSums
 
 TOKENS_CODE = code_hash(*module_sources(__name__))  # part of the tokens stage's key: the code it runs
 
@@ -41,19 +44,50 @@ def mean_response_probs(model, tokenizer, pairs: list[dict[str, Any]], fmt: str,
 @torch.no_grad()
 def direction_from_models(aligned_model, base_model, tokenizer, pairs: list[dict[str, Any]], *, top_k: int = 50,
                           k_pairs: int = 512, max_resp_len: int = 64, mode: str = "p_diff",
-                          temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+                          temperature: float = 1.0, chunk: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
     """(v, r): the direction over the first ``k_pairs`` (prompt, refusal) pairs in file order, and the mean
     aligned probability r. The aligned model reads the chat template, the base model the plain
-    ``User: ...\\n\\nAssistant: `` string; both are followed by the refusal's tokens and use ``tokenizer``."""
+    ``User: ...\n\nAssistant: `` string; both are followed by the refusal's tokens and use ``tokenizer``.
+    ``chunk`` pairs' logits are held at a time (memory only: the result does not depend on it)."""
+    def passes(model, fmt: str, part: list[dict[str, Any]]) -> list[torch.Tensor]:
+        return [response_logits(model, tokenizer, pair["prompt"], pair["refusal"], fmt, max_resp_len)
+                for pair in part]
+
     aligned_model.eval()
     base_model.eval()
-    za, zb = [], []
-    for pair in pairs[:k_pairs]:
-        za.append(response_logits(aligned_model, tokenizer, pair["prompt"], pair["refusal"], "chat", max_resp_len))
-        zb.append(response_logits(base_model, tokenizer, pair["prompt"], pair["refusal"], "plain", max_resp_len))
-    v = direction_from_logits(za, zb, top_k=top_k, mode=mode, temperature=temperature)
-    r = torch.stack([torch.softmax(z.double() / temperature, -1).mean(0) for z in za]).mean(0).float()
+    on_cpu = next(aligned_model.parameters()).device.type == "cpu"
+    side_by_side = on_cpu and torch.get_num_threads() > 1
+    sums = DirectionSums(mode, temperature)
+    r_rows = []
+    # On CPU every pass runs on one intra-op thread, so the safety set does not depend on the thread count (a
+    # kernel's reduction order does); with two threads or more, the two models' passes run side by side in two
+    # Python threads (torch releases the GIL inside its kernels): the same arithmetic in about half the time.
+    with intra_op_threads(1) if on_cpu else nullcontext(), ThreadPoolExecutor(2) as pool:
+        for lo in range(0, min(len(pairs), k_pairs), chunk):
+            part = pairs[lo:min(lo + chunk, k_pairs)]
+            if side_by_side:
+                jobs = [pool.submit(passes, aligned_model, "chat", part),
+                        pool.submit(passes, base_model, "plain", part)]
+                za, zb = (job.result() for job in jobs)
+            else:
+                za, zb = passes(aligned_model, "chat", part), passes(base_model, "plain", part)
+            for a, b in zip(za, zb):
+                sums.add(a, b)
+                r_rows.append(torch.softmax(a.double() / temperature, -1).mean(0))
+        v = sums.direction(top_k)
+        r = torch.stack(r_rows).mean(0).float()
     return v, r
+
+
+@contextmanager
+def intra_op_threads(n: int) -> Iterator[None]:
+    """torch's intra-op thread count set to ``n`` inside the block, restored after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def tokens_stage(store, tcfg: Any, aligned, base, data, dtype: str = "float32", trust_remote_code: bool = False,

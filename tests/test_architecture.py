@@ -288,3 +288,15 @@ def test_prepare_evaluate_builds_the_reference_rows_evaluations(micro, tmp_path)
     main([f"store_dir={cfg.store_dir}", f"runs_dir={cfg.runs_dir}", *MICRO, "eval.limit=6", "--evaluate"])
     new = set((tmp_path / "store" / "evaluate").iterdir()) - before
     assert len(new) == 2 and all((p / "DONE").is_file() for p in new)
+
+
+def test_prepare_builds_the_safety_set_of_a_pact_method(micro, tmp_path):
+    """`prepare method=pact` leaves the tokens stage in the store (built with every thread, before the sweep)."""
+    from experiments.prepare import main
+    from tests.conftest import MICRO
+
+    cfg = micro()
+    shutil.rmtree(tmp_path / "store" / "tokens", ignore_errors=True)  # the copied micro store may hold it
+    main([f"store_dir={cfg.store_dir}", f"runs_dir={cfg.runs_dir}", *MICRO, "method=pact"])
+    [art] = (tmp_path / "store" / "tokens").iterdir()
+    assert (art / "DONE").is_file()

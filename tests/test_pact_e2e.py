@@ -16,6 +16,7 @@ from pact.labels import answer_positions
 from pact.methods import FinetuneContext
 from pact.models import load_model, load_tokenizer
 from pact.pact_method import PactMethod
+from pact.tokens_stage import direction_from_models, intra_op_threads
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +162,72 @@ def test_step0_measures(toy, tmp_path, capsys):
     assert ((table["gate"] >= 0) & (table["gate"] <= 1)).all()
     assert (table["target_mass_top1"] <= table["target_mass_top5"] + 1e-9).all()
     assert (table["kl_gate_off"] > 1e-3).all()
+    # the CE (from the reference's own full-context pass) is the model's token-mean loss on the training rows
+    rows = P.finetune_rows(cfg, world)
+    tok = load_tokenizer(aligned.tokenizer_path)
+    batch = SFTCollator(tok.pad_token_id)(D.encode_sft(rows, tok, "chat", int(cfg.model.max_len)))
+    with torch.no_grad():
+        loss = load_model(aligned.path).eval()(**batch).loss
+    assert table.loc["all", "ce"] == pytest.approx(float(loss), rel=1e-4)
+    built = sorted((store.root / "step0").iterdir())
+    main([*common, "--out", str(out)])  # a rerun reads the artifact
+    assert sorted((store.root / "step0").iterdir()) == built
+    assert pd.read_csv(out).set_index("rows").equals(table)
     main([*common, "method.weights=uniform", "--out", str(out)])  # replaces the model's rows
     uniform = pd.read_csv(out)
     assert len(uniform) == 3 and (uniform["kl_gate_off"].abs() < 1e-5).all()
     assert (uniform["kl_gate_on"] > 0).all()  # the post-only reference differs from the full context
     assert "kl_gate_on" in capsys.readouterr().out
+    assert len(list((store.root / "step0").iterdir())) == len(built) + 1
+
+
+def test_safety_set_does_not_depend_on_threads_or_chunks(toy, monkeypatch):
+    """The two models' passes side by side on two threads, in small chunks, give the one-thread result bit for bit;
+    every pass runs on one intra-op thread."""
+    import threading
+
+    from pact import tokens_stage
+
+    cfg, store, world, base, aligned = toy
+    tok = load_tokenizer(aligned.tokenizer_path)
+    pairs = D.read_jsonl(world.artifact.file("safety_pairs.jsonl"), ("prompt", "refusal"))[:12]
+    models = load_model(aligned.path), load_model(base.path)
+    seen = []
+    forward = tokens_stage.response_logits
+
+    def spy(*args, **kwargs):
+        seen.append((torch.get_num_threads(), threading.get_ident()))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(tokens_stage, "response_logits", spy)
+    with intra_op_threads(1):
+        v1, r1 = direction_from_models(*models, tok, pairs, top_k=10)
+    assert len({ident for _, ident in seen}) == 1
+    seen.clear()
+    with intra_op_threads(2):
+        v2, r2 = direction_from_models(*models, tok, pairs, top_k=10, chunk=5)
+        assert torch.get_num_threads() == 2  # restored after the passes
+    assert {n for n, _ in seen} == {1} and len({ident for _, ident in seen}) == 2 and len(seen) == 24
+    assert torch.equal(v1, v2) and torch.equal(r1, r2) and int((v1 != 0).sum()) == 10
+
+
+def test_token_confidence_curves_are_cached_in_the_store(toy, tmp_path, monkeypatch):
+    cfg, store, world, base, aligned = toy
+    import pandas as pd
+
+    from analysis import token_confidence as TC
+
+    run(cfg)  # the micro PACT run's record (cached when another test made it)
+    monkeypatch.setenv("PACT_STORE", str(store.root))
+    args = ["--runs", str(cfg.runs_dir), "--experiment", str(cfg.experiment_name), "--p", "0.1", "--seed", "0",
+            "--methods", "pact", "--out", str(tmp_path)]
+    TC.main(args)
+    csv = tmp_path / "figures" / f"{cfg.experiment_name}_token_confidence.csv"
+    df = pd.read_csv(csv)
+    assert set(df["model"]) == {"aligned", "pact (p=0.1)"}
+    assert (df[df["model"] == "aligned"]["kl_to_aligned"].abs() < 1e-6).all()
+    assert df["mass_on_S"].between(0, 1).all()
+    monkeypatch.setattr(TC, "position_curves", lambda *a, **k: pytest.fail("recomputed cached curves"))
+    csv.unlink()
+    TC.main(args)
+    assert pd.read_csv(csv).equals(df)
