@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis import agreement
 from analysis.figures import ablation_curve, hs_vs_fa, hs_vs_p
 from analysis.tables import is_real, write_paper_tables
 from pact.cli import run_cli
@@ -28,6 +29,14 @@ EXTRA_METRICS = ["harmful_score_keyword", "harmful_steps_rate", "benign_refusal_
 LABELS = {"harmful_score": "HS ↓", "refusal_rate": "Refusal ↑", "other_rate": "Other",
           "finetune_accuracy": "FA ↑", "helpfulness": "Helpful ↑", "harmful_score_keyword": "HS (keyword)",
           "harmful_steps_rate": "Steps", "benign_refusal_rate": "Benign refusal"}
+
+
+AGREEMENT_CSV = "judge_agreement.csv"
+AGREEMENT_NOTE = ("Judge agreement on the answers to harmful requests (analysis/agreement.py): per benchmark, the "
+                  "Harmful Score under each judge, the percent of answers both judges call harmful or both call not "
+                  "harmful, and Cohen's kappa of that decision (– where undefined: both judges give one class "
+                  "throughout); mean ± std over seeds. In the toy world the oracle is exact, so its pairs measure "
+                  "the other judge's error.\n\n")
 
 
 def label(metric: str) -> str:
@@ -50,16 +59,41 @@ def collect(runs_dir: str | os.PathLike, experiments: list[str] | None = None) -
     if not rows:
         raise FileNotFoundError(f"no run records under {runs_dir}" +
                                 (f" for experiment(s) {experiments}" if experiments else ""))
-    df = pd.DataFrame(rows)
-    if "variant" in df:  # ablation runs: the variant becomes part of the method's label
-        variant = df["variant"].fillna("")
-        df["method"] = df["method"].where(variant == "", df["method"] + " [" + variant + "]")
+    df = label_variants(pd.DataFrame(rows))
     for col in ID_COLUMNS + METRICS:
         if col not in df:
             df[col] = pd.NA
     rest = [c for c in df.columns if c not in ID_COLUMNS + METRICS]
     df = df[ID_COLUMNS + METRICS + rest]
     return sort_rows(df)
+
+
+def label_variants(df: pd.DataFrame) -> pd.DataFrame:
+    """Ablation runs: the variant becomes part of the method's label (``pact [method.lambda_kl=2.0]``)."""
+    if "variant" in df:
+        variant = df["variant"].fillna("")
+        df["method"] = df["method"].where(variant == "", df["method"] + " [" + variant + "]")
+    return df
+
+
+def judge_agreement(runs_dir: str | os.PathLike, out: Path, experiments: list[str] | None,
+                    from_records: bool) -> pd.DataFrame:
+    """The judge-agreement rows (:mod:`analysis.agreement`) of the run records, written to ``judge_agreement.csv``
+    beside ``summary.csv`` (keeping, as there, the rows of experiments without records here); without records
+    (``from_records`` false), the rows of that file."""
+    path = out / AGREEMENT_CSV
+    old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=agreement.COLUMNS)
+    if not from_records:
+        return old if not experiments else old[old["experiment"].isin(experiments)]
+    records = read_records(runs_dir, experiments)
+    df = label_variants(agreement.collect(records))
+    kept = old[~old["experiment"].isin({r["experiment"] for r in records})]
+    parts = [part for part in (df, kept) if len(part)]
+    df = pd.concat(parts, ignore_index=True) if parts else df
+    if len(df):
+        df = sort_rows(df)
+        write_atomic(path, df.to_csv(index=False, float_format="%.6g"))
+    return df
 
 
 def sort_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -149,8 +183,13 @@ def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, experiments:
         write_atomic(out / "summary.csv", df.to_csv(index=False, float_format="%.6g"))
     else:
         df = load_summary(summary, experiments)
+    agree = judge_agreement(runs_dir, out, experiments, from_records=summary is None)
     for (exp, model, task), group in df.groupby(["experiment", "model", "task"], sort=True):
         title = f"# {exp}: {model}, task {task}\n\n"
+        pairs = agree[(agree["experiment"] == exp) & (agree["model"] == model) & (agree["task"] == task)]
+        if len(pairs):
+            write_atomic(out / "tables" / f"{exp}_{model}_{task}_judges.md", title + AGREEMENT_NOTE +
+                         agreement.table(pairs))
         if is_real(group):
             group = group.dropna(axis=1, how="all")  # the toy world's columns (oracle, helpfulness) are empty
             judge = "/".join(sorted(group["judge"].dropna().unique())) if "judge" in group else "?"

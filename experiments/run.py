@@ -42,19 +42,21 @@ def run(cfg: DictConfig, variant: str = "") -> dict[str, Any]:
     for name, ref in (("base", base), ("aligned", aligned)):
         if ref is None:
             continue
-        metrics = P.load_metrics(P.evaluate_stage(store, cfg, ref, data))
-        write_record(cfg, name, None, int(cfg.model.seed), metrics, {"model": ref.key, **data.upstream},
-                     {"model_path": ref.path, **data_path})
+        evaluation = P.evaluate_stage(store, cfg, ref, data)
+        write_record(cfg, name, None, int(cfg.model.seed), P.load_metrics(evaluation),
+                     {"model": ref.key, **data.upstream},
+                     {"model_path": ref.path, "evaluation_path": evaluation.path, **data_path})
     defended = P.defended_alignment(store, cfg, base, data)
     if defended is not None:  # alignment-stage defence: its aligned model is a reference row too
-        metrics = P.load_metrics(P.evaluate_stage(store, cfg, defended, data))
-        write_record(cfg, f"{cfg.method.id}_aligned", None, int(cfg.model.seed), metrics,
-                     {"model": defended.key, **data.upstream}, {"model_path": defended.path, **data_path})
+        evaluation = P.evaluate_stage(store, cfg, defended, data)
+        write_record(cfg, f"{cfg.method.id}_aligned", None, int(cfg.model.seed), P.load_metrics(evaluation),
+                     {"model": defended.key, **data.upstream},
+                     {"model_path": defended.path, "evaluation_path": evaluation.path, **data_path})
         aligned = defended
     tuned = P.finetune_stage(store, cfg, aligned, data, base)
     evaluation = P.evaluate_stage(store, cfg, tuned, data)
     metrics = P.load_metrics(evaluation)
-    paths = {"model_path": tuned.path, **data_path}
+    paths = {"model_path": tuned.path, "evaluation_path": evaluation.path, **data_path}
     ft_meta = json.loads((Path(tuned.path).parent / "meta.json").read_text())
     tokens_dir = ft_meta.get("method_stats", {}).get("tokens_dir")
     if tokens_dir:

@@ -1,6 +1,9 @@
 """Tables and figures on a synthetic summary.csv: formatting, mean/std, best marks, missing cells."""
 
+import math
+
 import pandas as pd
+import pytest
 
 from analysis.report import mean_std
 from analysis.tables import aggregate, paper_table, write_paper_tables
@@ -178,3 +181,24 @@ def test_report_keeps_summary_rows_of_experiments_without_records(tmp_path):
     report(_write_runs(tmp_path / "third", rows, "other"), tmp_path / "out")  # records replace kept rows
     df = pd.read_csv(tmp_path / "out" / "summary.csv")
     assert len(df) == 2 * len(rows) and (df[df["experiment"] == "other"]["harmful_score"] != 42.0).any()
+
+
+def test_cohen_kappa_and_pairwise_agreement():
+    from analysis.agreement import cohen_kappa, pairwise
+
+    assert cohen_kappa([1, 1, 0, 0], [1, 0, 0, 0]) == pytest.approx(0.5)  # p_o 0.75, p_e 0.5
+    assert cohen_kappa([1, 0], [0, 1]) == pytest.approx(-1.0)
+    assert math.isnan(cohen_kappa([1, 1, 1], [1, 1, 1]))  # chance agreement 1: undefined
+    with pytest.raises(ValueError):
+        cohen_kappa([1], [1, 0])
+    answers = [{"set": "harmful", "benchmark": b, "response": "",
+                "verdicts": {"keyword": k, "guard": g}} for b, k, g in [
+                    ("advbench", "compliance", "compliance"), ("advbench", "compliance", "other"),
+                    ("advbench", "refusal", "other"), ("advbench", "refusal", "other"),
+                    ("harmbench", "refusal", "compliance")]]
+    rows = {r["benchmark"]: r for r in pairwise(answers)}
+    adv = rows["advbench"]
+    assert (adv["judge_a"], adv["judge_b"], adv["n"]) == ("keyword", "guard", 4)
+    assert (adv["hs_a"], adv["hs_b"], adv["agreement"]) == (50.0, 25.0, 75.0)
+    assert adv["kappa"] == pytest.approx(0.5)
+    assert rows["harmbench"]["agreement"] == 0.0 and rows["harmbench"]["kappa"] == 0.0

@@ -40,6 +40,16 @@ def test_micro_run_writes_records_and_report_and_is_cached(micro, tmp_path):
     assert len(saved) == 3
     table = (tmp_path / "report" / "tables" / "default_toy_small_sentiment.md").read_text()
     assert "| sft | 0.1 | 1 |" in table and "aligned" in table
+    # judge agreement from the stored verdicts: one row per model, the oracle against the keyword judge
+    agree = pd.read_csv(tmp_path / "report" / "judge_agreement.csv")
+    assert sorted(agree["method"]) == ["aligned", "base", "sft"]
+    assert set(zip(agree["judge_a"], agree["judge_b"])) == {("oracle", "keyword")}
+    assert (agree["n"] == 24).all() and agree["agreement"].between(0, 100).all()
+    merged = agree.merge(saved, on=["method", "seed"])
+    assert (merged["hs_a"] - merged["harmful_score_oracle"]).abs().max() < 1e-3
+    assert (merged["hs_b"] - merged["harmful_score_keyword"]).abs().max() < 1e-3
+    judges_md = (tmp_path / "report" / "tables" / "default_toy_small_sentiment_judges.md").read_text()
+    assert "κ (harmful: oracle vs keyword)" in judges_md and "| sft | 0.1 | 1 |" in judges_md
     gens = (store / "evaluate").glob("*/generations.jsonl")
     assert all(json.loads(next(open(g)))["response"] is not None for g in gens)
 
