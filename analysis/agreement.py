@@ -4,12 +4,15 @@ Per evaluated model (one run record) and harmful benchmark (the toy world: its o
 under each judge that ran, and per pair of judges the percent agreement and Cohen's kappa on the decision the
 Harmful Score counts (harmful = the judge's ``compliance``). Judges disagree in the field's own reports, so every
 report carries these numbers; in the toy world the oracle is one of the judges, so the keyword judge's error is a
-number. Kappa is undefined (left empty) when the chance agreement is 1: both judges give one class throughout.
+number. A guard model that judged the same generations (``python -m experiments.judge``, pact/guard.py) joins the
+rule judges here. Kappa is undefined (left empty) when the chance agreement is 1: both judges give one class
+throughout.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -21,6 +24,7 @@ import pandas as pd
 from pact.data import read_jsonl
 from pact.judges import COMPLIANCE
 from pact.records import IDENTITY
+from pact.store import DONE
 
 log = logging.getLogger("analysis.agreement")
 
@@ -69,12 +73,33 @@ def collect(records: list[dict[str, Any]]) -> pd.DataFrame:
         if not path or not (Path(path) / GENERATIONS).is_file():
             missing += 1
             continue
-        answers = [r for r in read_jsonl(Path(path) / GENERATIONS, ("set", "response")) if r["set"] == "harmful"]
+        answers = read_jsonl(Path(path) / GENERATIONS, ("set", "response"))
+        for name, verdicts in guard_verdicts(Path(path)).items():  # a guard's judge stage, if one ran
+            for i, verdict in verdicts.items():
+                answers[i]["verdicts"][name] = verdict
+        answers = [r for r in answers if r["set"] == "harmful"]
         identity = {k: record.get(k) for k in (*IDENTITY, "variant")}
         rows += [{**identity, **row} for row in pairwise(answers)]
     if missing:
         log.info("judge agreement: %d record(s) without their evaluation in the store skipped", missing)
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def guard_verdicts(evaluation: Path) -> dict[str, dict[int, str]]:
+    """Per guard that judged this evaluation's generations (pact.guard's ``judge`` stage, in the same store): its
+    verdict per row of ``generations.jsonl``. Two runs of one guard with other settings are told apart by key."""
+    meta = json.loads((evaluation / "meta.json").read_text())
+    gen_key = meta.get("upstream", {}).get("generate")
+    out: dict[str, dict[int, str]] = {}
+    for art in sorted((evaluation.parent.parent / "judge").glob(f"*/{DONE}")):
+        judge_meta = json.loads((art.parent / "meta.json").read_text())
+        if judge_meta["upstream"].get("generate") != gen_key:
+            continue
+        name = judge_meta["config"]["name"]
+        name = name if name not in out else f"{name} [{art.parent.name}]"
+        rows = read_jsonl(art.parent / "judgments.jsonl", ("index", "verdict"))
+        out[name] = {int(r["index"]): r["verdict"] for r in rows}
+    return out
 
 
 def _mean_std(values: pd.Series, digits: int) -> str:

@@ -35,8 +35,8 @@ AGREEMENT_CSV = "judge_agreement.csv"
 AGREEMENT_NOTE = ("Judge agreement on the answers to harmful requests (analysis/agreement.py): per benchmark, the "
                   "Harmful Score under each judge, the percent of answers both judges call harmful or both call not "
                   "harmful, and Cohen's kappa of that decision (– where undefined: both judges give one class "
-                  "throughout); mean ± std over seeds. In the toy world the oracle is exact, so its pairs measure "
-                  "the other judge's error.\n\n")
+                  "throughout); mean ± std over seeds (kappa: over the seeds where it is defined). In the toy "
+                  "world the oracle is exact, so its pairs measure the other judge's error.\n\n")
 
 
 def label(metric: str) -> str:

@@ -231,3 +231,24 @@ def test_token_confidence_curves_are_cached_in_the_store(toy, tmp_path, monkeypa
     csv.unlink()
     TC.main(args)
     assert pd.read_csv(csv).equals(df)
+
+
+def test_gpu_check_runs_on_cpu_with_a_tiny_shape(toy, tmp_path):
+    """The GPU check's two parts on the CPU: the toy world's stages (device checks skipped without CUDA) and the
+    SFT / PACT cached / PACT live step timing on a random tiny Llama."""
+    from experiments import gpu_check
+
+    cfg, store, world, base, aligned = toy
+    shutil.copytree(store.root, tmp_path / "store", ignore=shutil.ignore_patterns(".locks", "finetune", "generate",
+                                                                                  "evaluate"))
+    toy_part = gpu_check.toy_world(tmp_path, _micro_overrides()[:-1] + ["method=pact_lora", "poison.ratio=0.1"])
+    built = [s["stage"] for s in toy_part["stages"]]
+    assert "finetune" in built and "generate" in built
+    if not torch.cuda.is_available():
+        assert all(v.startswith("skipped") for v in toy_part["checks"].values())
+    timing = gpu_check.step_timing("tiny")
+    assert [r["variant"] for r in timing][:3] == ["SFT", "PACT, reference cache", "PACT, live reference (official)"]
+    assert timing[0]["step_ratio"] == 1.0 and all(r["step_s"] > 0 for r in timing)
+    gpu_check.main(["--shape", "tiny", "--skip-toy", "--out", str(tmp_path / "out")])
+    report = (tmp_path / "out" / "gpu_check.md").read_text()
+    assert "| SFT |" in report and "PACT, live reference (official)" in report

@@ -1,0 +1,96 @@
+"""Judge the run records' answers with a guard model: ``python -m experiments.judge --guard llama_guard3
+[--runs DIR] [--experiment NAME ...] [key=value ...]``.
+
+For each run record (of the named experiments) whose evaluation is in the store, the guard of
+``conf/guard/<name>.yaml`` (``key=value`` overrides it, e.g. ``model=/path/to/Llama-Guard-3-8B``) judges the
+harmful and benign answers of the record's generations: the ``judge`` stage (pact/guard.py), built once per
+generations and guard. Prints the guard's Harmful Score per benchmark; the report then carries the guard as one more
+judge in its agreement tables (analysis/agreement.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from pact.cli import fail, run_cli
+from pact.config import CONF_DIR
+from pact.guard import judge_stage, load_judgments
+from pact.records import read_records
+from pact.store import Artifact, Store
+
+GUARD_DIR = CONF_DIR / "guard"
+
+
+def guard_config(name: str, overrides: list[str]) -> Any:
+    """conf/guard/<name>.yaml with ``key=value`` overrides."""
+    path = GUARD_DIR / f"{name}.yaml"
+    if not path.is_file():
+        fail(f"--guard {name}: no {path} (known: {sorted(p.stem for p in GUARD_DIR.glob('*.yaml'))})")
+    cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(overrides))
+    unknown = set(cfg) - set(OmegaConf.load(path))
+    if unknown:
+        fail(f"unknown guard setting(s) {sorted(unknown)}; known: {sorted(OmegaConf.load(path))}")
+    return cfg
+
+
+def generations_of(record: dict[str, Any]) -> Artifact | None:
+    """The ``generate`` artifact behind a record's evaluation (None when the record names none, or the store does
+    not hold it)."""
+    path = record.get("evaluation_path")
+    if not path or not (Path(path) / "meta.json").is_file():
+        return None
+    key = json.loads((Path(path) / "meta.json").read_text())["upstream"]["generate"]
+    store = Store(Path(path).parent.parent)
+    return Artifact("generate", key, store.path("generate", key)) if store.done("generate", key) else None
+
+
+def judge_records(gcfg: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Run the guard over every record's generations; one summary row per record and harmful benchmark."""
+    rows = []
+    for record in records:
+        gen = generations_of(record)
+        if gen is None:
+            logging.warning("skipping %s/%s %s p=%s seed %s: its evaluation is not in the store",
+                            record.get("experiment"), record.get("model"), record.get("method"),
+                            record.get("poison_ratio"), record.get("seed"))
+            continue
+        art = judge_stage(Store(gen.path.parent.parent), gcfg, gen)
+        harmful: dict[str, list[bool]] = {}
+        for j in load_judgments(art):
+            if j["set"] == "harmful":
+                harmful.setdefault(j.get("benchmark") or "harmful", []).append(j["unsafe"])
+        for bench, flags in harmful.items():
+            rows.append({k: record.get(k) for k in ("experiment", "method", "poison_ratio", "seed")} |
+                        {"benchmark": bench, "n": len(flags), "hs": 100.0 * sum(flags) / len(flags)})
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--guard", required=True, help="a guard of conf/guard/ (e.g. llama_guard3)")
+    parser.add_argument("--runs", default="outputs/runs", help="run records directory")
+    parser.add_argument("--experiment", action="append", help="only these experiments (repeatable)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the guard's settings")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    def go() -> list[dict[str, Any]]:
+        gcfg = guard_config(args.guard, args.overrides)
+        records = read_records(args.runs, args.experiment)
+        if not records:
+            fail(f"no run records under {args.runs}" + (f" for {args.experiment}" if args.experiment else ""))
+        return judge_records(gcfg, records)
+
+    for row in run_cli(go):
+        print(f"{row['experiment']} {row['method']} p={row['poison_ratio']} seed {row['seed']} {row['benchmark']}: "
+              f"HS ({args.guard}) {row['hs']:.1f} of {row['n']}")
+
+
+if __name__ == "__main__":
+    main()
