@@ -233,6 +233,7 @@ def test_token_confidence_curves_are_cached_in_the_store(toy, tmp_path, monkeypa
     assert pd.read_csv(csv).equals(df)
 
 
+@pytest.mark.slow  # a micro study and three timed variants (~8 s)
 def test_gpu_check_runs_on_cpu_with_a_tiny_shape(toy, tmp_path):
     """The GPU check's two parts on the CPU: the toy world's stages (device checks skipped without CUDA) and the
     SFT / PACT cached / PACT live step timing on a random tiny Llama."""
