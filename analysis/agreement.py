@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.tables import mean_std
 from pact.data import read_jsonl
 from pact.judges import COMPLIANCE
 from pact.records import IDENTITY
@@ -102,15 +103,6 @@ def guard_verdicts(evaluation: Path) -> dict[str, dict[int, str]]:
     return out
 
 
-def _mean_std(values: pd.Series, digits: int) -> str:
-    values = pd.to_numeric(values, errors="coerce").dropna()
-    if values.empty:
-        return "–"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.{digits}f}"
-    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
-
-
 def table(df: pd.DataFrame) -> str:
     """Markdown for one (experiment, model, task): rows (method, p), per benchmark and judge pair the HS under
     each judge, the percent agreement and kappa, each mean ± std over seeds."""
@@ -119,10 +111,10 @@ def table(df: pd.DataFrame) -> str:
         row = {"method": method, "p": "–" if pd.isna(ratio) else f"{ratio:g}", "seeds": group["seed"].nunique()}
         for (bench, a, b), pair in group.groupby(["benchmark", "judge_a", "judge_b"], sort=False):
             tag = f"{bench}: {a} vs {b}"
-            row[f"HS {a} ({bench})"] = _mean_std(pair["hs_a"], 1)
-            row[f"HS {b} ({bench})"] = _mean_std(pair["hs_b"], 1)
-            row[f"agree % ({tag})"] = _mean_std(pair["agreement"], 1)
-            row[f"κ ({tag})"] = _mean_std(pair["kappa"], 2)
+            row[f"HS {a} ({bench})"] = mean_std(pair["hs_a"], 1)
+            row[f"HS {b} ({bench})"] = mean_std(pair["hs_b"], 1)
+            row[f"agree % ({tag})"] = mean_std(pair["agreement"], 1)
+            row[f"κ ({tag})"] = mean_std(pair["kappa"], 2)
         out.append(row)
     frame = pd.DataFrame(out).fillna("–")
     cols = list(frame.columns)

@@ -16,7 +16,7 @@ import pandas as pd
 
 from analysis import agreement
 from analysis.figures import ablation_curve, hs_vs_fa, hs_vs_p
-from analysis.tables import is_real, write_paper_tables
+from analysis.tables import is_real, mean_std, write_paper_tables
 from pact.cli import run_cli
 from pact.fileio import write_atomic
 from pact.records import IDENTITY, INTERNAL, read_records
@@ -109,16 +109,6 @@ def sort_rows(df: pd.DataFrame) -> pd.DataFrame:
 def natural_key(label: str) -> str:
     """Sort key that orders numbers inside labels by value ("top_k=10" before "top_k=100")."""
     return re.sub(r"\d+(\.\d+)?", lambda m: f"{float(m.group()):020.6f}", str(label))
-
-
-def mean_std(values: pd.Series) -> str:
-    """"mean ± std" over seeds (sample std; a single seed shows its value alone); "–" when missing."""
-    values = pd.to_numeric(values, errors="coerce").dropna()
-    if values.empty:
-        return "–"
-    if len(values) == 1:
-        return f"{values.iloc[0]:.1f}"
-    return f"{values.mean():.1f} ± {values.std(ddof=1):.1f}"
 
 
 def method_table(df: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:

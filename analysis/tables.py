@@ -10,6 +10,18 @@ from pathlib import Path
 
 import pandas as pd
 
+
+def mean_std(values: pd.Series, digits: int = 1) -> str:
+    """"mean ± std" over seeds (sample std; a single seed shows its value alone) with ``digits`` decimals; "–" when
+    missing."""
+    values = pd.to_numeric(values, errors="coerce").dropna()
+    if values.empty:
+        return "–"
+    if len(values) == 1:
+        return f"{values.iloc[0]:.{digits}f}"
+    return f"{values.mean():.{digits}f} ± {values.std(ddof=1):.{digits}f}"
+
+
 # (metric, short label, better is higher?)
 COLUMNS = [("harmful_score", "HS", False), ("refusal_rate", "Ref", True), ("helpfulness", "Help", True),
            ("finetune_accuracy", "FA", True)]
