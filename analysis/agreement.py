@@ -23,6 +23,7 @@ import pandas as pd
 
 from analysis.tables import mean_std
 from pact.data import read_jsonl
+from pact.guard import generations_of
 from pact.judges import COMPLIANCE
 from pact.records import IDENTITY
 from pact.store import DONE
@@ -89,12 +90,13 @@ def collect(records: list[dict[str, Any]]) -> pd.DataFrame:
 def guard_verdicts(evaluation: Path) -> dict[str, dict[int, str]]:
     """Per guard that judged this evaluation's generations (pact.guard's ``judge`` stage, in the same store): its
     verdict per row of ``generations.jsonl``. Two runs of one guard with other settings are told apart by key."""
-    meta = json.loads((evaluation / "meta.json").read_text())
-    gen_key = meta.get("upstream", {}).get("generate")
+    gen = generations_of(evaluation)
     out: dict[str, dict[int, str]] = {}
+    if gen is None:
+        return out
     for art in sorted((evaluation.parent.parent / "judge").glob(f"*/{DONE}")):
         judge_meta = json.loads((art.parent / "meta.json").read_text())
-        if judge_meta["upstream"].get("generate") != gen_key:
+        if judge_meta["upstream"].get("generate") != gen.key:
             continue
         name = judge_meta["config"]["name"]
         name = name if name not in out else f"{name} [{art.parent.name}]"

@@ -33,6 +33,7 @@ from omegaconf import OmegaConf
 
 from pact.config import CONF_DIR, compose_config, validate
 from pact.fileio import write_atomic
+from pact.labels import IGNORE_INDEX
 
 SETTINGS = OmegaConf.load(CONF_DIR / "analysis.yaml").gpu_check
 MB = 2 ** 20
@@ -124,7 +125,7 @@ def step_timing(shape_name: str) -> list[dict[str, Any]]:
     vocab = int(shape.vocab_size)
     ids = torch.randint(vocab, (int(t.batch), int(t.seq_len)), generator=gen)
     labels = ids.clone()
-    labels[:, : int(t.seq_len) - int(t.answer_len)] = -100  # the prompt part is not trained on
+    labels[:, : int(t.seq_len) - int(t.answer_len)] = IGNORE_INDEX  # the prompt part is not trained on
     batch = {"input_ids": ids.to(device), "attention_mask": torch.ones_like(ids).to(device),
              "labels": labels.to(device)}
     methods = {}
@@ -133,7 +134,7 @@ def step_timing(shape_name: str) -> list[dict[str, Any]]:
         # a random safety set of the official size and random weights: the cost does not depend on which tokens
         m.ids = torch.randperm(vocab, generator=gen)[: int(cfg.method.tokens.top_k)]
         m.weights = torch.randn(len(m.ids), generator=gen)
-        m.header = ids[0, :4].tolist()
+        m.header = ids[0, : int(t.header_len)].tolist()  # stands in for the assistant header's ids
         methods[reference] = m
     reset_peak()
     start = time.perf_counter()

@@ -11,50 +11,38 @@ judge in its agreement tables (analysis/agreement.py).
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from omegaconf import OmegaConf
 
 from pact.cli import fail, run_cli
 from pact.config import CONF_DIR
-from pact.guard import judge_stage, load_judgments
+from pact.guard import generations_of, judge_stage, load_judgments
 from pact.records import read_records
-from pact.store import Artifact, Store
+from pact.store import Store
 
 GUARD_DIR = CONF_DIR / "guard"
 
 
 def guard_config(name: str, overrides: list[str]) -> Any:
-    """conf/guard/<name>.yaml with ``key=value`` overrides."""
+    """conf/guard/<name>.yaml with ``key=value`` overrides (only of settings the file has)."""
     path = GUARD_DIR / f"{name}.yaml"
     if not path.is_file():
         fail(f"--guard {name}: no {path} (known: {sorted(p.stem for p in GUARD_DIR.glob('*.yaml'))})")
-    cfg = OmegaConf.merge(OmegaConf.load(path), OmegaConf.from_dotlist(overrides))
-    unknown = set(cfg) - set(OmegaConf.load(path))
+    base = OmegaConf.load(path)
+    extra = OmegaConf.from_dotlist(overrides)
+    unknown = set(extra) - set(base)
     if unknown:
-        fail(f"unknown guard setting(s) {sorted(unknown)}; known: {sorted(OmegaConf.load(path))}")
-    return cfg
-
-
-def generations_of(record: dict[str, Any]) -> Artifact | None:
-    """The ``generate`` artifact behind a record's evaluation (None when the record names none, or the store does
-    not hold it)."""
-    path = record.get("evaluation_path")
-    if not path or not (Path(path) / "meta.json").is_file():
-        return None
-    key = json.loads((Path(path) / "meta.json").read_text())["upstream"]["generate"]
-    store = Store(Path(path).parent.parent)
-    return Artifact("generate", key, store.path("generate", key)) if store.done("generate", key) else None
+        fail(f"unknown guard setting(s) {sorted(unknown)}; known: {sorted(base)}")
+    return OmegaConf.merge(base, extra)
 
 
 def judge_records(gcfg: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Run the guard over every record's generations; one summary row per record and harmful benchmark."""
     rows = []
     for record in records:
-        gen = generations_of(record)
+        gen = generations_of(record["evaluation_path"]) if record.get("evaluation_path") else None
         if gen is None:
             logging.warning("skipping %s/%s %s p=%s seed %s: its evaluation is not in the store",
                             record.get("experiment"), record.get("model"), record.get("method"),

@@ -11,6 +11,7 @@ Harmful Score), safe -> ``other`` (a guard judges harm, not refusal).
 from __future__ import annotations
 
 import gc
+import json
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,17 @@ def judge_stage(store: Store, gcfg: Any, generations: Artifact) -> Artifact:
         return {"n": len(out), "unsafe": sum(o["unsafe"] for o in out)}
 
     return store.build("judge", slice_, {"generate": generations.key}, build)
+
+
+def generations_of(evaluation: str | Path) -> Artifact | None:
+    """The ``generate`` artifact an ``evaluate`` artifact (a directory of the store) was judged from, or None when
+    the store holds neither."""
+    meta = Path(evaluation) / "meta.json"
+    if not meta.is_file():
+        return None
+    key = json.loads(meta.read_text())["upstream"]["generate"]
+    store = Store(Path(evaluation).parent.parent)
+    return Artifact("generate", key, store.path("generate", key)) if store.done("generate", key) else None
 
 
 def load_judgments(artifact: Artifact) -> list[dict[str, Any]]:
