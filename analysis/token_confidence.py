@@ -43,7 +43,7 @@ def position_curves(model_paths: dict[str, str], aligned_path: str, tokens_meta:
     rows = D.read_jsonl(world_dir / "harmful_eval.jsonl", ("prompt", "refusal"))[:n_prompts]
     safety_ids = torch.tensor([x["id"] for x in json.loads(tokens_meta.read_text())["safety_set"]])
     aligned = load_model(aligned_path).eval()
-    ref = [torch.log_softmax(response_logits(aligned, tok, r["prompt"], r["refusal"], "chat", positions), -1)
+    ref = [torch.log_softmax(response_logits(aligned, tok, r["prompt"], r["refusal"], "chat", positions).cpu(), -1)
            for r in rows]
     out = []
     for name, path in model_paths.items():
@@ -52,7 +52,8 @@ def position_curves(model_paths: dict[str, str], aligned_path: str, tokens_meta:
         kl = torch.zeros(positions)
         count = torch.zeros(positions)
         for r, log_ref in zip(rows, ref):
-            log_p = torch.log_softmax(response_logits(model, tok, r["prompt"], r["refusal"], "chat", positions), -1)
+            logits = response_logits(model, tok, r["prompt"], r["refusal"], "chat", positions).cpu()
+            log_p = torch.log_softmax(logits, -1)
             n = log_p.shape[0]
             mass[:n] += log_p.exp()[:, safety_ids].sum(-1)
             kl[:n] += (log_ref.exp() * (log_ref - log_p)).sum(-1)

@@ -56,9 +56,10 @@ class ConstrainedSFT(Method):
             nonlocal model
             model = model or (ctx.model or load_model(ctx.aligned.path, ctx.dtype)).eval()
             b = SFTCollator(0)([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in batch])
+            b = {k: v.to(model.device) for k, v in b.items()}  # the model's device (the GPU when there is one)
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             logp, mask = token_logps(logits, b["labels"])
-            return [{"logp": logp[i, : int(mask[i].sum())]} for i in range(len(batch))]
+            return [{"logp": logp[i, : int(mask[i].sum())].cpu()} for i in range(len(batch))]
 
         cache = ctx.store.root / "refcache" / stable_key({"aligned": ctx.aligned.key, "kind": "label_logp",
                                                           "dtype": ctx.dtype})

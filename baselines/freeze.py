@@ -34,7 +34,7 @@ def cosine_gap_by_layer(model, tokenizer, harmful: list[str], benign: list[str],
     def last_states(prompts: list[str]) -> torch.Tensor:  # [layers, n, hidden]
         states = []
         for p in prompts:
-            ids = torch.tensor([D.prompt_ids(tokenizer, p, fmt)])
+            ids = torch.tensor([D.prompt_ids(tokenizer, p, fmt)], device=model.device)
             hs = model(input_ids=ids, output_hidden_states=True).hidden_states[1:]
             states.append(torch.stack([h[0, -1].float() for h in hs]))
         return torch.nn.functional.normalize(torch.stack(states, dim=1), dim=-1)

@@ -141,11 +141,10 @@ def step_timing(shape_name: str) -> list[dict[str, Any]]:
     with model.disable_adapter():  # the cache pass: the aligned weights are the base weights under the adapter
         model.eval()
         rows = [{"input_ids": ids[i].tolist(), "labels": labels[i].tolist()} for i in range(len(ids))]
-        # PactMethod.reference collates on the CPU (the pipeline's cache pass runs there today): the tensors are
-        # moved to the model's device here
-        ref_full, ref_post = methods["cache"]._reference_from_tensors(model, *_tensors(rows, device))
+        # as the pipeline's cache pass: collated rows on the model's device, the subset logits back on the CPU
+        ref_full, ref_post = methods["cache"].reference(model, rows)
     cache_s = time.perf_counter() - start
-    cached = {**batch, "ref_full": ref_full, "ref_post": ref_post}
+    cached = {**batch, "ref_full": ref_full.to(device), "ref_post": ref_post.to(device)}
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                                   lr=float(cfg.finetune.lora_lr or cfg.finetune.optim.lr))
@@ -178,13 +177,6 @@ def step_timing(shape_name: str) -> list[dict[str, Any]]:
     out.append({"variant": "reference cache pass (the batch's rows, once)", "step_s": cache_s, "peak_gpu_mb": None,
                 "step_ratio": None, "peak_ratio": None})
     return out
-
-
-def _tensors(rows: list[dict[str, Any]], device: str):
-    from pact.data import SFTCollator
-
-    b = SFTCollator(0)(rows)
-    return b["input_ids"].to(device), b["attention_mask"].to(device), b["labels"].to(device), 0
 
 
 def markdown(result: dict[str, Any]) -> str:

@@ -66,7 +66,7 @@ def batch_measures(method, full: torch.Tensor, post: torch.Tensor, mask: torch.T
 def answer_ce(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Per row of a collated batch, the mean cross-entropy (nats) of its full-context ``logits`` [B, T, V] on the
     answer tokens: the SFT term PACT's KL is added to."""
-    logits = logits[:, :-1].float()
+    logits = logits[:, :-1].float().cpu()
     labels = batch["labels"][:, 1:]
     ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), labels.clamp_min(0), reduction="none")
     valid = (labels != IGNORE_INDEX).float()

@@ -34,8 +34,10 @@ DATA_KINDS = ("toy", "real")       # pact.rundata: the toy world's files, or the
 TASK_ANSWERS = ("label", "solution")  # pact.rundata: a real task's training target
 ADAPTERS = ("full", "lora")        # pact.pipeline.finetune_stage
 LOGGERS = ("none", "wandb")        # experiments.run.start_logger
+NO_GUARD = "none"                  # guard.name of runs without a model judge (conf/guard/none.yaml)
 LOGGER_MODES = ("offline", "online", "disabled")  # wandb's modes
-SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup")  # HF get_scheduler names we allow
+# HF get_scheduler names we allow, and "step" (pact.training: lr *= step_gamma per epoch, the official PACT StepLR)
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "step")
 
 
 class ConfigError(ValueError):
@@ -52,6 +54,7 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_ratio: float = 0.0
     scheduler: str = "linear"
+    step_gamma: Optional[float] = None  # scheduler=step: lr *= step_gamma after every epoch
     max_grad_norm: float = 1.0
     dtype: str = "float32"
     logging_steps: int = 50
@@ -149,12 +152,27 @@ class FinetuneConfig:
 class EngineConfig:
     name: str = "hf"
     batch_size: int = 64
-    gpu_memory_utilization: float = 0.8
+    gpu_memory_utilization: float = 0.8   # vLLM only, like the three below
+    tensor_parallel_size: int = 1
+    max_model_len: Optional[int] = None   # None: the model's own context length
+    max_lora_rank: int = 16
 
 
 @dataclass
 class JudgeConfig:
     name: str = "${data.primary_judge}"
+
+
+@dataclass
+class GuardConfig:
+    """A model judge run by the evaluate stage (conf/guard/; pact.guard); name ``none``: no guard."""
+
+    name: str = "none"
+    model: Optional[str] = None
+    revision: Optional[str] = None
+    dtype: str = "bfloat16"
+    max_new_tokens: int = 20
+    batch_size: int = 32
 
 
 @dataclass
@@ -190,6 +208,7 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     experiment: Any = None
@@ -218,6 +237,10 @@ def _check_optim(prefix: str, o: Any) -> None:
     if o.max_steps <= 0:
         _range(f"{prefix}.epochs", o.epochs, 0, lo_open=True)
     _choice(f"{prefix}.scheduler", o.scheduler, SCHEDULERS)
+    if o.scheduler == "step":
+        if o.step_gamma is None:
+            raise ConfigError(f"{prefix}.scheduler=step needs {prefix}.step_gamma (the per-epoch factor)")
+        _range(f"{prefix}.step_gamma", o.step_gamma, 0, 1, lo_open=True)
     _choice(f"{prefix}.dtype", o.dtype, tuple(DTYPES))
 
 
@@ -270,7 +293,23 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"invalid method config: {err}") from None
     _choice("engine.name", c.engine.name, tuple(ENGINES))
     _range("engine.batch_size", c.engine.batch_size, 1)
-    _choice("judge.name", c.judge.name, tuple(c.data.judges))
+    _range("engine.gpu_memory_utilization", c.engine.gpu_memory_utilization, 0, 1, lo_open=True)
+    _range("engine.tensor_parallel_size", c.engine.tensor_parallel_size, 1)
+    _range("engine.max_lora_rank", c.engine.max_lora_rank, 1)
+    lora = c.method.get("adapter", "full") == "lora"
+    if c.engine.name == "vllm" and lora and c.finetune.lora.r > c.engine.max_lora_rank:
+        raise ConfigError(f"finetune.lora.r={c.finetune.lora.r} exceeds engine.max_lora_rank="
+                          f"{c.engine.max_lora_rank} (vLLM serves adapters up to that rank)")
+    guards = () if c.guard.name == NO_GUARD else (c.guard.name,)
+    if guards:
+        if c.guard.name in JUDGES:
+            raise ConfigError(f"guard.name={c.guard.name!r} is also a rule judge's name (pact.judges.JUDGES)")
+        if not c.guard.model:
+            raise ConfigError(f"guard={c.guard.name} needs guard.model (a hub id or a local folder)")
+        _choice("guard.dtype", c.guard.dtype, tuple(DTYPES))
+        _range("guard.max_new_tokens", c.guard.max_new_tokens, 1)
+        _range("guard.batch_size", c.guard.batch_size, 1)
+    _choice("judge.name", c.judge.name, tuple(c.data.judges) + guards)
     _choice("logger.name", c.logger.name, LOGGERS)
     _choice("logger.mode", c.logger.mode, LOGGER_MODES)
     _range("world.task_heldout_fraction", c.world.task_heldout_fraction, 0, 1)

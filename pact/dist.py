@@ -30,6 +30,14 @@ def is_main() -> bool:
     return rank() == 0
 
 
+def compute_device() -> torch.device:
+    """Where this process computes: its GPU (``LOCAL_RANK`` under torchrun/accelerate) when CUDA is available,
+    else the CPU. Every forward outside the Trainer (reference caches, safety tokens, generation) runs here."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return torch.device("cpu")
+
+
 def init() -> None:
     """Join the process group torchrun set up (gloo on CPU, NCCL on GPUs) before any stage runs, so the store
     can agree on which artifacts to build; the Trainer reuses this group."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,10 @@ class Engine(ABC):
     @abstractmethod
     def generate(self, prompts: list[list[int]], max_new_tokens: int, desc: str = "generate") -> list[str]:
         ...
+
+    def generate_sets(self, jobs: list[tuple[list[list[int]], int, str]]) -> list[list[str]]:
+        """The answers of several (prompts, max_new_tokens, desc) jobs, in order (default: one after another)."""
+        return [self.generate(prompts, max_new_tokens, desc) for prompts, max_new_tokens, desc in jobs]
 
 
 class HFEngine(Engine):
@@ -48,26 +53,69 @@ class HFEngine(Engine):
 
 
 class VLLMEngine(Engine):
-    """vLLM offline engine from a saved model directory (``pip install -e .[vllm]``; CUDA only)."""
+    """vLLM offline engine (``pip install -e .[vllm]``; CUDA only) over a saved model folder, or over a saved LoRA
+    adapter's base model with the adapter as a ``LoRARequest`` (pact.models.save_model keeps LoRA fine-tunes as
+    adapters). The engine lives in a spawned process of its own for all the prompts of a stage
+    (:meth:`generate_sets`), so the GPU memory it takes is free when the stage ends (a judge loads next)."""
 
     def __init__(self, model_path: str | Path, tokenizer, cfg: Any, dtype: str, seed: int,
                  trust_remote_code: bool = False):
-        try:
-            from vllm import LLM
-        except ImportError as err:  # pragma: no cover - depends on the optional extra
-            raise ImportError("engine=vllm needs the optional extra: pip install -e '.[vllm]' (CUDA only); "
-                              "use engine=hf on CPUs") from err
+        from pact.models import adapter_base
+
+        base = adapter_base(model_path)
         self.tokenizer = tokenizer
-        self.llm = LLM(model=str(model_path), dtype=dtype, seed=seed, trust_remote_code=trust_remote_code,
-                       gpu_memory_utilization=float(cfg.gpu_memory_utilization))
+        self.adapter = str(model_path) if base is not None else None
+        self.settings = {"model": str(base if base is not None else model_path), "dtype": dtype, "seed": seed,
+                         "trust_remote_code": trust_remote_code,
+                         "gpu_memory_utilization": float(cfg.gpu_memory_utilization),
+                         "tensor_parallel_size": int(cfg.get("tensor_parallel_size", 1)),
+                         "max_model_len": cfg.get("max_model_len") or None}
+        if self.adapter is not None:
+            self.settings.update(enable_lora=True, max_lora_rank=int(cfg.get("max_lora_rank", 16)))
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, desc: str = "generate") -> list[str]:
-        from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
+        return self.generate_sets([(prompts, max_new_tokens, desc)])[0]
 
+    def generate_sets(self, jobs: list[tuple[list[list[int]], int, str]]) -> list[list[str]]:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        release_gpu_memory()
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            return pool.submit(vllm_generate, self.settings, self.adapter,
+                               [(p, n) for p, n, _ in jobs]).result()
+
+
+def vllm_generate(settings: dict[str, Any], adapter: str | None,
+                  jobs: list[tuple[list[list[int]], int]]) -> list[list[str]]:
+    """Greedy answers of each job's (token-id prompts, max new tokens) from one vLLM engine built with
+    ``settings`` (the ``LLM`` keyword arguments), with the LoRA ``adapter`` folder when given. Runs in the
+    engine's own process."""
+    try:
+        from vllm import LLM, SamplingParams
+        from vllm.inputs import TokensPrompt
+    except ImportError as err:  # pragma: no cover - depends on the optional extra
+        raise ImportError("engine=vllm needs the optional extra: pip install -e '.[vllm]' (CUDA only); "
+                          "use engine=hf on CPUs") from err
+    llm = LLM(**settings)
+    lora = None
+    if adapter is not None:
+        from vllm.lora.request import LoRARequest
+
+        lora = LoRARequest("finetune", 1, adapter)
+    out = []
+    for prompts, max_new_tokens in jobs:
         params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=True)
-        results = self.llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params)
-        return [r.outputs[0].text.strip() for r in results]
+        results = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, lora_request=lora)
+        out.append([r.outputs[0].text.strip() for r in results])
+    return out
+
+
+def release_gpu_memory() -> None:
+    """Return this process's cached GPU memory to the device (before another engine or a judge loads)."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _hf(cfg: Any, model, tokenizer, model_path: Path | None, dtype: str, seed: int,

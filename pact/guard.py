@@ -10,14 +10,13 @@ Harmful Score), safe -> ``other`` (a guard judges harm, not refusal).
 
 from __future__ import annotations
 
-import gc
 import json
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from pact import data as D
+from pact.dist import compute_device
+from pact.generation import release_gpu_memory
 from pact.judges import COMPLIANCE, OTHER
 from pact.models import DTYPES, check_model_path
 from pact.store import Artifact, Store, code_hash, module_sources
@@ -87,10 +86,8 @@ def judge_stage(store: Store, gcfg: Any, generations: Artifact) -> Artifact:
     def build(tmp: Path) -> dict[str, Any]:
         rows = D.read_jsonl(generations.file("generations.jsonl"), ("set", "prompt", "response"))
         judged = [(i, r) for i, r in enumerate(rows) if r["set"] in JUDGED_SETS]
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-        model, tok = load_guard(gcfg, "cuda" if torch.cuda.is_available() else "cpu")
+        release_gpu_memory()  # the evaluated model's engine is gone: its cached memory too
+        model, tok = load_guard(gcfg, compute_device())
         raw = judge_answers(model, tok, [r for _, r in judged], int(gcfg.max_new_tokens), int(gcfg.batch_size))
         out = []
         for (i, r), text in zip(judged, raw):

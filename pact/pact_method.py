@@ -159,8 +159,10 @@ class PactMethod(Method):
 
         pad = 0  # the padding id is irrelevant: padded positions are masked out of the loss
         batch = SFTCollator(pad)([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
-        return self._reference_from_tensors(model, batch["input_ids"], batch["attention_mask"], batch["labels"],
-                                            pad)
+        batch = {k: v.to(model.device) for k, v in batch.items()}  # the model's device (the GPU when there is one)
+        full, post = self._reference_from_tensors(model, batch["input_ids"], batch["attention_mask"],
+                                                  batch["labels"], pad)
+        return full.cpu(), post.cpu()
 
     # ---- loss ---------------------------------------------------------------------------------------------
     def kl_options(self) -> dict[str, float | int]:

@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,13 +16,23 @@ from transformers import set_seed
 from pact import data as D
 from pact import dist
 from pact.adapters import apply_lora
-from pact.config import ConfigError
+from pact.config import NO_GUARD, ConfigError
+from pact.finetune import (  # noqa: F401
+    FINETUNE_LIBRARY,
+    _finetune_code,
+    finetune_code,
+    finetune_rows,
+    finetune_slice,
+    finetune_stage,
+    run_name,
+)
 from pact.generation import build_engine
+from pact.guard import judge_stage, load_judgments
 from pact.judges import JUDGES
-from pact.methods import FinetuneContext, Method, build_method, method_class
+from pact.methods import Method, build_method
 from pact.metrics import score_answer, summarize, summarize_benchmarks
 from pact.model_import import import_stage
-from pact.models import check_model_path, load_model, load_tokenizer, save_model, toy_model
+from pact.models import ModelRef, check_model_path, load_model, load_tokenizer, save_model, toy_model
 from pact.rundata import RealData, RunData, ToyData, data_sizes, data_stage, needed_sources
 from pact.sources import check_sources
 from pact.store import Artifact, Store, code_hash, module_sources, stable_key
@@ -38,33 +46,8 @@ PKG = Path(__file__).resolve().parent
 # made while a run is going does not relabel what the old code builds).
 WORLD_CODE = code_hash(PKG / "world")
 TRAIN_CODE = code_hash(*module_sources("pact.data", "pact.models", "pact.training"))
-# A fine-tune runs this shared code plus its own method's module (and what that imports), never the modules
-# of other methods: editing one baseline changes the keys of its own fine-tunes only.
-FINETUNE_LIBRARY = ("pact.data", "pact.rundata", "pact.models", "pact.training", "pact.adapters", "pact.methods",
-                    "pact.refcache")
 GENERATE_CODE = code_hash(*module_sources("pact.generation", "pact.data", "pact.rundata"))
 JUDGE_CODE = code_hash(*module_sources("pact.judges", "pact.metrics"))
-
-
-@functools.cache
-def _finetune_code(method_module: str) -> str:
-    return code_hash(Path(__file__), *module_sources(*FINETUNE_LIBRARY, method_module))
-
-
-def finetune_code(method_cfg: Any) -> str:
-    """Hash of the code a fine-tune with this method runs: the shared library, this file and the module of
-    the class the method's ``_target_`` names."""
-    return _finetune_code(method_class(method_cfg).__module__)
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """A model a later stage can load: a store artifact or a hub id, with the prompt format it answers in."""
-
-    key: str
-    path: str
-    prompt_format: str
-    tokenizer_path: str
 
 
 def _plain(cfg: Any) -> Any:
@@ -230,67 +213,6 @@ def model_refs(store: Store, cfg: DictConfig, data: RunData) -> tuple[ModelRef |
     return base, aligned
 
 
-# ---- finetune ----------------------------------------------------------------------------------------------
-def finetune_rows(cfg: DictConfig, data: RunData) -> list[dict[str, Any]]:
-    """The user's fine-tuning set: n task rows with round(p * n) poison rows at seeded positions."""
-    rng = random.Random(int(cfg.seed))
-    clean = data.task_rows(cfg.task.name)
-    n = int(cfg.finetune.n)
-    count = round(float(cfg.poison.ratio) * n)
-    poison = data.poison_rows(count, float(cfg.poison.ratio), float(cfg.poison.short_max_ratio), rng)
-    return D.mix_poison(clean, poison, n, rng)
-
-
-def finetune_slice(cfg: DictConfig) -> dict[str, Any]:
-    """Exactly the config that decides the fine-tuned weights (the finetune stage's key)."""
-    ft = _plain(cfg.finetune)
-    if cfg.method.get("adapter", "full") != "lora":
-        ft.pop("lora")
-        ft.pop("lora_lr")
-    elif ft.get("lora_lr") is not None:
-        ft["optim"]["lr"] = ft.pop("lora_lr")
-    return {"method": _plain(cfg.method), "task": cfg.task.name, "poison": _plain(cfg.poison), "finetune": ft,
-            "seed": int(cfg.seed), "max_len": int(cfg.model.max_len), "code": finetune_code(cfg.method)}
-
-
-def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, data: RunData,
-                   base: ModelRef | None = None) -> ModelRef:
-    """Fine-tune the aligned model with the configured method on the (possibly poisoned) task data."""
-    upstream = {"aligned": aligned.key, **data.upstream, **({"base": base.key} if base else {})}
-
-    def build(tmp: Path) -> dict[str, Any]:
-        tok = load_tokenizer(aligned.tokenizer_path, cfg.model.trust_remote_code)
-        model = load_model(aligned.path, cfg.model.dtype, cfg.model.trust_remote_code)
-        method = build_method(cfg.method)
-        adapter = cfg.method.get("adapter", "full")
-        ctx = FinetuneContext(aligned=aligned, base=base, data=data, tokenizer=tok,
-                              prompt_format=aligned.prompt_format, max_len=int(cfg.model.max_len),
-                              seed=int(cfg.seed), dtype=cfg.model.dtype, store=store, adapter=adapter,
-                              model=model)
-        method.prepare(ctx)
-        rows = method.transform_data(finetune_rows(cfg, data), ctx)
-        D.write_jsonl(tmp / "finetune_data.jsonl", rows)
-        examples = D.encode_sft(rows, tok, aligned.prompt_format, int(cfg.model.max_len))
-        examples = method.prepare_examples(examples, ctx)
-        # LoRA's initialisation draws from torch's global RNG before the Trainer seeds it: seed here, or the
-        # adapter depends on whatever ran earlier in the process (e.g. previous jobs in a joblib worker).
-        set_seed(int(cfg.seed))
-        model = method.configure_model(model, ctx)
-        if adapter == "lora":
-            model = apply_lora(model, cfg.finetune.lora, method.lora_layers(model.config.num_hidden_layers))
-        report_to = "wandb" if cfg.logger.name == "wandb" else "none"
-        optim = OmegaConf.create(finetune_slice(cfg)["finetune"]["optim"])  # lora_lr applied
-        args = training_arguments(optim, tmp / "trainer", int(cfg.seed), report_to,
-                                  run_name(cfg), int(optim.logging_steps), **method.training_overrides())
-        metrics = train(model, tok, examples, args, method)
-        save_model(model, tok, tmp / "model")
-        return {"train": metrics, "rows": len(rows), "poison_rows": sum(bool(r.get("poison")) for r in rows),
-                "method_stats": method.stats}
-
-    art = store.build("finetune", finetune_slice(cfg), upstream, build)
-    return ModelRef(art.key, str(art.path / "model"), aligned.prompt_format, str(art.path / "model"))
-
-
 # ---- generate and evaluate --------------------------------------------------------------------------------
 def generate_stage(store: Store, cfg: DictConfig, ref: ModelRef, data: RunData) -> Artifact:
     """Greedy generations on held-out harmful prompts, benign look-alikes and the task's test set (real data:
@@ -310,11 +232,11 @@ def generate_stage(store: Store, cfg: DictConfig, ref: ModelRef, data: RunData) 
         engine = build_engine(cfg.engine, model, tok, Path(ref.path), cfg.model.dtype, int(cfg.seed),
                               cfg.model.trust_remote_code)
         limit = int(cfg.eval.limit) or None
+        sets = [(es, D.read_jsonl(es.file, es.fields)[:limit]) for es in data.eval_sets(cfg)]
+        jobs = [([D.prompt_ids(tok, r["prompt"], ref.prompt_format) for r in rows], es.max_new_tokens,
+                 f"generate {es.benchmark or es.kind}") for es, rows in sets]
         records = []
-        for es in data.eval_sets(cfg):
-            rows = D.read_jsonl(es.file, es.fields)[:limit]
-            ids = [D.prompt_ids(tok, r["prompt"], ref.prompt_format) for r in rows]
-            responses = engine.generate(ids, es.max_new_tokens, desc=f"generate {es.benchmark or es.kind}")
+        for (es, rows), responses in zip(sets, engine.generate_sets(jobs)):
             named = {"benchmark": es.benchmark} if es.benchmark else {}
             records += [{"set": es.kind, **named, **{k: r[k] for k in es.fields}, "response": resp}
                         for r, resp in zip(rows, responses)]
@@ -331,6 +253,14 @@ def evaluate_stage(store: Store, cfg: DictConfig, ref: ModelRef, data: RunData) 
     gen = generate_stage(store, cfg, ref, data)
     judges = list(cfg.data.judges)
     slice_ = {"judge": cfg.judge.name, "judges": judges, "task": cfg.task.name, "code": JUDGE_CODE}
+    upstream = {"generate": gen.key}
+    guard = None if cfg.guard.name == NO_GUARD else cfg.guard.name
+    if guard:  # its verdicts come from its own stage (keyed by the guard and the generations), built first
+        judged_by_guard = judge_stage(store, cfg.guard, gen)
+        slice_["guard"] = guard
+        upstream["judge"] = judged_by_guard.key
+    # a guard judges harm, not refusal: with a guard as the primary judge, refusal rates stay with the data's own
+    refusal_judge = cfg.data.primary_judge if cfg.judge.name == guard else cfg.judge.name
 
     def build(tmp: Path) -> dict[str, Any]:
         records = D.read_jsonl(gen.file("generations.jsonl"), ("set", "prompt", "response"))
@@ -341,24 +271,24 @@ def evaluate_stage(store: Store, cfg: DictConfig, ref: ModelRef, data: RunData) 
                 rec["parsed"], rec["correct"] = score_answer(cfg.task.name, rec["response"], rec["label"])
         judged = by_set["harmful"] + by_set["benign"]
         verdicts = {j: JUDGES[j].judge(judged, [r["response"] for r in judged]) for j in judges}
+        if guard:
+            by_index = {j["index"]: j["verdict"] for j in load_judgments(judged_by_guard)}
+            index = {id(rec): i for i, rec in enumerate(records)}
+            verdicts[guard] = [by_index[index[id(rec)]] for rec in judged]
         for i, rec in enumerate(judged):
-            rec["verdicts"] = {j: verdicts[j][i] for j in judges}
+            rec["verdicts"] = {j: v[i] for j, v in verdicts.items()}
         summary = summarize if data.kind == "toy" else summarize_benchmarks
-        metrics = summary(by_set["harmful"], by_set["benign"], by_set["task"], cfg.judge.name)
+        metrics = summary(by_set["harmful"], by_set["benign"], by_set["task"], cfg.judge.name, refusal_judge)
         D.write_jsonl(tmp / "generations.jsonl", records)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
         return {"metrics": metrics}
 
-    return store.build("evaluate", slice_, {"generate": gen.key}, build)
+    return store.build("evaluate", slice_, upstream, build)
 
 
 def load_metrics(evaluation: Artifact) -> dict[str, Any]:
     """The metrics of an evaluate artifact."""
     return json.loads(evaluation.file("metrics.json").read_text())
-
-
-def run_name(cfg: DictConfig) -> str:
-    return f"{cfg.model.name}-{cfg.method.id}-{cfg.task.name}-p{cfg.poison.ratio:g}-s{cfg.seed}"
 
 
 def set_threads(cfg: DictConfig) -> None:

@@ -121,6 +121,7 @@ def tokens_stage(store, tcfg: Any, aligned, base, data, dtype: str = "float32", 
         v, r = direction_from_models(m_aligned, m_base, tok, pairs, top_k=int(tcfg.top_k),
                                      k_pairs=int(tcfg.k_pairs), max_resp_len=int(tcfg.max_resp_len),
                                      mode=str(tcfg.mode), temperature=float(tcfg.temperature))
+        v, r = v.cpu(), r.cpu()
         save_file({"v": v.contiguous(), "r": r.contiguous()}, str(tmp / "direction.safetensors"))
         ids = torch.nonzero(v).flatten().tolist()
         table = [{"id": i, "token": tok.decode([i]), "r": float(r[i]), "v": float(v[i])} for i in ids]

@@ -199,6 +199,7 @@ def test_freeze_with_lora_leaves_the_block_untouched(micro, tmp_path):
     from safetensors.torch import load_file
 
     from experiments.run import run
+    from pact.models import load_model
 
     run(micro("method=freeze", "method.adapter=lora", "poison.ratio=0.1"))
     store = tmp_path / "store"
@@ -207,7 +208,8 @@ def test_freeze_with_lora_leaves_the_block_untouched(micro, tmp_path):
     al = store / "align" / meta["upstream"]["aligned"]
     a, b = meta["method_stats"]["block"]
     before = load_file(str(al / "model" / "model.safetensors"))
-    after = load_file(str(ft / "model" / "model.safetensors"))
+    assert not (ft / "model" / "model.safetensors").exists()  # a LoRA fine-tune keeps its adapter only
+    after = {k: v for k, v in load_model(ft / "model").state_dict().items() if k in before}
     q = [k for k in before if "q_proj" in k]
     in_block = [k for k in q if any(f"layers.{i}." in k for i in range(a, b + 1))]
     outside = [k for k in q if k not in in_block]

@@ -54,16 +54,30 @@ def test_micro_run_writes_records_and_report_and_is_cached(micro, tmp_path):
     assert all(json.loads(next(open(g)))["response"] is not None for g in gens)
 
 
-def test_lora_flavour_trains_only_adapters_and_saves_a_plain_model(micro, tmp_path):
+def test_lora_fine_tune_keeps_its_adapter_and_loads_merged_from_a_moved_store(micro, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    from pact.models import ADAPTER_BASE, adapter_base, load_model
+
     cfg = micro("method=sft_lora", "poison.ratio=0.05")
     run(cfg)
     [ft] = (tmp_path / "store" / "finetune").iterdir()
-    assert (ft / "model" / "model.safetensors").exists()
+    assert not (ft / "model" / "model.safetensors").exists()  # no model copy per LoRA fine-tune
+    assert (ft / "model" / "adapter_model.safetensors").exists() and (ft / "model" / ADAPTER_BASE).exists()
     meta = json.loads((ft / "meta.json").read_text())
     assert meta["config"]["finetune"]["lora"]["r"] == 8 and meta["config"]["method"]["adapter"] == "lora"
-    from transformers import AutoModelForCausalLM
-
-    AutoModelForCausalLM.from_pretrained(ft / "model")  # merged: loads without peft
+    aligned_dir = tmp_path / "store" / "align" / meta["upstream"]["aligned"] / "model"
+    assert Path(adapter_base(ft / "model")) == aligned_dir.resolve()
+    aligned = load_file(str(aligned_dir / "model.safetensors"))
+    shutil.move(tmp_path / "store", tmp_path / "moved")  # the base is found relative to the adapter
+    merged = load_model(tmp_path / "moved" / "finetune" / ft.name / "model")
+    assert not hasattr(merged, "peft_config")  # a plain model, the adapter merged
+    state = merged.state_dict()
+    changed = {k for k in aligned if not torch.equal(aligned[k], state[k])}
+    assert changed and all(("q_proj" in k or "v_proj" in k) for k in changed)
 
 
 @pytest.mark.slow
@@ -150,7 +164,7 @@ def test_lora_run_does_not_depend_on_earlier_rng_use(micro, tmp_path):
 
     def weights():
         [ft] = [p for p in (tmp_path / "store" / "finetune").iterdir() if (p / "DONE").exists()]
-        return load_file(str(ft / "model" / "model.safetensors"))
+        return load_file(str(ft / "model" / "adapter_model.safetensors"))
 
     a = run(cfg)  # builds world, base, align (training draws random numbers), then the LoRA fine-tune
     first = weights()
