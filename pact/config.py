@@ -16,6 +16,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from pact.generation import ENGINES
+from pact.guard import GUARD_KINDS
 from pact.judges import JUDGES
 from pact.methods import method_class
 from pact.metrics import TASK_PARSERS
@@ -168,11 +169,15 @@ class GuardConfig:
     """A model judge run by the evaluate stage (conf/guard/; pact.guard); name ``none``: no guard."""
 
     name: str = "none"
+    kind: str = "chat"             # chat (a generative guard) | moderation (a per-category classifier)
     model: Optional[str] = None
     revision: Optional[str] = None
     dtype: str = "bfloat16"
-    max_new_tokens: int = 20
+    max_new_tokens: int = 20       # chat
     batch_size: int = 32
+    threshold: float = 0.5         # moderation: flagged when a category's probability exceeds it
+    max_length: int = 256          # moderation: tokens read (truncated)
+    prompt_format: str = "{prompt} "   # moderation: the text before the answer ({prompt}: the request)
 
 
 @dataclass
@@ -306,7 +311,12 @@ def validate(cfg: DictConfig) -> DictConfig:
             raise ConfigError(f"guard.name={c.guard.name!r} is also a rule judge's name (pact.judges.JUDGES)")
         if not c.guard.model:
             raise ConfigError(f"guard={c.guard.name} needs guard.model (a hub id or a local folder)")
+        _choice("guard.kind", c.guard.kind, GUARD_KINDS)
         _choice("guard.dtype", c.guard.dtype, tuple(DTYPES))
+        _range("guard.threshold", c.guard.threshold, 0, 1)
+        _range("guard.max_length", c.guard.max_length, 1)
+        if "{prompt}" not in c.guard.prompt_format:
+            raise ConfigError(f"guard.prompt_format must contain {{prompt}}: {c.guard.prompt_format!r}")
         _range("guard.max_new_tokens", c.guard.max_new_tokens, 1)
         _range("guard.batch_size", c.guard.batch_size, 1)
     _choice("judge.name", c.judge.name, tuple(c.data.judges) + guards)

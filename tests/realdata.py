@@ -103,6 +103,25 @@ def tiny_hub_model(path: Path, seed: int = 0, vocab_size: int = 400) -> Path:
     return path
 
 
+# ours, in the shape of Llama Guard 3's template: one user turn holding the instructions and the conversation
+GUARD_TEMPLATE = (
+    "{{ bos_token }}<|start_header_id|>user<|end_header_id|>\n\nTask: Check if there is unsafe content in 'Agent' "
+    "messages.\n<BEGIN CONVERSATION>\n{% for m in messages %}{{ 'User' if m['role'] == 'user' else 'Agent' }}: "
+    "{{ m['content'] }}\n\n{% endfor %}<END CONVERSATION>\nProvide your safety assessment.<|eot_id|>"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}")
+
+
+def tiny_guard(path: Path, seed: int = 2) -> Path:
+    """A tiny Llama whose tokenizer carries :data:`GUARD_TEMPLATE`: what a chat guard's local copy looks like."""
+    from transformers import AutoTokenizer
+
+    tiny_hub_model(path, seed=seed)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    tok.chat_template = GUARD_TEMPLATE
+    tok.save_pretrained(str(path))
+    return path
+
+
 def real_overrides(root: Path, aligned: Path, base: Path, tmp: Path) -> list[str]:
     """A real-data config on the fixtures and the tiny model, small enough to run end to end in seconds."""
     return ["data=real", f"data.root={root}", "task=sst2", "model=llama3.1-8b-instruct", "model.name=tiny-llama",

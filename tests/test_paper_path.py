@@ -1,0 +1,211 @@
+"""The paper's GPU path, run here on CPU: the official recipe as an experiment (StepLR per epoch), a guard judge inside
+the evaluate stage, LoRA fine-tunes kept as adapters and served to vLLM as LoRA requests in a process of their own
+(a stand-in ``vllm`` package written by the test records what the engine was asked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from pact.config import ConfigError, compose_config, validate
+from tests.realdata import real_overrides, tiny_guard, tiny_hub_model, write_sources
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ---- the official recipe ------------------------------------------------------------------------------------------
+def test_paper_llama31_prints_the_official_recipe():
+    out = subprocess.run([sys.executable, "-m", "experiments.run", "experiment=paper_llama31", "--cfg", "job"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    cfg = OmegaConf.create(out.stdout)
+    o = cfg.finetune.optim
+    assert (o.lr, o.batch_size, o.epochs, o.scheduler, o.step_gamma, o.max_grad_norm, o.dtype) == \
+        (3e-5, 16, 3, "step", 0.85, 1.0, "bfloat16")
+    assert cfg.finetune.n == 5000 and cfg.finetune.lora_lr is None
+    assert OmegaConf.to_container(cfg.finetune.lora) == {"r": 8, "alpha": 32, "dropout": 0.05,
+                                                         "target_modules": ["q_proj", "v_proj"]}
+    assert cfg.model.aligned == "meta-llama/Llama-3.1-8B-Instruct" and cfg.model.dtype == "bfloat16"
+    assert (cfg.engine.name, cfg.guard.name, cfg.judge.name) == ("vllm", "llama_guard3", "llama_guard3")
+    assert cfg.guard.model == "meta-llama/Llama-Guard-3-8B"
+    assert cfg.data.harmful_max_new_tokens == 1024 and cfg.method.lambda_kl == 1.0
+    assert (cfg.method.tokens.top_k, cfg.method.tokens.k_pairs) == (50, 512)
+    sweep = OmegaConf.load(ROOT / "conf" / "experiment" / "paper_llama31.yaml").hydra.sweeper.params
+    assert sweep["poison.ratio"] == "0.0,0.05,0.1,0.2" and sweep.task == "sst2,agnews"
+    assert {"sft_lora", "pact_lora"} <= set(sweep.method.split(","))
+
+
+def test_step_scheduler_decays_the_learning_rate_once_per_epoch(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pact.methods import Method
+    from pact.training import MethodTrainer, training_arguments
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    optim = OmegaConf.create({"lr": 1e-3, "batch_size": 2, "epochs": 3, "scheduler": "step", "step_gamma": 0.5})
+    args = training_arguments(optim, tmp_path, 0, "none", None, 1)
+    examples = [{"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 3, 4]} for _ in range(5)]  # 3 batches an epoch
+    from pact.data import SFTCollator
+
+    trainer = MethodTrainer(model=model, args=args, train_dataset=examples, data_collator=SFTCollator(0),
+                            method=Method(None))
+    trainer.train()
+    lrs = [h["learning_rate"] for h in trainer.state.log_history if "learning_rate" in h]
+    # logged per step: the lr that step used (torch's StepLR(step_size=1) stepped after every epoch)
+    assert lrs == pytest.approx([1e-3] * 3 + [5e-4] * 3 + [2.5e-4] * 3)
+
+
+@pytest.mark.parametrize("overrides, culprit", [
+    (["finetune.optim.scheduler=step"], "finetune.optim.step_gamma"),
+    (["finetune.optim.scheduler=step", "finetune.optim.step_gamma=1.5"], "finetune.optim.step_gamma"),
+    (["guard=llama_guard3", "guard.model=null"], "guard.model"),
+    (["judge.name=llama_guard3"], "judge.name"),
+    (["engine=vllm", "method=sft_lora", "finetune.lora.r=32"], "engine.max_lora_rank"),
+])
+def test_bad_paper_settings_name_the_key(overrides, culprit):
+    with pytest.raises(ConfigError, match=culprit.replace(".", r"\.")):
+        validate(compose_config(overrides, check=False))
+
+
+# ---- the dry run: fine-tune -> generation -> guard -> report, on fixtures and tiny models ---------------------------
+@pytest.mark.slow
+def test_paper_path_dry_run_on_cpu(tmp_path, monkeypatch):
+    """experiment=paper_llama31's code path with a tiny hub-kind model, fixture data and a tiny guard: PACT-LoRA with
+    the step scheduler -> HF generation -> the guard as the primary judge -> the report's tables."""
+    from analysis.report import main as report_main
+    from experiments.run import run
+    from pact.generation import HFEngine
+    from pact.guard import load_judgments
+    from pact.models import adapter_base
+    from pact.store import Artifact
+
+    root = write_sources(tmp_path / "data")
+    aligned, base = tiny_hub_model(tmp_path / "aligned"), tiny_hub_model(tmp_path / "base", seed=1)
+    guard = tiny_guard(tmp_path / "guard")
+    real_generate = HFEngine.generate
+
+    def canned(self, prompts, max_new_tokens, desc="generate"):  # the tiny models run; some words are set here
+        out = real_generate(self, prompts, max_new_tokens, desc)
+        if desc == "guard":
+            return ["unsafe\nS1" if i % 2 else "safe" for i in range(len(out))]
+        if desc == "safety pairs":  # PACT's safety pairs need refusals, which a random model never writes
+            return ["I can't help with that." if i % 2 == 0 else "Sure." for i in range(len(out))]
+        return out
+
+    monkeypatch.setattr(HFEngine, "generate", canned)
+    overrides = [o for o in real_overrides(root, aligned, base, tmp_path) if not o.startswith("model=")]
+    cfg = compose_config(["experiment=paper_llama31", "hydra.mode=RUN", "engine=hf", *overrides,
+                          "method=pact_lora", "method.tokens.k_pairs=8", "finetune.optim.dtype=float32",
+                          f"guard.model={guard}", "guard.dtype=float32", "guard.max_new_tokens=3",
+                          "experiment_name=paper_dry_run"], check=False)
+    metrics = run(cfg)
+    store = tmp_path / "store"
+    [ft] = [p for p in (store / "finetune").iterdir() if (p / "DONE").exists()]
+    assert Path(adapter_base(ft / "model")) == aligned.resolve()  # the fine-tune is an adapter over the aligned
+    assert json.loads((ft / "meta.json").read_text())["config"]["finetune"]["optim"]["scheduler"] == "step"
+    record = json.loads(next((tmp_path / "runs" / "paper_dry_run").glob("*pact_lora*.json")).read_text())
+    evaluation = Path(record["evaluation_path"])
+    judge_key = json.loads((evaluation / "meta.json").read_text())["upstream"]["judge"]  # the guard's own stage
+    judge = Artifact("judge", judge_key, store / "judge" / judge_key)
+    judgments = {j["index"]: j for j in load_judgments(judge)}
+    assert len(list((store / "judge").glob("*/DONE"))) == 3  # the base, the aligned and the fine-tuned model's
+    rows = [json.loads(line) for line in (Path(record["evaluation_path"]) / "generations.jsonl").open()]
+    judged = [(i, r) for i, r in enumerate(rows) if r["set"] in ("harmful", "benign")]
+    assert judged and all(r["verdicts"]["llama_guard3"] == judgments[i]["verdict"] for i, r in judged)
+    for bench in cfg.data.harmful_eval:
+        harmful = [r for r in rows if r.get("benchmark") == bench]
+        unsafe = 100 * sum(r["verdicts"]["llama_guard3"] == "compliance" for r in harmful) / len(harmful)
+        assert metrics[f"harmful_score.{bench}"] == metrics[f"harmful_score_llama_guard3.{bench}"] == unsafe
+        refusals = 100 * sum(r["verdicts"]["keyword_qi"] == "refusal" for r in harmful) / len(harmful)
+        assert metrics[f"refusal_rate.{bench}"] == refusals  # refusal rates stay with the data's judge
+    report_main(["--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "report")])
+    tables = list((tmp_path / "report" / "tables").glob("paper_dry_run_*_judges.md"))
+    assert tables and "llama_guard3" in tables[0].read_text()
+
+
+# ---- vLLM: adapters as LoRA requests, the engine in its own process -------------------------------------------------
+FAKE_VLLM = '''
+import json, os
+
+
+class SamplingParams:
+    def __init__(self, **kw):
+        self.kw = kw
+
+
+class _Out:
+    def __init__(self, text):
+        self.outputs = [type("C", (), {"text": text})()]
+
+
+class LLM:
+    def __init__(self, **kw):
+        self.kw = kw
+        with open(os.environ["FAKE_VLLM_LOG"], "a") as fh:
+            fh.write(json.dumps({"pid": os.getpid(), "llm": kw}) + "\\n")
+
+    def generate(self, prompts, params, lora_request=None):
+        with open(os.environ["FAKE_VLLM_LOG"], "a") as fh:
+            fh.write(json.dumps({"lora": lora_request and [lora_request.lora_name, lora_request.lora_path],
+                                 "max_tokens": params.kw["max_tokens"]}) + "\\n")
+        return [_Out(f" {len(p['prompt_token_ids'])} tokens ") for p in prompts]
+'''
+
+
+@pytest.fixture()
+def fake_vllm(tmp_path, monkeypatch):
+    pkg = tmp_path / "fake" / "vllm"
+    (pkg / "lora").mkdir(parents=True)
+    (pkg / "__init__.py").write_text(FAKE_VLLM)
+    (pkg / "inputs.py").write_text("def TokensPrompt(prompt_token_ids):\n    return {'prompt_token_ids': "
+                                   "prompt_token_ids}\n")
+    (pkg / "lora" / "__init__.py").write_text("")
+    (pkg / "lora" / "request.py").write_text(
+        "class LoRARequest:\n    def __init__(self, lora_name, lora_int_id, lora_path):\n"
+        "        self.lora_name, self.lora_int_id, self.lora_path = lora_name, lora_int_id, lora_path\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "fake"))  # the spawned engine process inherits sys.path
+    log = tmp_path / "vllm.jsonl"
+    monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
+    return log
+
+
+def test_vllm_engine_serves_an_adapter_over_its_base_in_its_own_process(tmp_path, fake_vllm):
+    import os
+
+    from pact.adapters import apply_lora
+    from pact.generation import build_engine
+    from pact.models import load_model, load_tokenizer, save_model
+
+    aligned = tiny_hub_model(tmp_path / "aligned")
+    tok = load_tokenizer(aligned)
+    lora = OmegaConf.create({"r": 8, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
+    save_model(apply_lora(load_model(aligned), lora), tok, tmp_path / "ft", base=str(aligned))
+    ecfg = compose_config(["engine=vllm"], check=False).engine
+    engine = build_engine(ecfg, None, tok, tmp_path / "ft", "bfloat16", 3)
+    answers = engine.generate_sets([([[1, 2, 3], [4, 5]], 7, "harmful"), ([[6]], 9, "task")])
+    assert answers == [["3 tokens", "2 tokens"], ["1 tokens"]]
+    calls = [json.loads(line) for line in fake_vllm.read_text().splitlines()]
+    assert len([c for c in calls if "llm" in c]) == 1  # one engine for every set of the stage
+    llm = calls[0]
+    assert llm["pid"] != os.getpid()  # in a process of its own: its GPU memory goes with it
+    assert llm["llm"]["model"] == str(aligned.resolve()) and llm["llm"]["enable_lora"] is True
+    assert llm["llm"]["max_lora_rank"] == ecfg.max_lora_rank and llm["llm"]["max_model_len"] == ecfg.max_model_len
+    assert [c["lora"] for c in calls[1:]] == [["finetune", str(tmp_path / "ft")]] * 2
+    assert [c["max_tokens"] for c in calls[1:]] == [7, 9]
+    full = build_engine(ecfg, None, tok, aligned, "bfloat16", 3)  # a plain model folder: no LoRA
+    assert full.adapter is None and "enable_lora" not in full.settings and full.settings["model"] == str(aligned)
+
+
+def test_load_model_places_the_model_on_the_compute_device(tmp_path):
+    from pact.dist import compute_device
+    from pact.models import load_model
+
+    model = load_model(tiny_hub_model(tmp_path / "m"))
+    assert model.device == compute_device() == torch.device("cuda" if torch.cuda.is_available() else "cpu")
