@@ -202,3 +202,19 @@ def test_cohen_kappa_and_pairwise_agreement():
     assert (adv["hs_a"], adv["hs_b"], adv["agreement"]) == (50.0, 25.0, 75.0)
     assert adv["kappa"] == pytest.approx(0.5)
     assert rows["harmbench"]["agreement"] == 0.0 and rows["harmbench"]["kappa"] == 0.0
+
+
+def test_store_profile_counts_stage_seconds(tmp_path):
+    from analysis.store_profile import markdown, profile, stage_times
+    from pact.store import Store
+
+    store = Store(tmp_path / "store")
+    for stage, config in (("finetune", 1), ("finetune", 2), ("generate", 1)):
+        store.build(stage, {"c": config}, None, lambda tmp: None)
+    times = stage_times(store.root)
+    assert sorted(times["stage"]) == ["finetune", "finetune", "generate"]
+    times["seconds"] = [3.0, 5.0, 2.0]  # builder times as recorded in meta.json
+    table = profile(times, wall=20.0).set_index("stage")
+    assert table.loc["finetune", "count"] == 2 and table.loc["finetune", "mean"] == 4.0
+    assert table.loc["finetune", "share"] == 0.4 and table.loc["(outside stages)", "total"] == 10.0
+    assert "| finetune | 2 | 4.0 | 8.0 | 40.0% |" in markdown(profile(times, wall=20.0))
