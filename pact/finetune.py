@@ -17,7 +17,7 @@ from transformers import set_seed
 from pact import data as D
 from pact.adapters import apply_lora
 from pact.methods import FinetuneContext, build_method, method_class
-from pact.models import ModelRef, load_model, load_tokenizer
+from pact.models import ModelRef, load_model, load_tokenizer, untie_embeddings
 from pact.rundata import RunData
 from pact.store import Store, code_hash, module_sources
 from pact.training import train, training_arguments
@@ -56,6 +56,8 @@ def finetune_rows(cfg: DictConfig, data: RunData) -> list[dict[str, Any]]:
 def finetune_slice(cfg: DictConfig) -> dict[str, Any]:
     """Exactly the config that decides the fine-tuned weights (the finetune stage's key)."""
     ft = _plain(cfg.finetune)
+    if not ft.get("untie_embeddings"):  # the default: absent from the key, as before the switch existed
+        ft.pop("untie_embeddings", None)
     if cfg.method.get("adapter", "full") != "lora":
         ft.pop("lora")
         ft.pop("lora_lr")
@@ -87,6 +89,8 @@ def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, data: RunDa
         # LoRA's initialisation draws from torch's global RNG before the Trainer seeds it: seed here, or the
         # adapter depends on whatever ran earlier in the process (e.g. previous jobs in a joblib worker).
         set_seed(int(cfg.seed))
+        if cfg.finetune.get("untie_embeddings"):  # an ablation: the toy model and SmolLM2 tie them
+            untie_embeddings(model)
         model = method.configure_model(model, ctx)
         if adapter == "lora":
             model = apply_lora(model, cfg.finetune.lora, method.lora_layers(model.config.num_hidden_layers))

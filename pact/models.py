@@ -90,6 +90,15 @@ def toy_model(arch: Any, tokenizer, seed: int) -> LlamaForCausalLM:
     return LlamaForCausalLM(config)
 
 
+def untie_embeddings(model) -> None:
+    """Give a model with tied input and output embeddings an LM head of its own, equal to the embedding matrix at
+    first, so that fine-tuning moves them apart (saved and reloaded untied)."""
+    if not model.config.tie_word_embeddings:
+        raise ValueError("finetune.untie_embeddings=true but the model's embeddings are not tied")
+    model.get_output_embeddings().weight = torch.nn.Parameter(model.get_input_embeddings().weight.detach().clone())
+    model.config.tie_word_embeddings = False
+
+
 def save_model(model, tokenizer, path: Path, base: str | None = None,
                state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """``save_pretrained`` as safetensors, with the tokenizer. A peft model: with ``base`` (the path or hub id of

@@ -175,3 +175,23 @@ def test_lora_run_does_not_depend_on_earlier_rng_use(micro, tmp_path):
     b = run(cfg)  # base and align reused: the fine-tune starts from a different global RNG state
     second = weights()
     assert a == b and all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_untied_fine_tune_moves_head_and_embeddings_apart(micro, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from pact import pipeline as P
+    from pact.config import ConfigError, validate
+
+    run(micro("method=sft", "finetune.untie_embeddings=true", "poison.ratio=0.05"))
+    [ft] = [p for p in (tmp_path / "store" / "finetune").iterdir() if (p / "DONE").exists()]
+    meta = json.loads((ft / "meta.json").read_text())
+    assert meta["config"]["finetune"]["untie_embeddings"] is True
+    weights = load_file(str(ft / "model" / "model.safetensors"))
+    assert not json.loads((ft / "model" / "config.json").read_text())["tie_word_embeddings"]
+    assert not torch.equal(weights["lm_head.weight"], weights["model.embed_tokens.weight"])
+    tied = micro("method=sft", "poison.ratio=0.05")
+    assert "untie_embeddings" not in P.finetune_slice(validate(tied))["finetune"]  # the default leaves keys alone
+    with pytest.raises(ConfigError, match="untie_embeddings"):
+        validate(micro("method=sft_lora", "finetune.untie_embeddings=true"))
