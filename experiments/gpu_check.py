@@ -4,8 +4,8 @@ Two parts, both from conf/analysis.yaml ``gpu_check`` (no network, no hub weight
 
 1. **Toy world.** A micro PACT-LoRA study (world, base, alignment, safety set, fine-tune with the reference cache,
    generation, judging) in a scratch store, in bf16. For every stage the store builds, its wall time and the peak
-   GPU memory while it ran (0 MB: the stage ran on the CPU). The checks: the fine-tune and the generation used the
-   GPU (the fine-tune stage's peak includes its reference-cache pass; that pass on the GPU is exercised in part 2).
+   GPU memory while it ran (0 MB: the stage ran on the CPU). The checks: the safety tokens, the fine-tune (its peak
+   includes the reference-cache pass) and the generation used the GPU.
 2. **Step timing on a large shape.** A randomly initialised Llama of the configured shape (Llama-3.1-8B's by
    default: no weights are needed to time a step) with the official LoRA adapter, batch x sequence tokens of
    random ids: the reference cache pass on the device, then SFT, PACT with the cached reference and PACT with the
@@ -69,6 +69,15 @@ class StageMeter(logging.Handler):
             reset_peak()
 
 
+def device_check(stage: str, peaks: dict[str, float]) -> str:
+    """Whether ``stage`` used the GPU, from the peak GPU memory of each stage built in this run."""
+    if not cuda():
+        return "skipped (no CUDA)"
+    if stage not in peaks:
+        return f"not checked: stage {stage} was reused, not built"
+    return "ok" if peaks[stage] > 0 else f"FAILED: stage {stage} used no GPU memory"
+
+
 def toy_world(root: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Part 1: the micro study's stages (``overrides``, default conf/analysis.yaml's, in a store under ``root``),
     their time and peak GPU memory, and the device checks."""
@@ -86,10 +95,10 @@ def toy_world(root: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     finally:
         store_log.removeHandler(meter)
     peaks = {s["stage"]: s["peak_gpu_mb"] for s in meter.stages}
-    checks = {name: ("skipped (no CUDA)" if not cuda() else "ok" if peaks.get(stage, 0) > 0 else
-                     f"FAILED: stage {stage} used no GPU memory")
-              for name, stage in (("fine-tuning on the GPU (stage finetune)", "finetune"),
-                                  ("generation on the GPU (stage generate)", "generate"))}
+    stages = {"safety tokens on the GPU (stage tokens)": "tokens",
+              "fine-tuning on the GPU (stage finetune)": "finetune",
+              "generation on the GPU (stage generate)": "generate"}
+    checks = {name: device_check(stage, peaks) for name, stage in stages.items()}
     return {"stages": meter.stages, "checks": checks,
             "metrics": {k: metrics[k] for k in ("harmful_score", "refusal_rate", "finetune_accuracy")}}
 
