@@ -177,6 +177,7 @@ def test_lora_run_does_not_depend_on_earlier_rng_use(micro, tmp_path):
     assert a == b and all(torch.equal(first[k], second[k]) for k in first)
 
 
+@pytest.mark.slow
 def test_untied_fine_tune_moves_head_and_embeddings_apart(micro, tmp_path):
     import torch
     from safetensors.torch import load_file

@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---- the official recipe ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_paper_llama31_prints_the_official_recipe():
     out = subprocess.run([sys.executable, "-m", "experiments.run", "experiment=paper_llama31", "--cfg", "job"],
                          cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -176,6 +177,7 @@ def fake_vllm(tmp_path, monkeypatch):
     return log
 
 
+@pytest.mark.slow
 def test_vllm_engine_serves_an_adapter_over_its_base_in_its_own_process(tmp_path, fake_vllm):
     import os
 
