@@ -45,3 +45,34 @@ def test_code_hash_follows_source_text(tmp_path):
     assert code_hash(tmp_path) == before
     (tmp_path / "a.py").write_text("x = 2\n")
     assert code_hash(tmp_path) != before
+
+
+def test_seeded_run_copies_upstream_models_across_code_versions(micro_upstream, tmp_path, monkeypatch):
+    """experiments.seeded: a store whose code hashes differ (another code version) gets the source store's base and
+    aligned model copied in, bit for bit, instead of training them; an ambiguous source is refused."""
+    import json
+    import shutil
+
+    from experiments.seeded import Seeder
+    from pact import pipeline as P
+    from pact.config import validate
+    from tests.conftest import micro_cfg
+
+    monkeypatch.setattr(Store, "_run_builder", Store._run_builder)  # restored after the test
+    monkeypatch.setattr(P, "TRAIN_CODE", "another-version")  # new keys for base and align
+    Seeder(micro_upstream, {}).install()
+    up = P.start(validate(micro_cfg(tmp_path)))
+    for stage, ref in (("base", up.base), ("align", up.aligned)):
+        [src] = [p for p in (micro_upstream / stage).iterdir() if (p / DONE).exists()]
+        assert src.name != ref.key  # built under another key ...
+        meta = json.loads((tmp_path / "store" / stage / ref.key / "meta.json").read_text())
+        assert meta["seeded_from"] == str(src)  # ... from the source's artifact, byte for byte
+        assert (src / "model" / "model.safetensors").read_bytes() == \
+            (tmp_path / "store" / stage / ref.key / "model" / "model.safetensors").read_bytes()
+    source = tmp_path / "ambiguous"
+    shutil.copytree(micro_upstream, source, ignore=shutil.ignore_patterns(".locks"))
+    [base] = [p for p in (source / "base").iterdir() if (p / DONE).exists()]
+    shutil.copytree(base, base.parent / "another")
+    Seeder(source, {}).install()
+    with pytest.raises(SystemExit, match="--pick base=KEY"):
+        P.start(validate(micro_cfg(tmp_path / "second")))
