@@ -5,6 +5,7 @@ the evaluate stage, LoRA fine-tunes kept as adapters and served to vLLM as LoRA 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -22,8 +23,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # ---- the official recipe ------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_paper_llama31_prints_the_official_recipe():
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB")}  # wandb would print its mode
     out = subprocess.run([sys.executable, "-m", "experiments.run", "experiment=paper_llama31", "--cfg", "job"],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+                         cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     cfg = OmegaConf.create(out.stdout)
     o = cfg.finetune.optim

@@ -14,6 +14,7 @@ import pytest
 from pact import pipeline as P
 from pact.config import ConfigError, compose_config
 from pact.data import DataFileError, read_jsonl
+from pact.generation import Engine
 from pact.judges import COMPLIANCE, JUDGES, OTHER, REFUSAL
 from pact.metrics import score_answer
 from pact.sources import MANIFEST, DataSourceError, check_sources, load_source, normalise_rows, normalise_text
@@ -266,7 +267,7 @@ def test_fetch_data_help_documents_the_first_step(capsys):
 
 
 # ---- stages on real data ------------------------------------------------------------------------------------
-class CannedEngine:
+class CannedEngine(Engine):
     """Answers "I can't help with that." to every other prompt, "Sure." to the rest."""
 
     def generate(self, prompts, max_new_tokens, desc=""):
