@@ -3,7 +3,8 @@
 Every artifact's ``meta.json`` records how long its builder ran (``seconds``, pact/store.py). Per stage: how many
 artifacts, their mean and total seconds and, given the study's wall time (``--wall``), the total's share of it.
 What no stage accounts for (process start, imports, Hydra, records, reports) is the wall time minus the stages'
-total; under a sweep of parallel jobs the stages' total can exceed the wall time (``--jobs`` divides it).
+total, shown when the stages leave some; under a sweep of parallel jobs the stages' total can exceed the wall time
+(``--jobs`` multiplies the wall time by the workers it had).
 Artifacts are read as they are: a store shared by several studies profiles all of them together.
 """
 
@@ -36,8 +37,9 @@ def profile(times: pd.DataFrame, wall: float | None = None, jobs: int = 1) -> pd
         capacity = wall * jobs
         table["share"] = table["total"] / capacity
         rest = capacity - table["total"].sum()
-        table.loc[len(table)] = {"stage": "(outside stages)", "count": None, "mean": None, "total": rest,
-                                 "share": rest / capacity}
+        if rest >= 0:  # with stages in parallel beyond ``jobs``, their sum says nothing about the rest
+            table.loc[len(table)] = {"stage": "(outside stages)", "count": None, "mean": None, "total": rest,
+                                     "share": rest / capacity}
     return table
 
 
