@@ -14,28 +14,17 @@ import argparse
 import logging
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from pact.cli import fail, run_cli
-from pact.config import CONF_DIR
+from pact.config import compose_config
 from pact.guard import generations_of, judge_stage, load_judgments
 from pact.records import read_records
 from pact.store import Store
 
-GUARD_DIR = CONF_DIR / "guard"
-
 
 def guard_config(name: str, overrides: list[str]) -> Any:
-    """conf/guard/<name>.yaml with ``key=value`` overrides (only of settings the file has)."""
-    path = GUARD_DIR / f"{name}.yaml"
-    if not path.is_file():
-        fail(f"--guard {name}: no {path} (known: {sorted(p.stem for p in GUARD_DIR.glob('*.yaml'))})")
-    base = OmegaConf.load(path)
-    extra = OmegaConf.from_dotlist(overrides)
-    unknown = set(extra) - set(base)
-    if unknown:
-        fail(f"unknown guard setting(s) {sorted(unknown)}; known: {sorted(base)}")
-    return OmegaConf.merge(base, extra)
+    """conf/guard/<name>.yaml with ``key=value`` overrides, composed and checked by the run config's own schema
+    (pact.config.GuardConfig): an unknown guard, setting or value ends in one line naming it."""
+    return compose_config([f"guard={name}", *(f"guard.{o}" for o in overrides)]).guard
 
 
 def judge_records(gcfg: Any, records: list[dict[str, Any]]) -> list[dict[str, Any]]:
