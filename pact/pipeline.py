@@ -17,15 +17,7 @@ from pact import data as D
 from pact import dist
 from pact.adapters import apply_lora
 from pact.config import NO_GUARD, ConfigError
-from pact.finetune import (  # noqa: F401
-    FINETUNE_LIBRARY,
-    _finetune_code,
-    finetune_code,
-    finetune_rows,
-    finetune_slice,
-    finetune_stage,
-    run_name,
-)
+from pact.finetune import finetune_code, finetune_rows, finetune_slice, finetune_stage, run_name  # noqa: F401
 from pact.generation import build_engine
 from pact.guard import judge_stage, load_judgments
 from pact.judges import JUDGES

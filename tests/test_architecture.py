@@ -11,6 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from pact import finetune as F
 from pact import pipeline as P
 from pact.config import ConfigError, validate
 from pact.store import imported_modules, module_sources
@@ -119,7 +120,7 @@ def test_a_method_from_one_module_and_one_yaml_runs_a_micro_study(micro, tmp_pat
 
 
 def _code_files(target_module: str) -> set[str]:
-    return {str(p.relative_to(ROOT)) for p in module_sources(*P.FINETUNE_LIBRARY, target_module)
+    return {str(p.relative_to(ROOT)) for p in module_sources(*F.FINETUNE_LIBRARY, target_module)
             if p.is_relative_to(ROOT)}
 
 
@@ -141,7 +142,7 @@ def test_editing_a_baseline_changes_its_finetune_key_and_not_sfts(micro, tmp_pat
     sft_cfg = validate(micro("method=sft"))
 
     def keys():
-        P._finetune_code.cache_clear()
+        F._finetune_code.cache_clear()
         return {name: P.finetune_slice(c)["code"] for name, c in (("lisa", lisa_cfg), ("sft", sft_cfg))}
 
     before = keys()
@@ -149,7 +150,7 @@ def test_editing_a_baseline_changes_its_finetune_key_and_not_sfts(micro, tmp_pat
         fh.write("\n# an edit\n")
     after = keys()
     assert after["lisa"] != before["lisa"] and after["sft"] == before["sft"]
-    P._finetune_code.cache_clear()
+    F._finetune_code.cache_clear()
 
 
 # ---- clean errors ----------------------------------------------------------------------------------------------
