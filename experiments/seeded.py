@@ -8,7 +8,8 @@ source store, so both start from bit-identical base, aligned and imported models
 artifact of SRC_STORE whose config equals the one asked for (code hashes and unset values aside) and whose ``init``
 is what was seeded before is copied in instead; the artifact with the very same key wins, ``--pick`` settles the
 rest, and anything else is an error. Only this process is seeded (a sweep's workers reuse what it built:
-``experiments.prepare`` first). Each copied artifact's meta.json names its source (``seeded_from``).
+``experiments.prepare`` first). Each copied artifact's meta.json names its source (``seeded_from``), so a later
+process finds what an earlier one seeded (Vaccine's alignment from a base seeded by the first ``prepare``).
 """
 
 from __future__ import annotations
@@ -42,15 +43,28 @@ class Seeder:
     def __init__(self, source: Path, pick: dict[str, str]):
         self.source, self.pick, self.seeded = source, pick, {}  # seeded: new key -> source key
 
-    def match(self, stage: str, key: str, config: Any, upstream: dict[str, str] | None) -> Path:
+    def source_of(self, store: S.Store, key: str) -> str:
+        """The source key a seeded artifact of ``store`` was copied from: by this process, or by an earlier one
+        (its meta.json names the copy's source), else ``key`` itself."""
+        if key in self.seeded:
+            return self.seeded[key]
+        for stage in SEEDED_STAGES:
+            meta = store.path(stage, key) / "meta.json"
+            source = json.loads(meta.read_text()).get("seeded_from") if meta.exists() else None
+            if source:
+                return Path(source).name
+        return key
+
+    def match(self, store: S.Store, stage: str, key: str, config: Any, upstream: dict[str, str] | None) -> Path:
         want = comparable(json.loads(json.dumps(config, default=str)))
         init = (upstream or {}).get("init")
+        init_source = None if init is None else self.source_of(store, init)
         found = []
         for meta_file in sorted((self.source / stage).glob(f"*/{S.DONE}")):
             meta = json.loads((meta_file.parent / "meta.json").read_text())
             if comparable(meta["config"]) != want:
                 continue
-            if init is not None and meta["upstream"].get("init") != self.seeded.get(init, init):
+            if init is not None and meta["upstream"].get("init") != init_source:
                 continue
             found.append(meta_file.parent)
         same = [p for p in found if p.name == key]
@@ -68,7 +82,7 @@ class Seeder:
         def run_builder(store, stage, key, config, upstream, builder, publish):
             if stage not in SEEDED_STAGES:
                 return original(store, stage, key, config, upstream, builder, publish)
-            src = seeder.match(stage, key, config, upstream)
+            src = seeder.match(store, stage, key, config, upstream)
             seeder.seeded[key] = src.name
             print(f"seeded: stage {stage} {key} <- {src}", flush=True)
 

@@ -58,7 +58,8 @@ def test_seeded_run_copies_upstream_models_across_code_versions(micro_upstream, 
     from pact.config import validate
     from tests.conftest import micro_cfg
 
-    monkeypatch.setattr(Store, "_run_builder", Store._run_builder)  # restored after the test
+    plain = Store._run_builder
+    monkeypatch.setattr(Store, "_run_builder", plain)  # restored after the test
     monkeypatch.setattr(P, "TRAIN_CODE", "another-version")  # new keys for base and align
     Seeder(micro_upstream, {}).install()
     up = P.start(validate(micro_cfg(tmp_path)))
@@ -69,6 +70,15 @@ def test_seeded_run_copies_upstream_models_across_code_versions(micro_upstream, 
         assert meta["seeded_from"] == str(src)  # ... from the source's artifact, byte for byte
         assert (src / "model" / "model.safetensors").read_bytes() == \
             (tmp_path / "store" / stage / ref.key / "model" / "model.safetensors").read_bytes()
+    # a later process (a fresh Seeder) reuses the seeded base and still finds the alignment that was trained from
+    # the base's source: the copy's meta.json names it (e.g. Vaccine's alignment, prepared in a second process)
+    shutil.rmtree(tmp_path / "store" / "align" / up.aligned.key)
+    monkeypatch.setattr(Store, "_run_builder", plain)
+    Seeder(micro_upstream, {}).install()
+    again = P.start(validate(micro_cfg(tmp_path)))
+    assert json.loads((tmp_path / "store" / "align" / again.aligned.key / "meta.json").read_text())["seeded_from"] \
+        == str(next(p for p in (micro_upstream / "align").iterdir() if (p / DONE).exists()))
+    monkeypatch.setattr(Store, "_run_builder", plain)
     source = tmp_path / "ambiguous"
     shutil.copytree(micro_upstream, source, ignore=shutil.ignore_patterns(".locks"))
     [base] = [p for p in (source / "base").iterdir() if (p / DONE).exists()]
