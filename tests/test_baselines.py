@@ -2,6 +2,7 @@
 
 import random
 
+import pytest
 from omegaconf import OmegaConf
 
 from baselines.safety_mix import SafetyMix
@@ -39,6 +40,7 @@ def test_best_window_picks_largest_growth():
     assert best_window([0.0, 0.0, 0.0, 0.9], 1) == (3, 3)
 
 
+@pytest.mark.slow  # over ~3 s: `make test-fast` stays under a minute
 def test_freeze_keeps_the_safety_block_bit_identical(micro, tmp_path):
     import json
 
@@ -142,6 +144,7 @@ def test_lisa_proximal_term_and_schedule():
     assert float(m.proximal(model)) == 0
 
 
+@pytest.mark.slow  # over ~3 s: `make test-fast` stays under a minute
 def test_vaccine_perturbation_has_norm_rho_and_is_gone_after_training(micro, tmp_path):
     import json
 
