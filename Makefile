@@ -51,10 +51,10 @@ smollm2: setup ## SmolLM2-135M on this CPU: import, alignment, SFT-LoRA vs PACT-
 	$(PY) -m analysis.token_confidence --experiment smollm2_cpu --methods sft_lora pact_lora
 	$(MAKE) figures
 
-# One seed at p = 0.1 after `make smollm2`: full fine-tuning, safety-data mixing, and the
+# One seed at p = 0.1 after `make smollm2`: full fine-tuning, safety-data mixing, Lisa, and the
 # fine-tunes that separate the causes of PACT's behaviour (conf/experiment/smollm2_cpu_{extras,official_lr}.yaml).
-smollm2-extras: setup ## SmolLM2 extra runs after make smollm2: full SFT/PACT (tied, untied), safety mix, ablations (~45 min)
-	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=sft,pact,safety_mix_lora
+smollm2-extras: setup ## SmolLM2 extra runs after make smollm2: full SFT/PACT (tied, untied), safety mix, Lisa, ablations (~50 min)
+	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=sft,pact,safety_mix_lora,lisa_lora
 	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=pact_lora method.post_bos=true,false method.gate=on,off
 	$(PY) -m experiments.run experiment=smollm2_cpu_official_lr
 	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=sft,pact finetune.untie_embeddings=true
