@@ -70,7 +70,7 @@ real-smoke: setup ## the real-data path on fixture files and a tiny Llama (~35 s
 	$(PY) -m experiments.run $$(cat outputs/real_smoke/overrides.txt) poison.ratio=0.1
 	$(PY) -m analysis.report --runs outputs/real_smoke/runs --out outputs/real_smoke/report
 
-test: setup ## every test (~3 min)
+test: setup ## every test (~6-8 min)
 	$(PY) -m pytest -q
 
 test-fast: setup ## the tests without the slow ones (subprocess, torchrun, kill/restart, over ~3 s): ~1.3 min

@@ -41,13 +41,12 @@ class Seeder:
     """Replaces the builders of :data:`SEEDED_STAGES` with a copy from ``source`` (a store root)."""
 
     def __init__(self, source: Path, pick: dict[str, str]):
-        self.source, self.pick, self.seeded = source, pick, {}  # seeded: new key -> source key
+        self.source, self.pick = source, pick
 
-    def source_of(self, store: S.Store, key: str) -> str:
-        """The source key a seeded artifact of ``store`` was copied from: by this process, or by an earlier one
-        (its meta.json names the copy's source), else ``key`` itself."""
-        if key in self.seeded:
-            return self.seeded[key]
+    @staticmethod
+    def source_of(store: S.Store, key: str) -> str:
+        """The source key a seeded artifact of ``store`` was copied from (its meta.json names the copy's source,
+        whichever process seeded it), else ``key`` itself."""
         for stage in SEEDED_STAGES:
             meta = store.path(stage, key) / "meta.json"
             source = json.loads(meta.read_text()).get("seeded_from") if meta.exists() else None
@@ -83,7 +82,6 @@ class Seeder:
             if stage not in SEEDED_STAGES:
                 return original(store, stage, key, config, upstream, builder, publish)
             src = seeder.match(store, stage, key, config, upstream)
-            seeder.seeded[key] = src.name
             print(f"seeded: stage {stage} {key} <- {src}", flush=True)
 
             def copy(tmp: Path) -> dict[str, str]:

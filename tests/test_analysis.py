@@ -163,7 +163,7 @@ def test_compare_matches_rows_by_identity_and_reports_every_differing_cell(tmp_p
     assert [(d[1], d[2], d[3]) for d in other["diffs"]] == [("harmful_score", "90", "90.0001")]
 
 
-@pytest.mark.slow  # over ~3 s: `make test-fast` stays under a minute
+@pytest.mark.slow  # over ~3 s: kept out of `make test-fast`
 def test_report_keeps_summary_rows_of_experiments_without_records(tmp_path):
     """Records of one experiment rewrite that experiment's rows; the rows of experiments with no records here (a
     committed study this clone did not run) stay in summary.csv as they were, byte for byte."""

@@ -92,7 +92,7 @@ class KeepFirst(Method):
 '''
 
 
-@pytest.mark.slow  # over ~3 s: `make test-fast` stays under a minute
+@pytest.mark.slow  # over ~3 s: kept out of `make test-fast`
 def test_a_method_from_one_module_and_one_yaml_runs_a_micro_study(micro, tmp_path, monkeypatch):
     from analysis.report import report
     from experiments.run import run

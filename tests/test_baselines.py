@@ -40,7 +40,7 @@ def test_best_window_picks_largest_growth():
     assert best_window([0.0, 0.0, 0.0, 0.9], 1) == (3, 3)
 
 
-@pytest.mark.slow  # over ~3 s: `make test-fast` stays under a minute
+@pytest.mark.slow  # over ~3 s: kept out of `make test-fast`
 def test_freeze_keeps_the_safety_block_bit_identical(micro, tmp_path):
     import json
 
@@ -144,7 +144,7 @@ def test_lisa_proximal_term_and_schedule():
     assert float(m.proximal(model)) == 0
 
 
-@pytest.mark.slow  # over ~3 s: `make test-fast` stays under a minute
+@pytest.mark.slow  # over ~3 s: kept out of `make test-fast`
 def test_vaccine_perturbation_has_norm_rho_and_is_gone_after_training(micro, tmp_path):
     import json
 

@@ -143,7 +143,7 @@ def test_wandb_runs_are_grouped_by_experiment_and_tagged(micro, tmp_path, monkey
     assert start_logger(micro()) is None
 
 
-@pytest.mark.slow  # over ~3 s: `make test-fast` stays under a minute
+@pytest.mark.slow  # over ~3 s: kept out of `make test-fast`
 def test_variant_overrides_keep_ablation_runs_apart(micro, tmp_path):
     from experiments.run import variant_of
 
@@ -155,7 +155,7 @@ def test_variant_overrides_keep_ablation_runs_apart(micro, tmp_path):
     assert {"pact [method.lambda_kl=0.0]", "pact [method.lambda_kl=2.0]"} <= set(df["method"])
 
 
-@pytest.mark.slow  # over ~3 s: `make test-fast` stays under a minute
+@pytest.mark.slow  # over ~3 s: kept out of `make test-fast`
 def test_lora_run_does_not_depend_on_earlier_rng_use(micro, tmp_path):
     import shutil
 

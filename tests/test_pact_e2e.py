@@ -211,7 +211,7 @@ def test_safety_set_does_not_depend_on_threads_or_chunks(toy, monkeypatch):
     assert torch.equal(v1, v2) and torch.equal(r1, r2) and int((v1 != 0).sum()) == 10
 
 
-@pytest.mark.slow  # over ~3 s: `make test-fast` stays under a minute
+@pytest.mark.slow  # over ~3 s: kept out of `make test-fast`
 def test_token_confidence_curves_are_cached_in_the_store(toy, tmp_path, monkeypatch):
     cfg, store, world, base, aligned = toy
     import pandas as pd

@@ -47,7 +47,7 @@ def test_code_hash_follows_source_text(tmp_path):
     assert code_hash(tmp_path) != before
 
 
-@pytest.mark.slow  # over ~3 s: `make test-fast` stays under a minute
+@pytest.mark.slow  # over ~3 s: kept out of `make test-fast`
 def test_seeded_run_copies_upstream_models_across_code_versions(micro_upstream, tmp_path, monkeypatch):
     """experiments.seeded: a store whose code hashes differ (another code version) gets the source store's base and
     aligned model copied in, bit for bit, instead of training them; an ambiguous source is refused."""
