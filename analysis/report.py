@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import argparse
 import logging
+import numbers
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -77,17 +79,17 @@ def label_variants(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def judge_agreement(runs_dir: str | os.PathLike, out: Path, experiments: list[str] | None,
-                    from_records: bool) -> pd.DataFrame:
+                    from_records: bool, replace: bool = False) -> pd.DataFrame:
     """The judge-agreement rows (:mod:`analysis.agreement`) of the run records, written to ``judge_agreement.csv``
-    beside ``summary.csv`` (keeping, as there, the rows of experiments without records here); without records
-    (``from_records`` false), the rows of that file."""
+    beside ``summary.csv`` (keeping, as there, the rows without a record here: see :func:`without_rows_of`);
+    without records (``from_records`` false), the rows of that file."""
     path = out / AGREEMENT_CSV
     old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=agreement.COLUMNS)
     if not from_records:
         return old if not experiments else old[old["experiment"].isin(experiments)]
     records = read_records(runs_dir, experiments)
     df = label_variants(agreement.collect(records))
-    kept = old[~old["experiment"].isin({r["experiment"] for r in records})]
+    kept = without_rows_of(old, df, [*ID_COLUMNS, "benchmark", "judge_a", "judge_b"], replace)
     parts = [part for part in (df, kept) if len(part)]
     df = pd.concat(parts, ignore_index=True) if parts else df
     if len(df):
@@ -104,6 +106,24 @@ def sort_rows(df: pd.DataFrame) -> pd.DataFrame:
                         ascending=[True, True, True, False, True, True, True], na_position="first",
                         key=lambda col: col.map(natural_key) if col.name == "method" else col)
     return df.drop(columns="is_reference").reset_index(drop=True)
+
+
+def without_rows_of(old: pd.DataFrame, new: pd.DataFrame, columns: list[str], replace: bool) -> pd.DataFrame:
+    """The rows of ``old`` whose ``columns`` match no row of ``new`` (with ``replace``: none of the experiments in
+    ``new``), so that writing ``new`` over a file loses no row it does not redo."""
+    if replace:
+        return old[~old["experiment"].isin(new["experiment"].unique())]
+
+    def text(value: Any) -> str:  # NaN-safe, and a seed read back as 2.0 from a CSV with gaps is still 2
+        if pd.isna(value):
+            return ""
+        return f"{value:g}" if isinstance(value, numbers.Real) else str(value)
+
+    def ids(df: pd.DataFrame) -> list[tuple[str, ...]]:
+        return [tuple(text(v) for v in row) for row in df[columns].itertuples(index=False)]
+
+    redone = set(ids(new))
+    return old[[key not in redone for key in ids(old)]]
 
 
 def natural_key(label: str) -> str:
@@ -153,27 +173,31 @@ def load_summary(path: str | os.PathLike, experiments: list[str] | None = None) 
 
 
 def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, experiments: list[str] | None = None,
-           summary: str | os.PathLike | None = None) -> pd.DataFrame:
+           summary: str | os.PathLike | None = None, replace: bool = False) -> pd.DataFrame:
     """Write ``summary.csv``, per (experiment, model, task) a detailed Markdown table and a paper-style table
-    (Markdown, LaTeX, CSV), and the figures, under ``out_dir``. An existing ``summary.csv`` keeps the rows of the
-    experiments that have no run records (e.g. the committed SmolLM2 study after a toy-only `make reproduce`). With
+    (Markdown, LaTeX, CSV), and the figures, under ``out_dir``. A run record replaces the row of an existing
+    ``summary.csv`` with its identity; the rows without a record here stay (the committed SmolLM2 study after a
+    toy-only `make reproduce`, the seeds a partial rerun did not reach), unless ``replace`` drops those of the
+    experiments that have records (a study whose sweep changed). With
     ``summary``, the rows come from that ``summary.csv`` instead of the run records (a fresh clone has the committed
     one but no records), and it is not rewritten."""
     out = Path(out_dir)
     if summary is None:
         df = collect(runs_dir, experiments)
-        if (out / "summary.csv").is_file():  # keep the rows of experiments that have no records here
-            kept = pd.read_csv(out / "summary.csv")
-            kept = kept[~kept["experiment"].isin(df["experiment"].unique())]
+        n_records = len(df)
+        if (out / "summary.csv").is_file():  # keep the rows that have no record here
+            kept = without_rows_of(pd.read_csv(out / "summary.csv"), df, ID_COLUMNS, replace)
             if len(kept):
-                log.info("keeping %d rows of %s from %s (no run records for them under %s)", len(kept),
-                         "/".join(sorted(kept["experiment"].unique())), out / "summary.csv", runs_dir)
+                counts = kept.groupby("experiment").size()
+                log.info("keeping %d rows of %s without a run record under %s: %s%s", len(kept), out / "summary.csv",
+                         runs_dir, ", ".join(f"{exp} {n}" for exp, n in counts.items()),
+                         "" if replace else " (--replace drops those of the experiments that have records)")
                 df = sort_rows(pd.concat([df, kept], ignore_index=True))
         # 6 significant digits: percentages of a few hundred prompts (e.g. 315/320 = 98.4375) survive exactly
         write_atomic(out / "summary.csv", df.to_csv(index=False, float_format="%.6g"))
     else:
         df = load_summary(summary, experiments)
-    agree = judge_agreement(runs_dir, out, experiments, from_records=summary is None)
+    agree = judge_agreement(runs_dir, out, experiments, from_records=summary is None, replace=replace)
     for (exp, model, task), group in df.groupby(["experiment", "model", "task"], sort=True):
         title = f"# {exp}: {model}, task {task}\n\n"
         pairs = agree[(agree["experiment"] == exp) & (agree["model"] == model) & (agree["task"] == task)]
@@ -214,7 +238,8 @@ def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, experiments:
             for task, tgroup in group.groupby("task"):
                 ablation_curve(tgroup, key, out / "figures" / f"{exp}_{model}_{task}_ablation",
                                f"{exp}: {model}, {task}, {p_label} (mean ± std over seeds)")
-    log.info("%d rows from %s; tables and figures under %s", len(df), summary or runs_dir, out)
+    log.info("%d rows (%s); tables and figures under %s", len(df),
+             f"from {summary}" if summary else f"{n_records} from the run records under {runs_dir}", out)
     return df
 
 
@@ -224,6 +249,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="run records directory (default: outputs/runs)")
     parser.add_argument("--out", default="results", help="where summary.csv and tables/ go (default: results)")
     parser.add_argument("--experiment", action="append", help="only these experiments (repeatable)")
+    parser.add_argument("--replace", action="store_true",
+                        help="drop the summary.csv rows of the experiments that have records here, also those no "
+                             "record redoes (default: keep them)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     summary = Path(args.out) / "summary.csv"
@@ -235,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         if not Path(args.runs).is_dir():
             raise FileNotFoundError(f"--runs {args.runs}: no such directory, and no {summary} to report from "
                                     "(run `python -m experiments.run` first)")
-        return report(args.runs, args.out, args.experiment)
+        return report(args.runs, args.out, args.experiment, replace=args.replace)
 
     df = run_cli(build)
     print(f"summary: {Path(args.out) / 'summary.csv'} ({len(df)} rows)")

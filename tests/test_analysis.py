@@ -184,6 +184,27 @@ def test_report_keeps_summary_rows_of_experiments_without_records(tmp_path):
     assert len(df) == 2 * len(rows) and (df[df["experiment"] == "other"]["harmful_score"] != 42.0).any()
 
 
+@pytest.mark.slow  # over ~3 s: kept out of `make test-fast`
+def test_report_of_a_partial_rerun_keeps_the_rows_it_did_not_redo(tmp_path):
+    """Records of two of an experiment's runs (a partial rerun, here the aligned row and one seed) replace those
+    two rows and leave the others of summary.csv as they were; ``replace`` drops the others."""
+    from analysis.report import report
+
+    rows = _summary().to_dict("records")
+    report(_write_runs(tmp_path / "first", rows, "e"), tmp_path / "out")
+    before = pd.read_csv(tmp_path / "out" / "summary.csv")
+    redo = [{**r, "harmful_score": 42.0} for r in rows if pd.isna(r["poison_ratio"]) or
+            (r["method"] == "sft" and r["seed"] == 1 and r["poison_ratio"] == 0.1)]
+    assert len(redo) == 2
+    report(_write_runs(tmp_path / "second", redo, "e"), tmp_path / "out")
+    after = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert len(after) == len(before) and (after["harmful_score"] == 42.0).sum() == 2
+    changed = after[after["harmful_score"] != before["harmful_score"]]
+    assert sorted(changed["method"]) == ["aligned", "sft"]
+    report(_write_runs(tmp_path / "third", redo, "e"), tmp_path / "out", replace=True)
+    assert len(pd.read_csv(tmp_path / "out" / "summary.csv")) == 2
+
+
 def test_cohen_kappa_and_pairwise_agreement():
     from analysis.agreement import cohen_kappa, pairwise
 
