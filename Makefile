@@ -49,7 +49,7 @@ smollm2: setup ## SmolLM2-135M on this CPU: import, alignment, SFT-LoRA vs PACT-
 	$(PY) -m experiments.run experiment=smollm2_cpu
 	$(PY) -m experiments.pact_step0 experiment=smollm2_cpu method=pact_lora poison.ratio=0.1 --out results/pact_step0.csv
 	$(PY) -m analysis.token_confidence --experiment smollm2_cpu --methods sft_lora pact_lora
-	$(MAKE) figures
+	$(PY) -m analysis.report --experiment smollm2_cpu --out results
 
 # One seed at p = 0.1 after `make smollm2`: full fine-tuning, safety-data mixing, Lisa, and the
 # fine-tunes that separate the causes of PACT's behaviour (conf/experiment/smollm2_cpu_{extras,official_lr}.yaml).

@@ -154,6 +154,7 @@ class FinetuneConfig:
 class EngineConfig:
     name: str = "hf"
     batch_size: int = 64
+    drop_finished_every: int = 0          # HF only: 0 = one generate call per batch (conf/engine/hf.yaml)
     gpu_memory_utilization: float = 0.8   # vLLM only, like the three below
     tensor_parallel_size: int = 1
     max_model_len: Optional[int] = None   # None: the model's own context length
@@ -302,6 +303,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"invalid method config: {err}") from None
     _choice("engine.name", c.engine.name, tuple(ENGINES))
     _range("engine.batch_size", c.engine.batch_size, 1)
+    _range("engine.drop_finished_every", c.engine.drop_finished_every, 0)
     _range("engine.gpu_memory_utilization", c.engine.gpu_memory_utilization, 0, 1, lo_open=True)
     _range("engine.tensor_parallel_size", c.engine.tensor_parallel_size, 1)
     _range("engine.max_lora_rank", c.engine.max_lora_rank, 1)

@@ -209,7 +209,8 @@ def model_refs(store: Store, cfg: DictConfig, data: RunData) -> tuple[ModelRef |
 def generate_stage(store: Store, cfg: DictConfig, ref: ModelRef, data: RunData) -> Artifact:
     """Greedy generations on held-out harmful prompts, benign look-alikes and the task's test set (real data:
     on each configured benchmark)."""
-    slice_ = {"eval": _plain(cfg.eval), "engine": {"name": cfg.engine.name, "batch_size": cfg.engine.batch_size},
+    slice_ = {"eval": _plain(cfg.eval), "engine": {"name": cfg.engine.name, "batch_size": cfg.engine.batch_size,
+                                                    "drop_finished_every": cfg.engine.drop_finished_every},
               "task": {"name": cfg.task.name, "max_new_tokens": cfg.task.max_new_tokens},  # its rows: data's key
               "prompt_format": ref.prompt_format, "dtype": cfg.model.dtype, "code": GENERATE_CODE}
     if data.kind != "toy":

@@ -1,0 +1,63 @@
+"""The HF engine's dropping of finished rows (engine.drop_finished_every) against one generate call per batch."""
+
+import pytest
+import torch
+from transformers import GenerationMixin, LlamaConfig, LlamaForCausalLM
+
+from pact.generation import HFEngine
+
+
+class IdTokenizer:
+    """Just what HFEngine uses of a tokenizer: pad and EOS ids, and ``decode`` of ids (special ones skipped)."""
+
+    def __init__(self, eos: int | None):
+        self.pad_token_id, self.eos_token_id = 0, eos
+
+    def decode(self, ids, skip_special_tokens: bool = True) -> str:
+        return " ".join(str(i) for i in ids.tolist() if i not in (self.pad_token_id, self.eos_token_id))
+
+
+def test_dropping_finished_rows_keeps_every_answer_and_shrinks_the_batch(monkeypatch):
+    """A random tiny Llama, with as EOS a token that some of its greedy answers reach early and others never: the
+    answers are the same with the ended rows dropped every 2 tokens as from one ``generate`` call per batch, and
+    the later calls run on fewer rows."""
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, bos_token_id=None,
+                                         eos_token_id=None, pad_token_id=0))
+    prompts = [torch.randint(1, 64, (int(n),)).tolist() for n in torch.randint(2, 9, (16,))]
+    free = HFEngine(model, IdTokenizer(None), batch_size=16).generate(prompts, 12)
+    counts = {t: sum(t in a.split() for a in free) for a in free for t in a.split()}
+    eos = max((t for t, c in counts.items() if c < len(prompts)), key=lambda t: counts[t])  # ends some rows only
+
+    rows_per_call = []
+    real_generate = GenerationMixin.generate
+
+    def spy(self, *args, **kwargs):
+        rows_per_call.append(len(kwargs["input_ids"]))
+        return real_generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationMixin, "generate", spy)
+    once = HFEngine(model, IdTokenizer(int(eos)), batch_size=8).generate(prompts, 12)
+    assert rows_per_call == [8, 8]
+    rows_per_call.clear()
+    dropping = HFEngine(model, IdTokenizer(int(eos)), batch_size=8, drop_finished_every=2).generate(prompts, 12)
+    assert dropping == once
+    assert len({len(a.split()) for a in once}) > 1  # some answers end before others
+    assert len(rows_per_call) > 2 and min(rows_per_call) < 8  # more calls than batches, on fewer rows
+
+
+def test_engine_settings_reach_the_hf_engine():
+    """engine.drop_finished_every: 0 by default (one generate call per batch, as the toy study's answers were
+    made); the SmolLM2 study sets it; build_engine passes it on; a negative value names the key."""
+    from pact.config import ConfigError, compose_config, validate
+    from pact.generation import build_engine
+
+    assert validate(compose_config([])).engine.drop_finished_every == 0
+    cfg = validate(compose_config(["experiment=smollm2_cpu", "hydra.mode=RUN"]))
+    engine = build_engine(cfg.engine, LlamaForCausalLM(LlamaConfig(vocab_size=8, hidden_size=8, intermediate_size=8,
+                                                                   num_hidden_layers=1, num_attention_heads=1)),
+                          IdTokenizer(1), None, "float32", 0)
+    assert (engine.batch_size, engine.drop_finished_every) == (100, 8)
+    with pytest.raises(ConfigError, match=r"engine\.drop_finished_every"):
+        validate(compose_config(["engine.drop_finished_every=-1"], check=False))
