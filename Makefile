@@ -44,7 +44,7 @@ reproduce: setup ## the whole toy-world study -> results/ (~60 min on 2 cores)
 
 # Import, alignment, the safety set (the aligned and base model's passes side by side) and the reference rows'
 # evaluations first with every thread, then the sweep (two jobs, one thread each).
-smollm2: setup ## SmolLM2-135M on this CPU: import, alignment, SFT-LoRA vs PACT-LoRA -> results/ (63 min)
+smollm2: setup ## SmolLM2-135M on this CPU: import, alignment, SFT-LoRA vs PACT-LoRA -> results/ (~60 min)
 	$(PY) -m experiments.prepare experiment=smollm2_cpu method=pact_lora --evaluate
 	$(PY) -m experiments.run experiment=smollm2_cpu
 	$(PY) -m experiments.pact_step0 experiment=smollm2_cpu method=pact_lora poison.ratio=0.1 --out results/pact_step0.csv

@@ -294,7 +294,8 @@ def safety_pairs_stage(store: Store, cfg: DictConfig, data: RealData, aligned, m
     the safety prompts greedily and the answers ``data.safety_pairs.judge`` calls refusals are kept, in order."""
     sp = cfg.data.safety_pairs
     slice_ = {"safety_pairs": {k: _plain(sp)[k] for k in ("judge", "max_new_tokens")},
-              "engine": {"name": cfg.engine.name, "batch_size": int(cfg.engine.batch_size)},
+              "engine": {"name": cfg.engine.name, "batch_size": int(cfg.engine.batch_size),
+                         "drop_finished_every": int(cfg.engine.drop_finished_every)},
               "dtype": cfg.model.dtype, "code": DATA_CODE}
 
     def build(tmp: Path) -> dict[str, Any]:
