@@ -18,7 +18,7 @@ from pact import data as D
 from pact.adapters import apply_lora
 from pact.methods import FinetuneContext, build_method, method_class
 from pact.models import ModelRef, load_model, load_tokenizer, untie_embeddings
-from pact.rundata import RunData
+from pact.rundata import RunData, plain
 from pact.store import Store, code_hash, module_sources
 from pact.training import train, training_arguments
 
@@ -26,10 +26,6 @@ from pact.training import train, training_arguments
 # of other methods: editing one baseline changes the keys of its own fine-tunes only.
 FINETUNE_LIBRARY = ("pact.finetune", "pact.data", "pact.rundata", "pact.models", "pact.training", "pact.adapters",
                     "pact.methods", "pact.refcache")
-
-
-def _plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
 @functools.cache
@@ -55,7 +51,7 @@ def finetune_rows(cfg: DictConfig, data: RunData) -> list[dict[str, Any]]:
 
 def finetune_slice(cfg: DictConfig) -> dict[str, Any]:
     """Exactly the config that decides the fine-tuned weights (the finetune stage's key)."""
-    ft = _plain(cfg.finetune)
+    ft = plain(cfg.finetune)
     if not ft.get("untie_embeddings"):  # the default: absent from the key, as before the switch existed
         ft.pop("untie_embeddings", None)
     if cfg.method.get("adapter", "full") != "lora":
@@ -63,13 +59,14 @@ def finetune_slice(cfg: DictConfig) -> dict[str, Any]:
         ft.pop("lora_lr")
     elif ft.get("lora_lr") is not None:
         ft["optim"]["lr"] = ft.pop("lora_lr")
-    return {"method": _plain(cfg.method), "task": cfg.task.name, "poison": _plain(cfg.poison), "finetune": ft,
+    return {"method": plain(cfg.method), "task": cfg.task.name, "poison": plain(cfg.poison), "finetune": ft,
             "seed": int(cfg.seed), "max_len": int(cfg.model.max_len), "code": finetune_code(cfg.method)}
 
 
 def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, data: RunData,
                    base: ModelRef | None = None) -> ModelRef:
     """Fine-tune the aligned model with the configured method on the (possibly poisoned) task data."""
+    slice_ = finetune_slice(cfg)
     upstream = {"aligned": aligned.key, **data.upstream, **({"base": base.key} if base else {})}
 
     def build(tmp: Path) -> dict[str, Any]:
@@ -95,7 +92,7 @@ def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, data: RunDa
         if adapter == "lora":
             model = apply_lora(model, cfg.finetune.lora, method.lora_layers(model.config.num_hidden_layers))
         report_to = "wandb" if cfg.logger.name == "wandb" else "none"
-        optim = OmegaConf.create(finetune_slice(cfg)["finetune"]["optim"])  # lora_lr applied
+        optim = OmegaConf.create(slice_["finetune"]["optim"])  # lora_lr applied
         args = training_arguments(optim, tmp / "trainer", int(cfg.seed), report_to,
                                   run_name(cfg), int(optim.logging_steps), **method.training_overrides())
         # LoRA: the artifact keeps the adapter and names the aligned model it adapts (pact.models.save_model)
@@ -103,7 +100,7 @@ def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, data: RunDa
         return {"train": metrics, "rows": len(rows), "poison_rows": sum(bool(r.get("poison")) for r in rows),
                 "method_stats": method.stats}
 
-    art = store.build("finetune", finetune_slice(cfg), upstream, build)
+    art = store.build("finetune", slice_, upstream, build)
     return ModelRef(art.key, str(art.path / "model"), aligned.prompt_format, str(art.path / "model"))
 
 

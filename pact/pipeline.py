@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import set_seed
 
 from pact import data as D
@@ -25,7 +25,7 @@ from pact.methods import Method, build_method
 from pact.metrics import score_answer, summarize, summarize_benchmarks
 from pact.model_import import import_stage
 from pact.models import ModelRef, check_model_path, load_model, load_tokenizer, save_model, toy_model
-from pact.rundata import RealData, RunData, ToyData, data_sizes, data_stage, needed_sources
+from pact.rundata import RealData, RunData, ToyData, data_sizes, data_stage, needed_sources, plain
 from pact.sources import check_sources
 from pact.store import Artifact, Store, code_hash, module_sources, stable_key
 from pact.training import train, training_arguments
@@ -42,14 +42,10 @@ GENERATE_CODE = code_hash(*module_sources("pact.generation", "pact.data", "pact.
 JUDGE_CODE = code_hash(*module_sources("pact.judges", "pact.metrics"))
 
 
-def _plain(cfg: Any) -> Any:
-    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
-
-
 # ---- world -------------------------------------------------------------------------------------------------
 def world_stage(store: Store, wcfg: DictConfig) -> Artifact:
     """Generate the world's files and train its tokenizer."""
-    spec_fields = {k: v for k, v in _plain(wcfg).items() if k != "vocab_size"}
+    spec_fields = {k: v for k, v in plain(wcfg).items() if k != "vocab_size"}
 
     def build(tmp: Path) -> dict[str, Any]:
         from pact.world.tokenizer import train_tokenizer
@@ -65,7 +61,7 @@ def world_stage(store: Store, wcfg: DictConfig) -> Artifact:
         return {"sizes": {name: len(rows) for name, rows in files.items() if not name.startswith("_")},
                 "vocab_size": len(tok), "heldout_vocab": files["_heldout_vocab"][0]}
 
-    return store.build("world", {**_plain(wcfg), "code": WORLD_CODE}, None, build)
+    return store.build("world", {**plain(wcfg), "code": WORLD_CODE}, None, build)
 
 
 # ---- base and align (toy world) ----------------------------------------------------------------------------
@@ -83,10 +79,10 @@ def _sft_and_save(model, tok, rows: list[dict[str, Any]], fmt: str, optim: DictC
 def _train_stage(store: Store, stage: str, mcfg: DictConfig, init: ModelRef | None, world: Artifact,
                  corpus: str, fmt: str, report_to: str, method_cfg: DictConfig | None = None) -> ModelRef:
     optim = mcfg[f"{stage}_train"]
-    slice_ = {"arch": _plain(mcfg.arch), "optim": _plain(optim), "seed": mcfg.seed, "max_len": mcfg.max_len,
+    slice_ = {"arch": plain(mcfg.arch), "optim": plain(optim), "seed": mcfg.seed, "max_len": mcfg.max_len,
               "dtype": mcfg.dtype, "code": TRAIN_CODE}
     if method_cfg is not None:  # an alignment-stage defence (e.g. Vaccine) makes its own aligned model
-        slice_.update(method=_plain(method_cfg), method_code=finetune_code(method_cfg))
+        slice_.update(method=plain(method_cfg), method_code=finetune_code(method_cfg))
     upstream = {"world": world.key, **({"init": init.key} if init else {})}
 
     def build(tmp: Path) -> dict[str, Any]:
@@ -127,8 +123,8 @@ def imported_align_stage(store: Store, cfg: DictConfig, base: ModelRef, data: Ru
     corpus (harmful -> refusal, benign -> helpful; pact.rundata.RunData.alignment_corpus) through its own chat
     template, with LoRA (merged at save) when ``model.align_lora`` is set, else full fine-tuning."""
     m = cfg.model
-    lora = _plain(m.align_lora) if m.get("align_lora") else None
-    slice_ = {"optim": _plain(m.align_train), "lora": lora, "seed": int(m.seed), "max_len": int(m.max_len),
+    lora = plain(m.align_lora) if m.get("align_lora") else None
+    slice_ = {"optim": plain(m.align_train), "lora": lora, "seed": int(m.seed), "max_len": int(m.max_len),
               "dtype": m.dtype, "code": IMPORT_ALIGN_CODE}
 
     def build(tmp: Path) -> dict[str, Any]:
@@ -209,7 +205,7 @@ def model_refs(store: Store, cfg: DictConfig, data: RunData) -> tuple[ModelRef |
 def generate_stage(store: Store, cfg: DictConfig, ref: ModelRef, data: RunData) -> Artifact:
     """Greedy generations on held-out harmful prompts, benign look-alikes and the task's test set (real data:
     on each configured benchmark)."""
-    slice_ = {"eval": _plain(cfg.eval), "engine": {"name": cfg.engine.name, "batch_size": cfg.engine.batch_size,
+    slice_ = {"eval": plain(cfg.eval), "engine": {"name": cfg.engine.name, "batch_size": cfg.engine.batch_size,
                                                     "drop_finished_every": cfg.engine.drop_finished_every},
               "task": {"name": cfg.task.name, "max_new_tokens": cfg.task.max_new_tokens},  # its rows: data's key
               "prompt_format": ref.prompt_format, "dtype": cfg.model.dtype, "code": GENERATE_CODE}

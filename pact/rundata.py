@@ -25,7 +25,8 @@ from pact.store import Artifact, Store, code_hash, module_sources
 DATA_CODE = code_hash(*module_sources(__name__))
 
 
-def _plain(cfg: Any) -> Any:
+def plain(cfg: Any) -> Any:
+    """A config node as plain, resolved Python (for stage keys and JSON); any other value as it is."""
     return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else cfg
 
 
@@ -170,11 +171,11 @@ def data_slice(cfg: DictConfig, digests: dict[str, str]) -> dict[str, Any]:
     """The data stage's key: what it reads (the sources' sha256) and how it selects."""
     d = cfg.data
     benches = [*d.harmful_eval, *d.benign_eval]
-    return {"task": {k: v for k, v in _plain(cfg.task).items() if k != "max_new_tokens"},
+    return {"task": {k: v for k, v in plain(cfg.task).items() if k != "max_new_tokens"},
             "harmful_eval": list(d.harmful_eval), "benign_eval": list(d.benign_eval),
-            "benchmarks": {b: _plain(d.benchmarks[b]) for b in benches}, "poison": _plain(d.poison),
-            "safety_pairs": _plain(d.safety_pairs),  # the pairs a method reads depend on all of it
-            "alignment_pairs": _plain(d.alignment_pairs), "sha256": digests, "code": DATA_CODE}
+            "benchmarks": {b: plain(d.benchmarks[b]) for b in benches}, "poison": plain(d.poison),
+            "safety_pairs": plain(d.safety_pairs),  # the pairs a method reads depend on all of it
+            "alignment_pairs": plain(d.alignment_pairs), "sha256": digests, "code": DATA_CODE}
 
 
 def data_stage(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]] | None = None) -> Artifact:
@@ -293,7 +294,7 @@ def safety_pairs_stage(store: Store, cfg: DictConfig, data: RealData, aligned, m
     """PACT's safety pairs on real data (the official ``safe_direction.json`` shape): the aligned model answers
     the safety prompts greedily and the answers ``data.safety_pairs.judge`` calls refusals are kept, in order."""
     sp = cfg.data.safety_pairs
-    slice_ = {"safety_pairs": {k: _plain(sp)[k] for k in ("judge", "max_new_tokens")},
+    slice_ = {"safety_pairs": {k: plain(sp)[k] for k in ("judge", "max_new_tokens")},
               "engine": {"name": cfg.engine.name, "batch_size": int(cfg.engine.batch_size),
                          "drop_finished_every": int(cfg.engine.drop_finished_every)},
               "dtype": cfg.model.dtype, "code": DATA_CODE}
