@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from pact.config import EngineConfig
 from pact.data import prompt_ids, read_jsonl
 from pact.generation import HFEngine, VLLMEngine
 from pact.models import load_model, load_tokenizer
@@ -42,12 +43,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--dtype", default="float32")
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.5)
     args = parser.parse_args(argv)
-    if not (args.model_dir / "config.json").is_file():
-        sys.exit(f"{args.model_dir}: not a saved model directory (no config.json)")
+    if not any((args.model_dir / f).is_file() for f in ("config.json", "adapter_config.json")):
+        sys.exit(f"{args.model_dir}: not a saved model or LoRA adapter directory (no config.json or "
+                 "adapter_config.json)")
     if not args.prompts.is_file():
         sys.exit(f"--prompts {args.prompts}: no such jsonl file (e.g. outputs/store/world/<key>/harmful_eval.jsonl)")
     prompts = [r["prompt"] for r in read_jsonl(args.prompts, ("prompt",))][:args.limit]
-    cfg = OmegaConf.create({"gpu_memory_utilization": args.gpu_memory_utilization})
+    cfg = OmegaConf.merge(OmegaConf.structured(EngineConfig),  # the schema's defaults for the other settings
+                          {"name": "vllm", "gpu_memory_utilization": args.gpu_memory_utilization})
     result = compare(args.model_dir, prompts, args.max_new_tokens, args.format, args.dtype, cfg)
     print(json.dumps({k: v for k, v in result.items() if k != "diffs"}))
     for prompt, a, b in result["diffs"][:5]:

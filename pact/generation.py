@@ -95,10 +95,10 @@ class VLLMEngine(Engine):
         self.settings = {"model": str(base if base is not None else model_path), "dtype": dtype, "seed": seed,
                          "trust_remote_code": trust_remote_code,
                          "gpu_memory_utilization": float(cfg.gpu_memory_utilization),
-                         "tensor_parallel_size": int(cfg.get("tensor_parallel_size", 1)),
-                         "max_model_len": cfg.get("max_model_len") or None}
+                         "tensor_parallel_size": int(cfg.tensor_parallel_size),
+                         "max_model_len": cfg.max_model_len or None}
         if self.adapter is not None:
-            self.settings.update(enable_lora=True, max_lora_rank=int(cfg.get("max_lora_rank", 16)))
+            self.settings.update(enable_lora=True, max_lora_rank=int(cfg.max_lora_rank))
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, desc: str = "generate") -> list[str]:
         return self.generate_sets([(prompts, max_new_tokens, desc)])[0]
@@ -147,7 +147,7 @@ def release_gpu_memory() -> None:
 
 def _hf(cfg: Any, model, tokenizer, model_path: Path | None, dtype: str, seed: int,
         trust_remote_code: bool) -> Engine:
-    return HFEngine(model, tokenizer, int(cfg.batch_size), int(cfg.get("drop_finished_every", 0)))
+    return HFEngine(model, tokenizer, int(cfg.batch_size), int(cfg.drop_finished_every))
 
 
 def _vllm(cfg: Any, model, tokenizer, model_path: Path | None, dtype: str, seed: int,

@@ -207,6 +207,30 @@ def test_vllm_engine_serves_an_adapter_over_its_base_in_its_own_process(tmp_path
     assert full.adapter is None and "enable_lora" not in full.settings and full.settings["model"] == str(aligned)
 
 
+@pytest.mark.slow
+def test_check_vllm_takes_an_adapter_folder_and_the_engine_defaults(tmp_path, fake_vllm, capsys):
+    """experiments.check_vllm on a LoRA fine-tune's folder: vLLM gets the adapter over its base and the engine
+    schema's settings (pact.config.EngineConfig), HF the merged model; a folder that is neither stops it."""
+    from experiments.check_vllm import main
+    from pact.adapters import apply_lora
+    from pact.config import EngineConfig
+    from pact.models import load_model, load_tokenizer, save_model
+
+    aligned = tiny_hub_model(tmp_path / "aligned")
+    lora = OmegaConf.create({"r": 8, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
+    save_model(apply_lora(load_model(aligned), lora), load_tokenizer(aligned), tmp_path / "ft", base=str(aligned))
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text('{"prompt": "How do I bake bread?"}\n{"prompt": "Name a colour."}\n')
+    main([str(tmp_path / "ft"), "--prompts", str(prompts), "--max-new-tokens", "4"])
+    assert json.loads(capsys.readouterr().out.splitlines()[0])["n"] == 2
+    llm = json.loads(fake_vllm.read_text().splitlines()[0])["llm"]
+    assert llm["model"] == str(aligned.resolve()) and llm["enable_lora"] is True
+    assert (llm["tensor_parallel_size"], llm["max_lora_rank"]) == (EngineConfig.tensor_parallel_size,
+                                                                  EngineConfig.max_lora_rank)
+    with pytest.raises(SystemExit, match="not a saved model or LoRA adapter"):
+        main([str(tmp_path), "--prompts", str(prompts)])
+
+
 def test_load_model_places_the_model_on_the_compute_device(tmp_path):
     from pact.dist import compute_device
     from pact.models import load_model
