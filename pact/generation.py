@@ -159,6 +159,11 @@ def _vllm(cfg: Any, model, tokenizer, model_path: Path | None, dtype: str, seed:
 ENGINES = {"hf": _hf, "vllm": _vllm}
 
 
+def engine_slice(cfg: Any) -> dict[str, Any]:
+    """The engine settings in the key of a stage that generates (its name, how it batches)."""
+    return {"name": cfg.name, "batch_size": int(cfg.batch_size), "drop_finished_every": int(cfg.drop_finished_every)}
+
+
 def build_engine(cfg: Any, model, tokenizer, model_path: Path | None, dtype: str, seed: int,
                  trust_remote_code: bool = False) -> Engine:
     """The engine named by ``cfg.name``."""

@@ -18,7 +18,7 @@ from pact import dist
 from pact.adapters import apply_lora
 from pact.config import NO_GUARD, ConfigError
 from pact.finetune import finetune_code, finetune_rows, finetune_slice, finetune_stage, run_name  # noqa: F401
-from pact.generation import build_engine
+from pact.generation import build_engine, engine_slice
 from pact.guard import judge_stage, load_judgments
 from pact.judges import JUDGES
 from pact.methods import Method, build_method
@@ -205,8 +205,7 @@ def model_refs(store: Store, cfg: DictConfig, data: RunData) -> tuple[ModelRef |
 def generate_stage(store: Store, cfg: DictConfig, ref: ModelRef, data: RunData) -> Artifact:
     """Greedy generations on held-out harmful prompts, benign look-alikes and the task's test set (real data:
     on each configured benchmark)."""
-    slice_ = {"eval": plain(cfg.eval), "engine": {"name": cfg.engine.name, "batch_size": cfg.engine.batch_size,
-                                                    "drop_finished_every": cfg.engine.drop_finished_every},
+    slice_ = {"eval": plain(cfg.eval), "engine": engine_slice(cfg.engine),
               "task": {"name": cfg.task.name, "max_new_tokens": cfg.task.max_new_tokens},  # its rows: data's key
               "prompt_format": ref.prompt_format, "dtype": cfg.model.dtype, "code": GENERATE_CODE}
     if data.kind != "toy":

@@ -293,14 +293,14 @@ def safety_pairs_stage(store: Store, cfg: DictConfig, data: RealData, aligned, m
                        tokenizer=None) -> Artifact:
     """PACT's safety pairs on real data (the official ``safe_direction.json`` shape): the aligned model answers
     the safety prompts greedily and the answers ``data.safety_pairs.judge`` calls refusals are kept, in order."""
+    from pact.generation import build_engine, engine_slice
+
     sp = cfg.data.safety_pairs
     slice_ = {"safety_pairs": {k: plain(sp)[k] for k in ("judge", "max_new_tokens")},
-              "engine": {"name": cfg.engine.name, "batch_size": int(cfg.engine.batch_size),
-                         "drop_finished_every": int(cfg.engine.drop_finished_every)},
+              "engine": engine_slice(cfg.engine),
               "dtype": cfg.model.dtype, "code": DATA_CODE}
 
     def build(tmp: Path) -> dict[str, Any]:
-        from pact.generation import build_engine
         from pact.judges import JUDGES, REFUSAL
         from pact.models import load_model, load_tokenizer
 
