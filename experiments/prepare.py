@@ -4,18 +4,25 @@ The data (toy world or real sources), base and aligned model (and, for an alignm
 ``method=``, its aligned model; for a PACT method, its safety tokens; with ``--evaluate``, the base and aligned
 model's evaluations too), with all of torch's threads (unless ``threads=N`` is given): a parallel sweep runs one
 thread per job, and its first jobs would otherwise build these serial stages on one thread while the others wait on
-the lock.
+the lock. The two reference evaluations run side by side on a CPU, one thread each (:func:`evaluate_references`).
 """
 
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import sys
+from concurrent.futures import ProcessPoolExecutor
 
+import torch
+
+from pact import dist
 from pact import pipeline as P
 from pact.cli import run_cli
 from pact.config import compose_config
 from pact.tokens_stage import tokens_stage
+
+log = logging.getLogger("experiments.prepare")
 
 
 def prepare(overrides: list[str], evaluate: bool = False) -> None:
@@ -28,10 +35,34 @@ def prepare(overrides: list[str], evaluate: bool = False) -> None:
         tokens_stage(up.store, cfg.method.tokens, up.aligned, up.base, up.data, cfg.model.dtype,
                      bool(cfg.model.trust_remote_code))
     if evaluate:
-        for ref in (up.base, up.aligned):
-            if ref is not None:
-                P.evaluate_stage(up.store, cfg, ref, up.data)
+        evaluate_references(overrides, cfg, up)
     print(f"ready: {up.data.kind} data {up.data.artifact.key}, aligned {up.aligned.key}")
+
+
+def evaluate_references(overrides: list[str], cfg, up: P.Upstream) -> None:
+    """The base and aligned model's evaluations (the sweep's reference rows). On a CPU with two threads or more and
+    the HF engine they run side by side in two processes of one thread each: the answers of a one-thread sweep job,
+    in about half the time, since greedy decoding of one batch barely gains from a second thread (SmolLM2, slower
+    machine type: 268 s one after the other on two threads, 165 s side by side; results/README.md). Processes, not
+    threads: transformers' model loading patches torch.nn.Module for the whole process."""
+    refs = {name: ref for name, ref in (("base", up.base), ("aligned", up.aligned)) if ref is not None}
+    if len(refs) < 2 or cfg.engine.name != "hf" or dist.compute_device().type != "cpu" or torch.get_num_threads() < 2:
+        for ref in refs.values():
+            P.evaluate_stage(up.store, cfg, ref, up.data)
+        return
+    log.info("evaluating %s side by side, one thread each", " and ".join(refs))
+    with ProcessPoolExecutor(len(refs), mp_context=multiprocessing.get_context("spawn")) as pool:
+        for job in [pool.submit(evaluate_one, overrides, name) for name in refs]:
+            job.result()
+
+
+def evaluate_one(overrides: list[str], name: str) -> None:
+    """The evaluation of the ``name`` (base or aligned) model of the config made of ``overrides``, on one thread
+    (a process of :func:`evaluate_references`; its upstream stages are in the store by then)."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = compose_config(["threads=0", *overrides, "threads=1"])
+    up = P.start(cfg)
+    P.evaluate_stage(up.store, cfg, getattr(up, name), up.data)
 
 
 def main(argv: list[str] | None = None) -> None:

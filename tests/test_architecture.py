@@ -2,6 +2,7 @@
 plus one yaml, keys a fine-tune by its own method's code only, and ends bad input in one line."""
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -280,16 +281,37 @@ def test_bench_child_reports_its_own_peak_memory_not_its_parents(tmp_path):
     assert 50 < float(done.stdout.strip().splitlines()[-1]) < 1500, done.stderr[-2000:]
 
 
-def test_prepare_evaluate_builds_the_reference_rows_evaluations(micro, tmp_path):
-    """`prepare --evaluate` leaves the base and aligned model's evaluations in the store, so a sweep reuses them."""
+def test_prepare_evaluate_builds_the_reference_rows_evaluations(micro, tmp_path, caplog):
+    """`prepare --evaluate` leaves the base and aligned model's evaluations in the store, so a sweep reuses them;
+    on two threads it builds them side by side in two one-thread processes, with the answers that one thread gives
+    one model after the other (the same keys: a store built either way serves the other)."""
+    import torch
+
     from experiments.prepare import main
     from tests.conftest import MICRO
 
     cfg = micro("eval.limit=6")  # other evaluation settings than the copied store holds
+    shutil.copytree(tmp_path / "store", tmp_path / "store_seq")
     before = set((tmp_path / "store" / "evaluate").iterdir())
-    main([f"store_dir={cfg.store_dir}", f"runs_dir={cfg.runs_dir}", *MICRO, "eval.limit=6", "--evaluate"])
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with caplog.at_level(logging.INFO, logger="experiments.prepare"):
+            main([f"store_dir={cfg.store_dir}", f"runs_dir={cfg.runs_dir}", *MICRO, "eval.limit=6", "--evaluate"])
+        assert "evaluating base and aligned side by side, one thread each" in caplog.text
+        main([f"store_dir={tmp_path / 'store_seq'}", f"runs_dir={cfg.runs_dir}", *MICRO, "eval.limit=6", "threads=1",
+              "--evaluate"])
+    finally:
+        torch.set_num_threads(threads)
     new = set((tmp_path / "store" / "evaluate").iterdir()) - before
     assert len(new) == 2 and all((p / "DONE").is_file() for p in new)
+    for stage in ("generate", "evaluate"):
+        side = {p.name for p in (tmp_path / "store" / stage).iterdir() if (p / "DONE").is_file()}
+        seq = {p.name for p in (tmp_path / "store_seq" / stage).iterdir() if (p / "DONE").is_file()}
+        assert side == seq
+    for art in new:
+        for name in ("generations.jsonl", "metrics.json"):
+            assert (art / name).read_bytes() == (tmp_path / "store_seq" / "evaluate" / art.name / name).read_bytes()
 
 
 def test_prepare_builds_the_safety_set_of_a_pact_method(micro, tmp_path):
