@@ -43,12 +43,18 @@ reproduce: setup ## the whole toy-world study -> results/ (~60 min on 2 cores)
 	$(PY) -m experiments.pact_step0 experiment=poison_ratio poison.ratio=0.1 --out results/pact_step0.csv
 
 # Import, alignment, the safety set (the aligned and base model's passes side by side) and the reference rows'
-# evaluations first with every thread, then the sweep (two jobs, one thread each).
+# evaluations (side by side) first with every thread, then the sweep (two jobs, one thread each), then the step-0
+# measurement (one thread, the study's) beside the token-confidence curves.
 smollm2: setup ## SmolLM2-135M on this CPU: import, alignment, SFT-LoRA vs PACT-LoRA -> results/ (~60 min)
 	$(PY) -m experiments.prepare experiment=smollm2_cpu method=pact_lora --evaluate
 	$(PY) -m experiments.run experiment=smollm2_cpu
-	$(PY) -m experiments.pact_step0 experiment=smollm2_cpu method=pact_lora poison.ratio=0.1 --out results/pact_step0.csv
-	$(PY) -m analysis.token_confidence --experiment smollm2_cpu --methods sft_lora pact_lora
+	mkdir -p outputs
+	$(PY) -m experiments.pact_step0 experiment=smollm2_cpu method=pact_lora poison.ratio=0.1 \
+		--out results/pact_step0.csv > outputs/pact_step0_smollm2.log 2>&1 & step0=$$!; \
+		$(PY) -m analysis.token_confidence --experiment smollm2_cpu --methods sft_lora pact_lora; curves=$$?; \
+		wait $$step0; measured=$$?; cat outputs/pact_step0_smollm2.log; \
+		[ $$curves -eq 0 ] || exit 1; \
+		[ $$measured -eq 0 ] || { echo "the step-0 measurement failed: see outputs/pact_step0_smollm2.log"; exit 1; }
 	$(PY) -m analysis.report --experiment smollm2_cpu --out results
 
 # One seed at p = 0.1 after `make smollm2`: full fine-tuning, safety-data mixing, Lisa, and the

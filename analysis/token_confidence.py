@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import matplotlib
@@ -29,7 +30,7 @@ from pact.config import compose_config  # noqa: E402
 from pact.models import load_model, load_tokenizer  # noqa: E402
 from pact.records import read_records  # noqa: E402
 from pact.store import Store, code_hash, module_sources  # noqa: E402
-from pact.tokens_stage import response_logits  # noqa: E402
+from pact.tokens_stage import intra_op_threads, response_logits  # noqa: E402
 
 SETTINGS = OmegaConf.load(Path(__file__).resolve().parent.parent / "conf" / "analysis.yaml").token_confidence
 CODE = code_hash(*module_sources("analysis.token_confidence"))  # part of the cached curves' key
@@ -42,18 +43,15 @@ def position_curves(model_paths: dict[str, str], aligned_path: str, tokens_meta:
     tok = load_tokenizer(aligned_path)
     rows = D.read_jsonl(world_dir / "harmful_eval.jsonl", ("prompt", "refusal"))[:n_prompts]
     safety_ids = torch.tensor([x["id"] for x in json.loads(tokens_meta.read_text())["safety_set"]])
-    aligned = load_model(aligned_path).eval()
-    ref = [torch.log_softmax(response_logits(aligned, tok, r["prompt"], r["refusal"], "chat", positions).cpu(), -1)
-           for r in rows]
+    ref = log_probs(load_model(aligned_path).eval(), tok, rows, positions)
     out = []
     for name, path in model_paths.items():
-        model = aligned if path == aligned_path else load_model(path).eval()
+        # the aligned model's own curve is its reference pass (the same arithmetic: KL 0)
+        model_log_probs = ref if path == aligned_path else log_probs(load_model(path).eval(), tok, rows, positions)
         mass = torch.zeros(positions)
         kl = torch.zeros(positions)
         count = torch.zeros(positions)
-        for r, log_ref in zip(rows, ref):
-            logits = response_logits(model, tok, r["prompt"], r["refusal"], "chat", positions).cpu()
-            log_p = torch.log_softmax(logits, -1)
+        for log_ref, log_p in zip(ref, model_log_probs):
             n = log_p.shape[0]
             mass[:n] += log_p.exp()[:, safety_ids].sum(-1)
             kl[:n] += (log_ref.exp() * (log_ref - log_p)).sum(-1)
@@ -63,6 +61,21 @@ def position_curves(model_paths: dict[str, str], aligned_path: str, tokens_meta:
                 out.append({"model": name, "t": t, "mass_on_S": float(mass[t] / count[t]),
                             "kl_to_aligned": float(kl[t] / count[t]), "n": int(count[t])})
     return pd.DataFrame(out)
+
+
+def log_probs(model, tok, rows: list[dict], positions: int) -> list[torch.Tensor]:
+    """Per row, the log-probabilities [R, V] of ``model`` at its teacher-forced refusal's first ``positions``
+    tokens. On a CPU every pass runs on one intra-op thread, as many at a time as torch has threads (Python
+    threads: torch releases the GIL in its kernels): one sequence's pass barely gains from a second thread."""
+    def one(row: dict) -> torch.Tensor:
+        logits = response_logits(model, tok, row["prompt"], row["refusal"], "chat", positions)
+        return torch.log_softmax(logits.cpu(), -1)
+
+    lanes = torch.get_num_threads()
+    if next(model.parameters()).device.type != "cpu" or lanes < 2:
+        return [one(row) for row in rows]
+    with intra_op_threads(1), ThreadPoolExecutor(lanes) as pool:
+        return list(pool.map(one, rows))
 
 
 def cached_curves(model_paths: dict[str, str], aligned_path: str, tokens_meta: str, world_dir: str) -> pd.DataFrame:

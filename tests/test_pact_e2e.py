@@ -211,6 +211,37 @@ def test_safety_set_does_not_depend_on_threads_or_chunks(toy, monkeypatch):
     assert torch.equal(v1, v2) and torch.equal(r1, r2) and int((v1 != 0).sum()) == 10
 
 
+def test_token_confidence_passes_do_not_depend_on_threads(toy, monkeypatch):
+    """The curves' teacher-forced passes: on two threads, two at a time on one intra-op thread each, in row order,
+    bit for bit the one-thread result; the thread count comes back after."""
+    import threading
+
+    from analysis import token_confidence as TC
+
+    cfg, store, world, base, aligned = toy
+    tok = load_tokenizer(aligned.tokenizer_path)
+    rows = D.read_jsonl(world.artifact.file("harmful_eval.jsonl"), ("prompt", "refusal"))[:10]
+    model = load_model(aligned.path).eval()
+    seen = []
+    forward = TC.response_logits
+
+    def spy(*args, **kwargs):
+        seen.append((torch.get_num_threads(), threading.get_ident()))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(TC, "response_logits", spy)
+    with intra_op_threads(1):
+        one = TC.log_probs(model, tok, rows, 16)
+    assert len({ident for _, ident in seen}) == 1
+    seen.clear()
+    with intra_op_threads(2):
+        two = TC.log_probs(model, tok, rows, 16)
+        assert torch.get_num_threads() == 2
+    assert {n for n, _ in seen} == {1} and len({ident for _, ident in seen}) == 2 and len(seen) == 10
+    assert len(two) == 10 and all(torch.equal(a, b) for a, b in zip(one, two))
+    assert all(torch.equal(a, TC.log_probs(model, tok, [row], 16)[0]) for a, row in zip(two, rows))  # row order
+
+
 @pytest.mark.slow  # over ~3 s: kept out of `make test-fast`
 def test_token_confidence_curves_are_cached_in_the_store(toy, tmp_path, monkeypatch):
     cfg, store, world, base, aligned = toy
