@@ -20,7 +20,8 @@ from pact import dist
 from pact import pipeline as P
 from pact.cli import run_cli
 from pact.config import compose_config
-from pact.tokens_stage import tokens_stage
+from pact.store import Artifact, Store
+from pact.tokens_stage import intra_op_threads, tokens_stage
 
 log = logging.getLogger("experiments.prepare")
 
@@ -41,19 +42,45 @@ def prepare(overrides: list[str], evaluate: bool = False) -> None:
 
 def evaluate_references(overrides: list[str], cfg, up: P.Upstream) -> None:
     """The base and aligned model's evaluations (the sweep's reference rows). On a CPU with two threads or more and
-    the HF engine they run side by side in two processes of one thread each: the answers of a one-thread sweep job,
-    in about half the time, since greedy decoding of one batch barely gains from a second thread (SmolLM2, slower
-    machine type: 268 s one after the other on two threads, 165 s side by side; results/README.md). Processes, not
-    threads: transformers' model loading patches torch.nn.Module for the whole process."""
+    the HF engine each runs on one thread, the two side by side in two processes: the answers of a one-thread
+    sweep job whatever is cached, in less time than one model after the other on both threads, since greedy
+    decoding of one batch barely gains from a second thread (SmolLM2, slower machine type: 270 s -> ~170 s;
+    results/README.md). Processes, not threads: transformers' model loading patches torch.nn.Module for the
+    whole process."""
     refs = {name: ref for name, ref in (("base", up.base), ("aligned", up.aligned)) if ref is not None}
-    if len(refs) < 2 or cfg.engine.name != "hf" or dist.compute_device().type != "cpu" or torch.get_num_threads() < 2:
+    if cfg.engine.name != "hf" or dist.compute_device().type != "cpu" or torch.get_num_threads() < 2:
         for ref in refs.values():
             P.evaluate_stage(up.store, cfg, ref, up.data)
         return
-    log.info("evaluating %s side by side, one thread each", " and ".join(refs))
-    with ProcessPoolExecutor(len(refs), mp_context=multiprocessing.get_context("spawn")) as pool:
-        for job in [pool.submit(evaluate_one, overrides, name) for name in refs]:
+    missing = [name for name, ref in refs.items() if not evaluated(up.store, cfg, ref, up.data)]
+    if len(missing) < 2:
+        with intra_op_threads(1):
+            for name in missing:
+                P.evaluate_stage(up.store, cfg, refs[name], up.data)
+        return
+    log.info("evaluating %s side by side, one thread each", " and ".join(missing))
+    with ProcessPoolExecutor(len(missing), mp_context=multiprocessing.get_context("spawn")) as pool:
+        for job in [pool.submit(evaluate_one, overrides, name) for name in missing]:
             job.result()
+
+
+class _ReuseOnly(Store):
+    """A view of a store that reuses what it holds and builds nothing (LookupError instead)."""
+
+    def build(self, stage, config, upstream, builder) -> Artifact:
+        key = self.key(stage, config, upstream)
+        if not self.done(stage, key):
+            raise LookupError(f"{stage} {key}")
+        return Artifact(stage, key, self.path(stage, key))
+
+
+def evaluated(store: Store, cfg, ref, data) -> bool:
+    """Whether ``store`` holds the evaluation of ``ref`` (and every stage under it)."""
+    try:
+        P.evaluate_stage(_ReuseOnly(store.root), cfg, ref, data)
+    except LookupError:
+        return False
+    return True
 
 
 def evaluate_one(overrides: list[str], name: str) -> None:

@@ -312,6 +312,20 @@ def test_prepare_evaluate_builds_the_reference_rows_evaluations(micro, tmp_path,
     for art in new:
         for name in ("generations.jsonl", "metrics.json"):
             assert (art / name).read_bytes() == (tmp_path / "store_seq" / "evaluate" / art.name / name).read_bytes()
+    # cached: no process started; one missing: built here, on one thread, the same bytes
+    one = sorted(new)[0]
+    kept = (one / "generations.jsonl").read_bytes()
+    shutil.rmtree(tmp_path / "store" / "generate" / json.loads((one / "meta.json").read_text())["upstream"]["generate"])
+    shutil.rmtree(one)
+    caplog.clear()
+    try:
+        torch.set_num_threads(2)
+        with caplog.at_level(logging.INFO):
+            main([f"store_dir={cfg.store_dir}", f"runs_dir={cfg.runs_dir}", *MICRO, "eval.limit=6", "--evaluate"])
+    finally:
+        torch.set_num_threads(threads)
+    assert "side by side" not in caplog.text and "stage generate: built" in caplog.text
+    assert (one / "generations.jsonl").read_bytes() == kept
 
 
 def test_prepare_builds_the_safety_set_of_a_pact_method(micro, tmp_path):
