@@ -181,25 +181,31 @@ def test_step0_measures(toy, tmp_path, capsys):
     assert len(list((store.root / "step0").iterdir())) == len(built) + 1
 
 
+def spy_passes(monkeypatch, module) -> list[tuple[int, int]]:
+    """Record (intra-op threads, Python thread id) of every ``module.response_logits`` call into the list returned."""
+    import threading
+
+    seen = []
+    forward = module.response_logits
+
+    def spy(*args, **kwargs):
+        seen.append((torch.get_num_threads(), threading.get_ident()))
+        return forward(*args, **kwargs)
+
+    monkeypatch.setattr(module, "response_logits", spy)
+    return seen
+
+
 def test_safety_set_does_not_depend_on_threads_or_chunks(toy, monkeypatch):
     """The two models' passes side by side on two threads, in small chunks, give the one-thread result bit for bit;
     every pass runs on one intra-op thread."""
-    import threading
-
     from pact import tokens_stage
 
     cfg, store, world, base, aligned = toy
     tok = load_tokenizer(aligned.tokenizer_path)
     pairs = D.read_jsonl(world.artifact.file("safety_pairs.jsonl"), ("prompt", "refusal"))[:12]
     models = load_model(aligned.path), load_model(base.path)
-    seen = []
-    forward = tokens_stage.response_logits
-
-    def spy(*args, **kwargs):
-        seen.append((torch.get_num_threads(), threading.get_ident()))
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(tokens_stage, "response_logits", spy)
+    seen = spy_passes(monkeypatch, tokens_stage)
     with intra_op_threads(1):
         v1, r1 = direction_from_models(*models, tok, pairs, top_k=10)
     assert len({ident for _, ident in seen}) == 1
@@ -214,22 +220,13 @@ def test_safety_set_does_not_depend_on_threads_or_chunks(toy, monkeypatch):
 def test_token_confidence_passes_do_not_depend_on_threads(toy, monkeypatch):
     """The curves' teacher-forced passes: on two threads, two at a time on one intra-op thread each, in row order,
     bit for bit the one-thread result; the thread count comes back after."""
-    import threading
-
     from analysis import token_confidence as TC
 
     cfg, store, world, base, aligned = toy
     tok = load_tokenizer(aligned.tokenizer_path)
     rows = D.read_jsonl(world.artifact.file("harmful_eval.jsonl"), ("prompt", "refusal"))[:10]
     model = load_model(aligned.path).eval()
-    seen = []
-    forward = TC.response_logits
-
-    def spy(*args, **kwargs):
-        seen.append((torch.get_num_threads(), threading.get_ident()))
-        return forward(*args, **kwargs)
-
-    monkeypatch.setattr(TC, "response_logits", spy)
+    seen = spy_passes(monkeypatch, TC)
     with intra_op_threads(1):
         one = TC.log_probs(model, tok, rows, 16)
     assert len({ident for _, ident in seen}) == 1
