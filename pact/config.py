@@ -59,6 +59,7 @@ class OptimConfig:
     max_grad_norm: float = 1.0
     dtype: str = "float32"
     logging_steps: int = 50
+    answer_logits: bool = False  # a frozen output layer at the answer positions only (pact.methods.answer_loss)
 
 
 @dataclass

@@ -11,11 +11,15 @@ library never imports the modules that implement methods, it resolves ``_target_
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from transformers import TrainerCallback
+
+from pact.labels import IGNORE_INDEX, answer_positions
 
 
 @dataclass
@@ -82,14 +86,66 @@ class Method:
     def compute_loss(self, trainer, model, inputs: dict[str, torch.Tensor], return_outputs: bool = False,
                      num_items_in_batch=None):
         """The training loss (default: the model's token cross-entropy on the labelled answer tokens)."""
-        labels = inputs["labels"]
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
-                        num_items_in_batch=num_items_in_batch)
-        return (outputs.loss, outputs) if return_outputs else outputs.loss
+        loss, outputs, _ = answer_loss(trainer, model, inputs, num_items_in_batch)
+        return (loss, outputs) if return_outputs else loss
 
     def callbacks(self) -> list[TrainerCallback]:
         """Trainer callbacks (default: none)."""
         return []
+
+
+def _unwrap(model):
+    return getattr(model, "module", model)  # DDP's wrapper
+
+
+def answers_only(trainer, model) -> bool:
+    """Whether the output layer may run at the answer positions only: the optimisation slice's ``answer_logits``
+    is on (MethodTrainingArguments) and the layer is frozen (LoRA). A trained layer's weight gradient would sum
+    the same terms in another order, so its runs keep every position."""
+    if trainer is None or not getattr(trainer.args, "answer_logits", False):
+        return False
+    head = _unwrap(model).get_output_embeddings()
+    weight = getattr(head, "weight", None)
+    return isinstance(weight, torch.nn.Parameter) and not weight.requires_grad
+
+
+@contextmanager
+def head_at(model, pos: torch.Tensor) -> Iterator[None]:
+    """Within the block, the model's output layer computes logits only at the sequence positions ``pos`` [B, A]
+    of each row (its input is gathered there), so ``outputs.logits`` is [B, A, V]. The model's own forward runs
+    (DDP, peft and the model's logit post-processing all apply)."""
+    def gather(_module, args):
+        hidden = args[0]
+        return (hidden.gather(1, pos.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])), *args[1:])
+
+    handle = _unwrap(model).get_output_embeddings().register_forward_pre_hook(gather)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def answer_loss(trainer, model, inputs: dict[str, torch.Tensor], num_items_in_batch=None):
+    """(loss, outputs, at_answers): the model's token cross-entropy on the labelled answer tokens (HF's causal-LM
+    loss). With :func:`answers_only`, ``outputs.logits`` holds the logits at the answer positions only
+    ([B, A, V], pact.labels.answer_positions; at_answers=True): the positions that predict no answer token never
+    reach the output layer, whose matrix product is most of a step with a large vocabulary. Else the model's
+    forward with ``labels`` as before ([B, L, V], at_answers=False)."""
+    labels = inputs["labels"]
+    if not answers_only(trainer, model):
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
+                        num_items_in_batch=num_items_in_batch)
+        return outputs.loss, outputs, False
+    pos, mask = answer_positions(labels)
+    with head_at(model, pos):
+        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+    # the label each kept position predicts (the next token), IGNORE_INDEX on the padding of shorter answers
+    targets = labels.gather(1, (pos + 1).clamp_max(labels.shape[1] - 1)).masked_fill(~mask, IGNORE_INDEX)
+    head = _unwrap(model)
+    loss = head.loss_function(logits=outputs.logits, labels=None, vocab_size=outputs.logits.shape[-1],
+                              num_items_in_batch=num_items_in_batch, shift_labels=targets)
+    outputs.loss = loss
+    return loss, outputs, True
 
 
 def method_class(cfg: Any) -> type[Method]:

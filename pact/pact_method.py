@@ -16,7 +16,7 @@ import torch
 
 from pact.labels import IGNORE_INDEX, answer_positions
 from pact.loss import pact_kl
-from pact.methods import FinetuneContext, Method
+from pact.methods import FinetuneContext, Method, answer_loss
 from pact.refcache import cached_per_example
 from pact.store import stable_key
 from pact.tokens_stage import load_direction, tokens_stage
@@ -175,15 +175,15 @@ class PactMethod(Method):
 
     def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None):
         labels = inputs["labels"]
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
-                        num_items_in_batch=num_items_in_batch)
+        ce, outputs, at_answers = answer_loss(trainer, model, inputs, num_items_in_batch)
         lam = float(self.cfg.lambda_kl)
         if lam == 0:
-            return (outputs.loss, outputs) if return_outputs else outputs.loss
+            return (ce, outputs) if return_outputs else ce
         ids = self.ids.to(labels.device)
         pos, mask = answer_positions(labels)
-        sub = subset_logits(outputs.logits, ids, bool(self.cfg.extra_bucket))
-        policy = sub.gather(1, pos.unsqueeze(-1).expand(-1, -1, sub.shape[-1]))
+        policy = subset_logits(outputs.logits, ids, bool(self.cfg.extra_bucket))
+        if not at_answers:
+            policy = policy.gather(1, pos.unsqueeze(-1).expand(-1, -1, policy.shape[-1]))
         if self.cfg.reference == "cache":
             ref_full, ref_post = inputs["ref_full"], inputs["ref_post"]
         else:
@@ -196,7 +196,7 @@ class PactMethod(Method):
         kl = pact_kl(policy, ref_full, ref_post, mask, self.weights.to(labels.device), **self.kl_options(),
                      gate=gate)
         self.last_kl = float(kl.detach())
-        loss = outputs.loss + lam * kl
+        loss = ce + lam * kl
         return (loss, outputs) if return_outputs else loss
 
     def _live_reference(self, model, inputs):

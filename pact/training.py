@@ -27,6 +27,8 @@ class MethodTrainingArguments(TrainingArguments):
     """TrainingArguments plus the per-epoch step decay (``step_gamma``; None: HF's ``lr_scheduler_type``)."""
 
     step_gamma: float | None = field(default=None, metadata={"help": "lr *= step_gamma after every epoch"})
+    answer_logits: bool = field(default=False, metadata={
+        "help": "a frozen output layer runs at the answer positions only (pact.methods.answer_loss)"})
 
 
 def per_epoch_step_decay(optimizer: torch.optim.Optimizer, gamma: float, steps_per_epoch: int):
@@ -94,6 +96,7 @@ def training_arguments(cfg: Any, output_dir: Path, seed: int, report_to: str, ru
         warmup_steps=float(cfg.get("warmup_ratio", 0.0)),
         lr_scheduler_type=str(scheduler) if scheduler != STEP else "constant",  # step: MethodTrainer's own
         step_gamma=float(cfg.step_gamma) if scheduler == STEP else None,
+        answer_logits=bool(cfg.get("answer_logits", False)),
         max_grad_norm=float(cfg.get("max_grad_norm", 1.0)),
         bf16=str(cfg.get("dtype", "float32")) == "bfloat16",
         logging_steps=logging_steps,
