@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from transformers import TrainerCallback
 
-from pact.labels import IGNORE_INDEX, answer_positions
+from pact.labels import answer_positions
 
 
 @dataclass
@@ -110,13 +110,12 @@ def answers_only(trainer, model) -> bool:
 
 
 @contextmanager
-def head_at(model, pos: torch.Tensor) -> Iterator[None]:
-    """Within the block, the model's output layer computes logits only at the sequence positions ``pos`` [B, A]
-    of each row (its input is gathered there), so ``outputs.logits`` is [B, A, V]. The model's own forward runs
+def head_at(model, rows: torch.Tensor, cols: torch.Tensor) -> Iterator[None]:
+    """Within the block, the model's output layer computes logits only at the (row, position) pairs ``rows[i]``,
+    ``cols[i]`` (its input is gathered there), so ``outputs.logits`` is [N, V]. The model's own forward runs
     (DDP, peft and the model's logit post-processing all apply)."""
     def gather(_module, args):
-        hidden = args[0]
-        return (hidden.gather(1, pos.unsqueeze(-1).expand(-1, -1, hidden.shape[-1])), *args[1:])
+        return (args[0][rows, cols], *args[1:])
 
     handle = _unwrap(model).get_output_embeddings().register_forward_pre_hook(gather)
     try:
@@ -127,23 +126,22 @@ def head_at(model, pos: torch.Tensor) -> Iterator[None]:
 
 def answer_loss(trainer, model, inputs: dict[str, torch.Tensor], num_items_in_batch=None):
     """(loss, outputs, at_answers): the model's token cross-entropy on the labelled answer tokens (HF's causal-LM
-    loss). With :func:`answers_only`, ``outputs.logits`` holds the logits at the answer positions only
-    ([B, A, V], pact.labels.answer_positions; at_answers=True): the positions that predict no answer token never
-    reach the output layer, whose matrix product is most of a step with a large vocabulary. Else the model's
-    forward with ``labels`` as before ([B, L, V], at_answers=False)."""
+    loss). With :func:`answers_only`, ``outputs.logits`` holds only the logits that predict answer tokens
+    ([N, V], at_answers=True), in the order of the valid entries of pact.labels.answer_positions' [B, A] mask:
+    the prompt and padding positions never reach the output layer, whose matrix product is a fifth of a LoRA
+    step with SmolLM2's 49k vocabulary. Else the model's forward with ``labels`` ([B, L, V], at_answers=False)."""
     labels = inputs["labels"]
     if not answers_only(trainer, model):
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"], labels=labels,
                         num_items_in_batch=num_items_in_batch)
         return outputs.loss, outputs, False
     pos, mask = answer_positions(labels)
-    with head_at(model, pos):
+    rows = torch.arange(labels.shape[0], device=labels.device).unsqueeze(1).expand_as(pos)[mask]
+    cols = pos[mask]
+    with head_at(model, rows, cols):
         outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
-    # the label each kept position predicts (the next token), IGNORE_INDEX on the padding of shorter answers
-    targets = labels.gather(1, (pos + 1).clamp_max(labels.shape[1] - 1)).masked_fill(~mask, IGNORE_INDEX)
-    head = _unwrap(model)
-    loss = head.loss_function(logits=outputs.logits, labels=None, vocab_size=outputs.logits.shape[-1],
-                              num_items_in_batch=num_items_in_batch, shift_labels=targets)
+    loss = _unwrap(model).loss_function(logits=outputs.logits, labels=None, vocab_size=outputs.logits.shape[-1],
+                                        num_items_in_batch=num_items_in_batch, shift_labels=labels[rows, cols + 1])
     outputs.loss = loss
     return loss, outputs, True
 

@@ -181,9 +181,12 @@ class PactMethod(Method):
             return (ce, outputs) if return_outputs else ce
         ids = self.ids.to(labels.device)
         pos, mask = answer_positions(labels)
-        policy = subset_logits(outputs.logits, ids, bool(self.cfg.extra_bucket))
-        if not at_answers:
-            policy = policy.gather(1, pos.unsqueeze(-1).expand(-1, -1, policy.shape[-1]))
+        sub = subset_logits(outputs.logits, ids, bool(self.cfg.extra_bucket))
+        if at_answers:  # [N, S] at the valid answer positions -> [B, A, S], zeros where an answer has ended
+            policy = sub.new_zeros(*mask.shape, sub.shape[-1])
+            policy[mask] = sub
+        else:
+            policy = sub.gather(1, pos.unsqueeze(-1).expand(-1, -1, sub.shape[-1]))
         if self.cfg.reference == "cache":
             ref_full, ref_post = inputs["ref_full"], inputs["ref_post"]
         else:
