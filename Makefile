@@ -45,7 +45,7 @@ reproduce: setup ## the whole toy-world study -> results/ (~60 min on 2 cores)
 # Import, alignment, the safety set (the aligned and base model's passes side by side) and the reference rows'
 # evaluations (side by side) first with every thread, then the sweep (two jobs, one thread each), then the step-0
 # measurement (one thread, the study's) beside the token-confidence curves.
-smollm2: setup ## SmolLM2-135M on this CPU: import, alignment, SFT-LoRA vs PACT-LoRA -> results/ (~51-67 min)
+smollm2: setup ## SmolLM2-135M on this CPU: import, alignment, SFT-LoRA vs PACT-LoRA -> results/ (~51-69 min)
 	$(PY) -m experiments.prepare experiment=smollm2_cpu method=pact_lora --evaluate
 	$(PY) -m experiments.run experiment=smollm2_cpu
 	mkdir -p outputs
