@@ -45,7 +45,7 @@ reproduce: setup ## the whole toy-world study -> results/ (~60 min on 2 cores)
 # Import, alignment, the safety set (the aligned and base model's passes side by side) and the reference rows'
 # evaluations (side by side) first with every thread, then the sweep (two jobs, one thread each), then the step-0
 # measurement (one thread, the study's) beside the token-confidence curves.
-smollm2: setup ## SmolLM2-135M on this CPU: import, alignment, SFT-LoRA vs PACT-LoRA -> results/ (~51-69 min)
+smollm2: setup ## SmolLM2-135M on this CPU: import, alignment, SFT-LoRA vs PACT-LoRA -> results/ (41-69 min)
 	$(PY) -m experiments.prepare experiment=smollm2_cpu method=pact_lora --evaluate
 	$(PY) -m experiments.run experiment=smollm2_cpu
 	mkdir -p outputs
@@ -59,7 +59,7 @@ smollm2: setup ## SmolLM2-135M on this CPU: import, alignment, SFT-LoRA vs PACT-
 
 # One seed at p = 0.1 after `make smollm2`: full fine-tuning, safety-data mixing, Lisa, and the
 # fine-tunes that separate the causes of PACT's behaviour (conf/experiment/smollm2_cpu_{extras,official_lr}.yaml).
-smollm2-extras: setup ## SmolLM2 extra runs after make smollm2: full SFT/PACT (tied, untied), safety mix, Lisa, ablations (~50 min)
+smollm2-extras: setup ## SmolLM2 extra runs after make smollm2: full SFT/PACT (tied, untied), safety mix, Lisa, ablations (26 min measured, faster CPU type)
 	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=sft,pact,safety_mix_lora,lisa_lora
 	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=pact_lora method.post_bos=true,false method.gate=on,off
 	$(PY) -m experiments.run experiment=smollm2_cpu_official_lr
