@@ -29,7 +29,7 @@ REAL_STUDIES := smollm2_cpu smollm2_cpu_extras smollm2_cpu_official_lr
 
 # World, base and aligned model first with every thread; Vaccine's own alignment (~5 min) then builds on one
 # thread beside the first sweep, whose Vaccine jobs come last and wait for it on the store's lock.
-reproduce: setup ## the whole toy-world study -> results/ (~60 min on 2 cores)
+reproduce: setup ## the whole toy-world study -> results/ (60-69 min on 2 cores)
 	$(PY) -m experiments.prepare experiment=poison_ratio
 	mkdir -p outputs
 	$(PY) -m experiments.prepare experiment=poison_ratio method=vaccine threads=1 > outputs/prepare_vaccine.log 2>&1 & \
