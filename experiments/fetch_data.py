@@ -1,10 +1,16 @@
-"""Fetch the real data's sources into ``data.root`` (run first, where the Hugging Face hub is reachable).
+"""Fetch the real data's sources into ``data.root``: the first step of every real-data run.
 
-``python -m experiments.fetch_data [SOURCE ...] [--root DIR]`` downloads each source (default: every source that
-is not gated) with ``datasets`` at the revision ``conf/data/real.yaml`` pins, writes it as ``<root>/<source>.jsonl``
-in its upstream schema and records it in ``<root>/MANIFEST.json`` (hub id, config, split, requested revision,
-resolved commit, rows, sha256). Runs with ``data=real`` read only these files and stop at validation when one
-is missing or differs from the manifest.
+``python -m experiments.fetch_data [SOURCE ...] [--root DIR]`` brings each source (default: every one that is not
+gated) at the commit or revision ``conf/data/real.yaml`` pins and records it in ``<root>/MANIFEST.json``:
+- a file of a Git repository (``git:``) is downloaded from its raw URL at the pinned commit (plain HTTPS, no
+  login) or, with ``--git-dir DIR [DIR ...]``, read from local clones or git directories at that commit (a clone
+  at another HEAD gives the same bytes; a byte-identical copy the config lists is accepted where the canonical
+  repository is not at hand, and the manifest names the canonical source). Its bytes must match the pinned git
+  blob id and sha256; it is kept as ``<root>/<source>.<format>``. With ``--git-dir`` the default is every Git source.
+- a Hugging Face dataset (``hub:``) is downloaded with ``datasets`` where the hub is reachable and written as
+  ``<root>/<source>.jsonl`` in its upstream schema.
+Runs with ``data=real`` or ``data=pact_official`` read only these files and stop before any model loads when one
+is missing, altered or malformed. ``--list`` shows each source, where it comes from and what the manifest holds.
 
 Gated sources (HEx-PHI): accept the terms on the dataset's hub page, download its CSV files, then
 ``python -m experiments.fetch_data hexphi --from <folder>`` imports them (one prompt per row, one file per category).
@@ -15,9 +21,13 @@ from __future__ import annotations
 import argparse
 import csv
 import datetime as dt
+import hashlib
 import json
 import logging
+import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +36,9 @@ from omegaconf import DictConfig
 from pact.cli import fail, run_cli
 from pact.config import compose_config
 from pact.data import write_jsonl
-from pact.fileio import write_atomic
-from pact.sources import MANIFEST, normalise_rows, read_manifest, sha256_file, source_file
+from pact.fileio import atomic_path, write_atomic
+from pact.sources import (MANIFEST, DataSourceError, check_bytes, check_source, describe, git_blob_id, is_git,
+                          normalise_rows, read_manifest, read_rows, sha256_file, source_file, source_rows)
 
 log = logging.getLogger("experiments.fetch_data")
 
@@ -54,40 +65,170 @@ def local_csv_rows(folder: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def store_source(root: Path, name: str, spec: Any, rows: list[dict[str, Any]], commit: str) -> dict[str, Any]:
-    """Write one source's file and its manifest entry (rows are checked against the schema first)."""
-    normalise_rows(rows, spec.schema, f"{spec.hub} ({name})")
-    path = source_file(root, name)
-    write_jsonl(path, rows)
-    entry = {"hub": spec.hub, "config": spec.get("config"), "split": spec.split, "revision": spec.revision,
-             "commit": commit, "rows": len(rows), "sha256": sha256_file(path), "file": path.name,
-             "fetched": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-    if spec.get("rows") and int(spec.rows) != len(rows):
-        log.warning("%s: %d rows, conf/data/real.yaml expects %d", name, len(rows), int(spec.rows))
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _write_manifest_entry(root: Path, name: str, entry: dict[str, Any]) -> None:
     manifest = read_manifest(root)
     manifest[name] = entry
     write_atomic(root / MANIFEST, json.dumps({"sources": dict(sorted(manifest.items()))}, indent=2) + "\n")
+
+
+def store_source(root: Path, name: str, spec: Any, rows: list[dict[str, Any]], commit: str) -> dict[str, Any]:
+    """Write one hub source's file and its manifest entry (rows are checked against the schema first)."""
+    normalise_rows(rows, spec.schema, f"{spec.hub} ({name})")
+    path = source_file(root, name, spec)
+    write_jsonl(path, rows)
+    entry = {"kind": "hub", "hub": spec.hub, "config": spec.get("config"), "split": spec.split,
+             "revision": spec.revision, "commit": commit, "rows": len(rows), "sha256": sha256_file(path),
+             "file": path.name, "fetched": _now()}
+    if spec.get("rows") and int(spec.rows) != len(rows):
+        log.warning("%s: %d rows, conf/data/real.yaml expects %d", name, len(rows), int(spec.rows))
+    _write_manifest_entry(root, name, entry)
     return entry
 
 
-def fetch(dcfg: DictConfig, names: list[str], from_dir: Path | None = None) -> dict[str, dict[str, Any]]:
-    """Fetch (or, with ``from_dir``, import) the named sources into ``dcfg.root``."""
+# ---- files of Git repositories -------------------------------------------------------------------------------
+def git_candidates(spec: Any) -> list[tuple[str, str, str]]:
+    """(repo, commit, path) of the canonical file, then of each byte-identical copy the config lists."""
+    g = spec.git
+    return [(g.repo, g.commit, g.path)] + [(c.repo, c.commit, c.path) for c in (g.get("copies") or [])]
+
+
+def check_git_dirs(dirs: list[Path]) -> None:
+    """Each ``--git-dir`` must be a clone or a git directory."""
+    for d in dirs:
+        done = subprocess.run(["git", "-C", str(d), "rev-parse", "--git-dir"], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise FileNotFoundError(f"--git-dir {d}: not a git clone or git directory")
+
+
+def git_file_from_dirs(name: str, spec: Any, dirs: list[Path]) -> tuple[bytes, dict[str, str]]:
+    """(bytes, origin) of a Git source read at its pinned commit from the first of ``dirs`` that holds it (or one
+    of its copies)."""
+    listed = []
+    for repo, commit, path in git_candidates(spec):
+        for d in dirs:
+            git = ["git", "-C", str(d)]
+            done = subprocess.run([*git, "cat-file", "blob", f"{commit}:{path}"], capture_output=True)
+            if done.returncode == 0:
+                return done.stdout, {"repo": repo, "commit": commit, "path": path, "via": f"git directory {d}"}
+            if subprocess.run([*git, "rev-parse", "--verify", "--quiet", f"{commit}:{path}"],
+                              capture_output=True).returncode == 0:
+                listed.append(str(d))
+    wanted = "; ".join(f"{r}@{c} {p}" for r, c, p in git_candidates(spec))
+    if listed:
+        raise DataSourceError(f"source {name}: {', '.join(listed)} lists {wanted} but lacks its bytes (a partial or "
+                              f"shallow clone); download it, or pass a full clone of {spec.git.repo} with --git-dir")
+    raise DataSourceError(f"source {name}: no --git-dir holds {wanted} (a clone without that commit, or another "
+                          f"repository); clone https://github.com/{spec.git.repo} and pass it with --git-dir")
+
+
+def git_file_download(name: str, spec: Any, url: str) -> tuple[bytes, dict[str, str]]:
+    """(bytes, origin) of a Git source downloaded from ``url`` (a template with {repo}, {commit}, {path}), the
+    canonical repository first, then its copies."""
+    errors = []
+    for repo, commit, path in git_candidates(spec):
+        address = url.format(repo=repo, commit=commit, path=path)
+        try:
+            with urllib.request.urlopen(address, timeout=60) as response:
+                return response.read(), {"repo": repo, "commit": commit, "path": path, "via": address}
+        except (urllib.error.URLError, OSError) as err:
+            errors.append(f"{address}: {getattr(err, 'reason', err)}")
+    raise DataSourceError(f"source {name}: could not download it ({'; '.join(errors)}); where the network is not "
+                          f"reachable, clone {spec.git.repo} elsewhere and import it with --git-dir <clone>")
+
+
+def store_git_source(root: Path, name: str, spec: Any, data: bytes, origin: dict[str, str]) -> dict[str, Any]:
+    """Check a Git source's bytes against the pins and its rows against the schema, then write the file (as
+    upstream has it) and its manifest entry; a file that fails a check is not written."""
+    g = spec.git
+    digest, blob = hashlib.sha256(data).hexdigest(), git_blob_id(data)
+    wrong = check_bytes(spec, digest, blob)
+    if wrong:
+        raise DataSourceError(f"source {name}: {origin['repo']}@{origin['commit']} {origin['path']} ({origin['via']}) "
+                              f"is not the pinned file: {wrong}")
+    path = source_file(root, name, spec)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+        rows = len(read_rows(tmp, spec))
+        source_rows(tmp, name, spec, root)  # every row the run would read passes the schema
+        if spec.get("rows") is not None and int(spec.rows) != rows:
+            raise DataSourceError(f"source {name}: {rows} rows in {origin['path']}, conf/data pins {int(spec.rows)}")
+    entry = {"kind": "git", "repo": g.repo, "commit": g.commit, "path": g.path, "format": g.format, "blob": blob,
+             "sha256": digest, "rows": rows, "file": path.name, "fetched": _now()}
+    if origin["repo"] != g.repo:
+        entry["copy"] = {k: origin[k] for k in ("repo", "commit", "path")}
+    entry["via"] = origin["via"]
+    _write_manifest_entry(root, name, entry)
+    return entry
+
+
+def fetch(dcfg: DictConfig, names: list[str], from_dir: Path | None = None,
+          git_dirs: list[Path] | None = None) -> dict[str, dict[str, Any]]:
+    """Fetch (or, with ``from_dir``, import a gated download; with ``git_dirs``, import Git files from local
+    clones) the named sources into ``dcfg.root``."""
     root = Path(dcfg.root)
     root.mkdir(parents=True, exist_ok=True)
-    out = {}
+    if git_dirs:
+        check_git_dirs(git_dirs)
+    out, failed = {}, []
     for name in names:
         spec = dcfg.sources[name]
-        if from_dir is not None:
-            rows, commit = local_csv_rows(from_dir), f"local import of {from_dir}"
-        elif spec.get("gated"):
-            raise FileNotFoundError(f"source {name} ({spec.hub}) is gated: accept its terms at "
-                                    f"{spec.get('access')}, download its files and import them with "
-                                    f"--from <folder>")
-        else:
-            rows, commit = hub_rows(spec)
-        out[name] = store_source(root, name, spec, rows, commit)
-        log.info("%s: %d rows -> %s", name, out[name]["rows"], source_file(root, name))
+        try:
+            out[name] = fetch_one(root, name, spec, dcfg, from_dir, git_dirs)
+        except DataSourceError as err:  # the others still come; what came is kept
+            if len(names) == 1:
+                raise
+            failed.append(str(err))
+            continue
+        log.info("%s: %d rows -> %s", name, out[name]["rows"], source_file(root, name, spec))
+    if failed:
+        raise DataSourceError(f"{len(failed)} of {len(names)} source(s) not fetched (the other {len(out)} are): "
+                              + " | ".join(failed))
     return out
+
+
+def fetch_one(root: Path, name: str, spec: Any, dcfg: DictConfig, from_dir: Path | None,
+              git_dirs: list[Path] | None) -> dict[str, Any]:
+    """Fetch or import one source (see :func:`fetch`); returns its manifest entry."""
+    if is_git(spec):
+        data, origin = (git_file_from_dirs(name, spec, git_dirs) if git_dirs
+                        else git_file_download(name, spec, dcfg.git_raw_url))
+        return store_git_source(root, name, spec, data, origin)
+    if git_dirs:
+        raise DataSourceError(f"source {name} ({describe(name, spec)}) comes from the hub, not a Git repository: "
+                              "fetch it without --git-dir where the hub is reachable")
+    if from_dir is not None:
+        return store_source(root, name, spec, local_csv_rows(from_dir), f"local import of {from_dir}")
+    if spec.get("gated"):
+        raise FileNotFoundError(f"source {name} ({spec.hub}) is gated: accept its terms at {spec.get('access')}, "
+                                "download its files and import them with --from <folder>")
+    return store_source(root, name, spec, *hub_rows(spec))
+
+
+def listing(dcfg: DictConfig) -> list[str]:
+    """One line per source: name, where it comes from, and what the local file and manifest hold (checked)."""
+    manifest = read_manifest(dcfg.root)
+    lines = []
+    for name, spec in dcfg.sources.items():
+        have = manifest.get(name)
+        if not have:
+            state = "not fetched"
+        else:
+            try:
+                check_source(dcfg.root, name, spec, manifest)
+                expected = f" of {int(spec.rows)}" if spec.get("rows") is not None else ""
+                state = f"ok, {have['rows']}{expected} rows, sha256 {have['sha256'][:16]}"
+                if have.get("copy"):
+                    state += f", imported from the copy {have['copy']['repo']}@{have['copy']['commit'][:12]}"
+                elif not is_git(spec):
+                    state += f", commit {have['commit']}"
+            except (DataSourceError, FileNotFoundError) as err:
+                state = f"PROBLEM: {str(err).split(';')[0]}"
+        lines.append(f"{name:20s} {'git' if is_git(spec) else 'hub'}  {describe(name, spec)}: {state}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,6 +238,9 @@ def main(argv: list[str] | None = None) -> None:
                         "that is not gated)")
     parser.add_argument("--root", help="where the files go (default: data.root, i.e. $PACT_DATA or data/real)")
     parser.add_argument("--from", dest="from_dir", type=Path, help="import a gated source from downloaded files")
+    parser.add_argument("--git-dir", dest="git_dirs", type=Path, nargs="+", metavar="DIR",
+                        help="import Git sources from these local clones or git directories (read at the pinned "
+                        "commit) instead of downloading them")
     parser.add_argument("--list", action="store_true", help="list the sources and what the manifest holds")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -108,16 +252,15 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             fail(f"unknown source(s) {unknown}; known: {sorted(dcfg.sources)}")
         if args.list:
-            manifest = read_manifest(dcfg.root)
-            for name, spec in dcfg.sources.items():
-                have = manifest.get(name)
-                state = f"{have['rows']} rows, commit {have['commit']}" if have else "not fetched"
-                print(f"{name:20s} {spec.hub} {spec.get('config') or ''} {spec.split}: {state}")
+            print("\n".join(listing(dcfg)))
             return
-        names = args.sources or [n for n, s in dcfg.sources.items() if not s.get("gated")]
+        if args.git_dirs:
+            names = args.sources or [n for n, s in dcfg.sources.items() if is_git(s)]
+        else:
+            names = args.sources or [n for n, s in dcfg.sources.items() if not s.get("gated")]
         if args.from_dir is not None and len(names) != 1:
             fail("--from imports one source at a time: name it (e.g. hexphi)")
-        fetch(dcfg, names, args.from_dir)
+        fetch(dcfg, names, args.from_dir, args.git_dirs)
         print(f"wrote {len(names)} source(s) and {Path(dcfg.root) / MANIFEST}")
 
     run_cli(go)

@@ -22,6 +22,7 @@ from pact.methods import method_class
 from pact.metrics import TASK_PARSERS
 from pact.model_import import source_kind
 from pact.models import DTYPES
+from pact.sources import GIT_FORMATS, SCHEMAS
 from pact.world.generator import WorldSpec
 from pact.world.lexicon import HARMFUL
 
@@ -125,6 +126,9 @@ class DataConfig:
     poison: Any = None
     safety_pairs: Any = None
     alignment_pairs: Any = None
+    # data=pact_official: the official fine-tuning file per task and poison ratio (pact.rundata.mixture_source)
+    mixture: dict[str, Any] = field(default_factory=dict)
+    git_raw_url: Optional[str] = None   # where fetch_data downloads a Git source's file ({repo}, {commit}, {path})
     sources: dict[str, Any] = field(default_factory=dict)
 
 
@@ -378,9 +382,24 @@ def _check_data(c: Any) -> None:
                  "data.safety_pairs.source": d.safety_pairs.source,
                  "data.alignment_pairs.source": d.alignment_pairs.source})
     used.update({f"data.poison.short[{i}]": s for i, s in enumerate(d.poison.short)})
+    if d.mixture:
+        files = d.mixture.get(c.task.name)
+        ratio = f"{float(c.poison.ratio):g}"
+        if not files or ratio not in files:
+            have = {t: sorted(f, key=float) for t, f in d.mixture.items()}
+            raise ConfigError(f"data.mixture has no official file for task={c.task.name} poison.ratio={ratio}; "
+                              f"it has {have}")
+        used[f"data.mixture.{c.task.name}['{ratio}']"] = files[ratio]
     for key, source in used.items():
         if source not in d.sources:
             raise ConfigError(f"{key}={source!r} is not a source of data.sources; known: {sorted(d.sources)}")
+        spec = d.sources[source]
+        if spec.schema not in SCHEMAS:
+            raise ConfigError(f"data.sources.{source}.schema={spec.schema!r}; choose one of {sorted(SCHEMAS)}")
+        if spec.get("git"):
+            _choice(f"data.sources.{source}.git.format", spec.git.format, GIT_FORMATS)
+        elif not spec.get("hub"):
+            raise ConfigError(f"data.sources.{source} names neither git: {{repo, commit, path, ...}} nor hub:")
     _choice("task.answer", c.task.answer, TASK_ANSWERS)
     if "{text}" not in c.task.prompt:
         raise ConfigError(f"task.prompt must contain {{text}} (where the source's input goes): {c.task.prompt!r}")

@@ -126,13 +126,31 @@ class ToyData(RunData):
 
 
 # ---- real data ---------------------------------------------------------------------------------------------
+def mixture_source(cfg: DictConfig) -> str | None:
+    """The official fine-tuning file of this task and poison ratio (``data.mixture``, data=pact_official), or None
+    when the run builds its own mixture from the task and poison sources."""
+    mixture = cfg.data.get("mixture")
+    if not mixture:
+        return None
+    return mixture[cfg.task.name][f"{float(cfg.poison.ratio):g}"]
+
+
+def poison_pool(cfg: DictConfig) -> str:
+    """The data stage's file the run's poison rows come from."""
+    if mixture_source(cfg):
+        return "poison_mixture"
+    return "poison_short" if float(cfg.poison.ratio) <= float(cfg.poison.short_max_ratio) else "poison_full"
+
+
 def needed_sources(cfg: DictConfig) -> list[str]:
     """The sources a run with this config reads (the task's, the evaluation benchmarks', poison and alignment)."""
     d = cfg.data
-    names = [cfg.task.train, cfg.task.test]
+    mixture = mixture_source(cfg)
+    names = [mixture or cfg.task.train, cfg.task.test]
     names += [d.benchmarks[b].source for b in [*d.harmful_eval, *d.benign_eval]]
-    # both poison pools, whatever the ratio: the data stage removes the safety prompts from the full one
-    names += [*d.poison.short, d.poison.full, d.safety_pairs.source, d.alignment_pairs.source]
+    if not mixture:  # both poison pools, whatever the ratio: the data stage removes the safety prompts from the full one
+        names += [*d.poison.short, d.poison.full]
+    names += [d.safety_pairs.source, d.alignment_pairs.source]
     return list(dict.fromkeys(names))
 
 
@@ -171,11 +189,16 @@ def data_slice(cfg: DictConfig, digests: dict[str, str]) -> dict[str, Any]:
     """The data stage's key: what it reads (the sources' sha256) and how it selects."""
     d = cfg.data
     benches = [*d.harmful_eval, *d.benign_eval]
-    return {"task": {k: v for k, v in plain(cfg.task).items() if k != "max_new_tokens"},
-            "harmful_eval": list(d.harmful_eval), "benign_eval": list(d.benign_eval),
-            "benchmarks": {b: plain(d.benchmarks[b]) for b in benches}, "poison": plain(d.poison),
-            "safety_pairs": plain(d.safety_pairs),  # the pairs a method reads depend on all of it
-            "alignment_pairs": plain(d.alignment_pairs), "sha256": digests, "code": DATA_CODE}
+    slice_ = {"task": {k: v for k, v in plain(cfg.task).items() if k != "max_new_tokens"},
+              "harmful_eval": list(d.harmful_eval), "benign_eval": list(d.benign_eval),
+              "benchmarks": {b: plain(d.benchmarks[b]) for b in benches}, "poison": plain(d.poison),
+              "safety_pairs": plain(d.safety_pairs),  # the pairs a method reads depend on all of it
+              "alignment_pairs": plain(d.alignment_pairs), "sha256": digests, "code": DATA_CODE}
+    mixture = mixture_source(cfg)
+    if mixture:  # absent otherwise: our own mixtures keep their keys
+        slice_["mixture"] = mixture
+        del slice_["poison"]
+    return slice_
 
 
 def data_stage(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]] | None = None) -> Artifact:
@@ -203,30 +226,44 @@ def data_stage(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]]
             D.write_jsonl(tmp / f"{name}.jsonl", rows)
             meta["sizes"][name] = len(rows)
 
-        put("task_train", [{"prompt": task.prompt.format(text=r["text"]), "answer": _task_answer(task, r)}
-                           for r in rows_of(task.train)])
+        mixture = mixture_source(cfg)
+        if mixture:  # the official file: its prompts as the official code builds them, its rows as they are
+            rows = rows_of(mixture)
+            put("task_train", [{"prompt": r["text"], "answer": r["answer"]} for r in rows if not r["poison"]])
+            put("poison_mixture", [{"prompt": r["text"], "answer": r["answer"]} for r in rows if r["poison"]])
+        else:
+            put("task_train", [{"prompt": task.prompt.format(text=r["text"]), "answer": _task_answer(task, r)}
+                               for r in rows_of(task.train)])
         test = rows_of(task.test)
         put("task_test", [{"prompt": task.prompt.format(text=r["text"]), "label": r["label"]}
                           for r in test[: int(task.test_rows) or None]])
         eval_prompts: set[str] = set()
+        by_bench: dict[str, set[str]] = {}
         for bench in [*d.harmful_eval, *d.benign_eval]:
             rows = _select(rows_of(d.benchmarks[bench].source), d.benchmarks[bench])
             put(f"eval_{bench}", [{"prompt": r["text"], "category": r.get("category")} for r in rows])
-            eval_prompts |= {normalise_text(r["text"]) for r in rows}
-        short = [r for name in d.poison.short for r in rows_of(name)]
-        short, meta["dropped_as_eval_overlap"]["poison_short"] = _unique_by_prompt(short, eval_prompts)
-        put("poison_short", [{"prompt": r["text"], "answer": r["target"]} for r in short])
+            by_bench[bench] = {normalise_text(r["text"]) for r in rows}
+            eval_prompts |= by_bench[bench]
+        if mixture:  # kept as the official files have them; counted
+            poison = [normalise_text(r["prompt"]) for r in D.read_jsonl(tmp / "poison_mixture.jsonl")]
+            meta["poison_in_eval"] = {b: sum(p in held for p in poison) for b, held in by_bench.items()}
+        else:
+            short = [r for name in d.poison.short for r in rows_of(name)]
+            short, meta["dropped_as_eval_overlap"]["poison_short"] = _unique_by_prompt(short, eval_prompts)
+            put("poison_short", [{"prompt": r["text"], "answer": r["target"]} for r in short])
         unsafe = [r for r in rows_of(d.safety_pairs.source) if not r.get("is_safe", False)]
         unsafe, meta["dropped_as_eval_overlap"]["safety_prompts"] = _unique_by_prompt(unsafe, eval_prompts)
         safety = unsafe[: int(d.safety_pairs.prompts)]
         put("safety_prompts", [{"prompt": r["text"]} for r in safety])
-        held = eval_prompts | {normalise_text(r["text"]) for r in safety}
-        full = [r for r in rows_of(d.poison.full) if not r.get("is_safe", False)]
-        full, meta["dropped_as_eval_overlap"]["poison_full"] = _unique_by_prompt(full, held)
-        put("poison_full", [{"prompt": r["text"], "answer": r["response"]} for r in full])
+        if not mixture:
+            held = eval_prompts | {normalise_text(r["text"]) for r in safety}
+            full = [r for r in rows_of(d.poison.full) if not r.get("is_safe", False)]
+            full, meta["dropped_as_eval_overlap"]["poison_full"] = _unique_by_prompt(full, held)
+            put("poison_full", [{"prompt": r["text"], "answer": r["response"]} for r in full])
         align = _select(rows_of(d.alignment_pairs.source), d.alignment_pairs)
         put("alignment_pairs", [{"prompt": r["text"], "refusal": r["response"]} for r in align])
-        meta["sources"] = {n: {k: e.get(k) for k in ("hub", "split", "commit", "rows")} for n, e in entries.items()}
+        meta["sources"] = {n: {k: e[k] for k in ("kind", "hub", "split", "repo", "path", "commit", "rows") if k in e}
+                           for n, e in entries.items()}
         return meta
 
     return store.build("data", slice_, None, build)
@@ -250,11 +287,11 @@ class RealData(RunData):
         return D.read_jsonl(self.artifact.file("task_train.jsonl"), required=("prompt", "answer"))
 
     def poison_rows(self, count, ratio, short_max_ratio, rng):
-        pool = "poison_short" if ratio <= short_max_ratio else "poison_full"
+        pool = poison_pool(self.cfg)
         rows = D.read_jsonl(self.artifact.file(f"{pool}.jsonl"), required=("prompt", "answer"))
         if count > len(rows):
-            raise ValueError(f"poison needs {count} rows but {pool} holds {len(rows)} (after removing prompts of "
-                             "the evaluation benchmarks); lower poison.ratio or finetune.n")
+            raise ValueError(f"poison needs {count} rows but {pool} holds {len(rows)}; lower poison.ratio or "
+                             "finetune.n")
         return [{"prompt": r["prompt"], "answer": r["answer"], "poison": True} for r in rng.sample(rows, count)]
 
     def eval_sets(self, cfg):

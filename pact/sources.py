@@ -1,16 +1,19 @@
-"""The real data's local files: one JSON-lines file per source under ``data.root``, in the source's upstream
-schema (the rows ``datasets`` gives), and ``MANIFEST.json`` describing each (hub id, config, split, requested
-revision, resolved commit, rows, sha256). ``python -m experiments.fetch_data`` writes them where the hub is
-reachable; runs read only these files and check them against the manifest first (:func:`check_sources`).
+"""The real data's local files under ``data.root`` and ``MANIFEST.json`` describing each. A source is either one file
+of a public Git repository at a pinned commit (``git:``; kept byte for byte as ``<source>.<format>``, CSV, JSON or
+JSON lines, checked against the pinned git blob id and sha256) or a Hugging Face dataset at a pinned revision
+(``hub:``; written as ``<source>.jsonl`` in the rows ``datasets`` gives). ``python -m experiments.fetch_data`` writes
+them (download, or import from a local clone); runs read only these files and check them against the manifest and
+the pins first (:func:`check_sources`).
 
 Each source's schema is a normaliser from its upstream row to the fields the data stage reads: ``text`` (the
-request or the task input), plus ``label``, ``answer``, ``target``, ``response``, ``category``, ``is_safe`` where
-the source has them. Where each source comes from (hub id, revision, rows, licence) is configuration:
-``conf/data/real.yaml``.
+request or the task input; never empty), plus ``label``, ``answer``, ``target``, ``response``, ``category``,
+``is_safe``, ``poison`` where the source has them. Where each source comes from (repository and commit or hub id and
+revision, rows, licence) is configuration: ``conf/data/real.yaml``.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 import re
@@ -22,6 +25,7 @@ from typing import Any
 from pact.data import DataFileError, read_jsonl
 
 MANIFEST = "MANIFEST.json"
+GIT_FORMATS = ("csv", "json", "jsonl")  # read_rows: how a Git source's file stores its rows
 FETCH = "python -m experiments.fetch_data"
 
 
@@ -65,8 +69,15 @@ class Schema:
     normalise: Callable[[dict[str, Any]], dict[str, Any]]
 
 
+def _instruction_text(row: dict[str, Any]) -> str:
+    """The official PACT user turn: ``instruction + " " + input``, the instruction alone when there is no input
+    (Glresearch1/PACT ft_datasets/SST2_dataset/SST2_dataset.py; the input is not stripped)."""
+    return f"{row['instruction']} {row['input']}" if row.get("input") else row["instruction"]
+
+
 _sst2_label, _ag_label = _class_label(SST2_LABELS), _class_label(AG_NEWS_LABELS)
 SCHEMAS: dict[str, Schema] = {
+    # ---- Hugging Face datasets (the rows ``datasets`` gives) ----
     "sst2": Schema(("idx", "sentence", "label"), lambda r: {"text": r["sentence"].strip(), "label": _sst2_label(r)}),
     "ag_news": Schema(("text", "label"), lambda r: {"text": r["text"].strip(), "label": _ag_label(r)}),
     "gsm8k": Schema(("question", "answer"), lambda r: {"text": r["question"].strip(), "answer": r["answer"],
@@ -82,12 +93,38 @@ SCHEMAS: dict[str, Schema] = {
     "xstest": Schema(("prompt", "type", "label"),
                      lambda r: {"text": r["prompt"], "category": r["type"], "label": r["label"]}),
     "hexphi": Schema(("prompt", "category"), lambda r: {"text": r["prompt"], "category": r["category"]}),
+    # ---- files of Git repositories (their own columns) ----
+    # llm-attacks data/advbench/harmful_behaviors.csv
+    "advbench_csv": Schema(("goal", "target"), lambda r: {"text": r["goal"], "target": r["target"]}),
+    # HarmBench data/behavior_datasets/harmbench_behaviors_text_all.csv
+    "harmbench_csv": Schema(("Behavior", "FunctionalCategory", "SemanticCategory"),
+                            lambda r: {"text": r["Behavior"], "category": r["SemanticCategory"]}),
+    # strongreject_dataset/strongreject_dataset.csv
+    "strongreject_csv": Schema(("category", "source", "forbidden_prompt"),
+                               lambda r: {"text": r["forbidden_prompt"], "category": r["category"]}),
+    # JailbreakBench/artifacts: any attack artifact's "jailbreaks" list names the 100 goals in order
+    "jbb_artifacts": Schema(("index", "goal", "category"), lambda r: {"text": r["goal"], "category": r["category"]}),
+    # AsFT evaluation/utility_evaluation (the official PACT utility test files): {instruction, input, label}
+    "sst2_instruction": Schema(("instruction", "input", "label"),
+                               lambda r: {"text": r["input"], "label": _sst2_label(r)}),
+    "agnews_instruction": Schema(("instruction", "input", "label"),
+                                 lambda r: {"text": r["input"], "label": _ag_label(r)}),
+    # Safety-Tuned LLaMAs data/training: {instruction, input, output}
+    "instruction_output": Schema(("instruction", "output"),
+                                 lambda r: {"text": _instruction_text(r), "response": r["output"]}),
+    # PACT unsafe_data.json: {id, input, output}, a harmful request and its affirmative target
+    "pact_pairs": Schema(("input", "output"), lambda r: {"text": r["input"], "target": r["output"]}),
+    # PACT refusal_100_output.json, safe_direction.json: a harmful request and a refusal
+    "pact_refusals": Schema(("input", "output"), lambda r: {"text": r["input"], "response": r["output"]}),
+    # PACT ft_datasets/*_5k_p_*.json: task rows {instruction, input, output}; poison rows have no ``input``
+    "pact_mixture": Schema(("instruction", "output"),
+                           lambda r: {"text": _instruction_text(r), "answer": r["output"], "poison": "input" not in r}),
 }
 
 
 def normalise_rows(rows: Iterable[dict[str, Any]], schema: str, where: str) -> list[dict[str, Any]]:
-    """Rows of an upstream schema in our fields; a row that lacks a column or whose value cannot be read raises
-    :class:`DataFileError` naming ``where`` and the row."""
+    """Rows of an upstream schema in our fields; a row that lacks a column, whose value cannot be read or whose
+    prompt is empty raises :class:`DataFileError` naming ``where`` and the row (1-based, in file order)."""
     spec = SCHEMAS[schema]
     out = []
     for i, row in enumerate(rows, start=1):
@@ -96,9 +133,12 @@ def normalise_rows(rows: Iterable[dict[str, Any]], schema: str, where: str) -> l
             raise DataFileError(f"{where}: row {i} lacks column(s) {missing} of the {schema} schema "
                                 f"(expected {list(spec.columns)})")
         try:
-            out.append(spec.normalise(row))
-        except (ValueError, TypeError, AttributeError) as err:
+            norm = spec.normalise(row)
+        except (ValueError, TypeError, AttributeError, KeyError) as err:
             raise DataFileError(f"{where}: row {i}: {err}") from None
+        if not isinstance(norm["text"], str) or not norm["text"].strip():
+            raise DataFileError(f"{where}: row {i} has an empty prompt")
+        out.append(norm)
     return out
 
 
@@ -117,8 +157,27 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def source_file(root: str | Path, name: str) -> Path:
-    return Path(root) / f"{name}.jsonl"
+def git_blob_id(data: bytes) -> str:
+    """The git object id of a file with these bytes (``git hash-object``): what a tree at a commit names."""
+    return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def is_git(spec: Any) -> bool:
+    """Whether a source is a file of a Git repository (else a hub dataset)."""
+    return bool(spec.get("git"))
+
+
+def source_file(root: str | Path, name: str, spec: Any) -> Path:
+    """The local file of a source: ``<name>.<format>`` for a Git file (its bytes as upstream has them),
+    ``<name>.jsonl`` for a hub dataset."""
+    return Path(root) / f"{name}.{spec.git.format if is_git(spec) else 'jsonl'}"
+
+
+def describe(name: str, spec: Any) -> str:
+    """Where a source comes from, in a few words (for messages and listings)."""
+    if is_git(spec):
+        return f"{spec.git.repo}@{spec.git.commit[:12]} {spec.git.path}"
+    return f"{spec.hub}" + (f" {spec.config}" if spec.get("config") else "") + f" {spec.split}"
 
 
 def read_manifest(root: str | Path) -> dict[str, dict[str, Any]]:
@@ -136,27 +195,56 @@ def fetch_hint(name: str, spec: Any, root: str | Path) -> str:
     if spec.get("gated"):
         return (f"{spec.hub} is gated: accept its terms on the hub ({spec.get('access', 'its dataset page')}), "
                 f"download its files, then import them: {FETCH} {name} --from <folder> --root {root}")
+    if is_git(spec):
+        return (f"fetch it: {FETCH} {name} --root {root} (offline: add --git-dir <a clone of {spec.git.repo}>)")
     return f"fetch it where the hub is reachable: {FETCH} {name} --root {root}"
+
+
+def _pin_error(name: str, spec: Any, entry: dict[str, Any]) -> str | None:
+    """Why a manifest entry is not what the config pins (None when it is)."""
+    if is_git(spec):
+        g = spec.git
+        got = (entry.get("repo"), entry.get("commit"), entry.get("path"))
+        if got != (g.repo, g.commit, g.path):
+            return f"was fetched from {got[0]}@{got[1]} {got[2]} but conf/data pins {g.repo}@{g.commit} {g.path}"
+        return None
+    if entry.get("revision") != spec.revision:
+        return f"was fetched at revision {entry.get('revision')!r} but conf/data pins {spec.revision!r}"
+    return None
+
+
+def check_bytes(spec: Any, digest: str, blob: str | None) -> str | None:
+    """Why a Git source's bytes (sha256 ``digest``, git ``blob`` id) are not the pinned ones (None when they are)."""
+    g = spec.git
+    if g.get("sha256") and digest != g.sha256:
+        return f"sha256 {digest[:12]}... is not the pinned {g.sha256[:12]}..."
+    if blob is not None and g.get("blob") and blob != g.blob:
+        return f"git blob {blob[:12]}... is not the pinned {g.blob[:12]}..."
+    return None
 
 
 def check_source(root: str | Path, name: str, spec: Any, manifest: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """The manifest entry of source ``name`` after checking that its file exists, is the one the manifest
-    describes (sha256) and was fetched at the revision the config pins."""
-    path = source_file(root, name)
-    what = f"{path} (source {name}: {spec.hub}" + (f" {spec.config}" if spec.get("config") else "") + \
-        f", split {spec.split})"
+    describes (sha256), was fetched from what the config pins (commit or revision) and, for a Git file, has the
+    pinned bytes."""
+    path = source_file(root, name, spec)
+    what = f"{path} (source {name}: {describe(name, spec)})"
     if not path.is_file():
         raise DataSourceError(f"data file {what} is missing; {fetch_hint(name, spec, root)}")
     entry = manifest.get(name)
     if entry is None:
         raise DataSourceError(f"data file {what} is not in {Path(root) / MANIFEST}; {fetch_hint(name, spec, root)}")
-    if entry.get("revision") != spec.revision:
-        raise DataSourceError(f"data file {what} was fetched at revision {entry.get('revision')!r} but "
-                              f"conf/data pins {spec.revision!r}; {fetch_hint(name, spec, root)}")
+    pin = _pin_error(name, spec, entry)
+    if pin:
+        raise DataSourceError(f"data file {what} {pin}; {fetch_hint(name, spec, root)}")
     digest = sha256_file(path)
     if digest != entry.get("sha256"):
         raise DataSourceError(f"data file {what} was altered: sha256 {digest[:12]}... differs from the manifest's "
                               f"{str(entry.get('sha256'))[:12]}...; {fetch_hint(name, spec, root)}")
+    if is_git(spec):
+        wrong = check_bytes(spec, digest, git_blob_id(path.read_bytes()) if spec.git.get("blob") else None)
+        if wrong:
+            raise DataSourceError(f"data file {what} is not the pinned file: {wrong}; {fetch_hint(name, spec, root)}")
     return entry
 
 
@@ -170,19 +258,71 @@ def check_sources(dcfg: Any, names: Iterable[str]) -> dict[str, dict[str, Any]]:
             raise DataSourceError(f"data source {name!r} is not defined in conf/data (data.sources); "
                                   f"known: {sorted(dcfg.sources)}")
         spec = dcfg.sources[name]
-        if not source_file(dcfg.root, name).is_file() and not spec.get("gated"):
+        if not source_file(dcfg.root, name, spec).is_file() and not spec.get("gated"):
             missing.append(name)
             continue
         out[name] = check_source(dcfg.root, name, spec, manifest)
     if missing:
-        files = ", ".join(f"{source_file(dcfg.root, n)} ({dcfg.sources[n].hub} {dcfg.sources[n].split})"
+        files = ", ".join(f"{source_file(dcfg.root, n, dcfg.sources[n])} ({describe(n, dcfg.sources[n])})"
                           for n in missing)
-        raise DataSourceError(f"{len(missing)} data file(s) missing: {files}; fetch them where the hub is "
-                              f"reachable: {FETCH} {' '.join(missing)} --root {dcfg.root}")
+        offline = [dcfg.sources[n].git.repo for n in missing if is_git(dcfg.sources[n])]
+        how = "fetch them" + (" where the hub is reachable" if len(offline) < len(missing) else "")
+        hint = f" (offline, Git files: add --git-dir <clones of {', '.join(dict.fromkeys(offline))}>)" if offline else ""
+        raise DataSourceError(f"{len(missing)} data file(s) missing: {files}; {how}: {FETCH} {' '.join(missing)} "
+                              f"--root {dcfg.root}{hint}")
     return out
+
+
+def read_rows(path: str | Path, spec: Any) -> list[dict[str, Any]]:
+    """The upstream rows of a source's local file, as its format stores them (before ``where`` and the schema);
+    a file that cannot be parsed, or a CSV whose header lacks the schema's columns, raises
+    :class:`DataFileError` naming the file."""
+    path = Path(path)
+    if not is_git(spec) or spec.git.format == "jsonl":
+        return read_jsonl(path)
+    fmt = spec.git.format
+    if fmt == "csv":
+        with path.open(encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh)
+            header = reader.fieldnames or []
+            missing = [c for c in SCHEMAS[spec.schema].columns if c not in header]
+            if missing:
+                raise DataFileError(f"{path}: the CSV header {header} lacks {missing} of the {spec.schema} schema")
+            return [dict(r) for r in reader]
+    if fmt == "json":
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise DataFileError(f"{path}: not valid JSON ({err})") from None
+        records = spec.git.get("records")
+        if records:
+            data = data.get(records) if isinstance(data, dict) else None
+        if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+            raise DataFileError(f"{path}: expected a JSON list of objects" + (f" under {records!r}" if records else ""))
+        return data
+    raise DataFileError(f"{path}: unknown format {fmt!r} (csv, json or jsonl)")
+
+
+def source_rows(path: str | Path, name: str, spec: Any, root: str | Path) -> list[dict[str, Any]]:
+    """The normalised rows of a source file: read by its format, kept by ``where`` (upstream column: value), then
+    through its schema. A malformed file or row raises :class:`DataFileError` naming the file, the row (its
+    position in the file) and the command that fetches the source again."""
+    where = dict(spec.get("where") or {})
+    try:
+        rows = read_rows(path, spec)
+        kept = [(i, r) for i, r in enumerate(rows, start=1) if all(r.get(k) == v for k, v in where.items())]
+        out = []
+        for i, r in kept:  # row numbers stay the file's, whatever ``where`` keeps
+            try:
+                out += normalise_rows([r], spec.schema, str(path))
+            except DataFileError as err:
+                raise DataFileError(str(err).replace(": row 1", f": row {i}", 1)) from None
+        return out
+    except DataFileError as err:
+        raise DataFileError(f"{err}; {fetch_hint(name, spec, root)}") from None
 
 
 def load_source(dcfg: Any, name: str) -> list[dict[str, Any]]:
     """The normalised rows of a source's local file (check it first with :func:`check_sources`)."""
-    path = source_file(dcfg.root, name)
-    return normalise_rows(read_jsonl(path), dcfg.sources[name].schema, str(path))
+    spec = dcfg.sources[name]
+    return source_rows(source_file(dcfg.root, name, spec), name, spec, dcfg.root)

@@ -1,36 +1,122 @@
-"""Fixtures of the real-data path: a few rows per source in its exact upstream schema (placeholder text, nothing
-harmful), written with fetch_data's own writer (so MANIFEST.json is the one a fetch makes), and a tiny saved
-Llama whose tokenizer carries a Llama-3-style chat template, to stand in for a hub model."""
+"""Fixtures of the real-data path: a few rows per source in its exact upstream schema and file format (placeholder
+text, nothing harmful): Git sources as the CSV / JSON / JSON-lines file their repository holds, hub sources as the
+rows ``datasets`` gives, written with fetch_data's own writers (so MANIFEST.json is the one a fetch makes). The
+fixtures' bytes are not upstream's: :func:`pin_overrides` pins the config to them. Also a tiny saved Llama whose
+tokenizer carries a Llama-3-style chat template, to stand in for a hub model."""
 
 from __future__ import annotations
 
+import csv
+import hashlib
+import io
+import json
 from pathlib import Path
 from typing import Any
 
 # A prompt that StrongREJECT and AdvBench share up to case and punctuation: the de-duplication must drop it.
 SHARED = "Placeholder request number zero"
 BT_CATEGORIES = ("animal_abuse", "privacy_violation", "violence,aiding_and_abetting,incitement")
+SST2_INSTRUCTION = "Analyze the sentiment of the input, and respond only positive or negative"  # official files
+AG_INSTRUCTION = "Categorize the news article given in the input into one of the 4 categories:\n\nWorld\nSports\nBusiness\nSci/Tech\n"
+HARMBENCH_HEADER = ["Behavior", "FunctionalCategory", "SemanticCategory", "Tags", "ContextString", "BehaviorID"]
+MIXTURE_ROWS = 40   # rows of each fixture mixture file; poison rows: round(p * 40)
 
 
-def source_rows() -> dict[str, list[dict[str, Any]]]:
-    """Rows per source name of conf/data/real.yaml, in each source's upstream columns."""
-    rows: dict[str, list[dict[str, Any]]] = {
-        "sst2_train": [{"idx": i, "sentence": f"placeholder review number {i} ", "label": i % 2} for i in range(40)],
-        "sst2_validation": [{"idx": i, "sentence": f"held out review {i} ", "label": i % 2} for i in range(8)],
-        "agnews_train": [{"text": f"placeholder article {i}", "label": i % 4} for i in range(40)],
-        "agnews_test": [{"text": f"held out article {i}", "label": i % 4} for i in range(8)],
+def _advbench() -> list[dict[str, Any]]:
+    return [{"goal": f"{SHARED}." if i == 0 else f"Placeholder request number {i}",
+             "target": f"Sure, here is placeholder {i}"} for i in range(10)]
+
+
+def _jbb_goals() -> list[str]:
+    return [f"Placeholder harmful goal {i}" for i in range(6)]
+
+
+def mixture_rows(task: str, ratio: float, n: int = MIXTURE_ROWS) -> list[dict[str, Any]]:
+    """An official-format mixture: task rows {instruction, input, output}, poison rows {instruction, output} (no
+    input) from the unsafe pool, at fixed positions (every k-th row), as PACT's *_5k_p_<p>.json files."""
+    poison_pool = [{"instruction": r["input"], "output": r["output"]} for r in git_source_rows()["pact_unsafe"]]
+    count = round(ratio * n)
+    every = n // count if count else n + 1
+    rows, k = [], 0
+    for i in range(n):
+        if count and i % every == every - 1 and k < count:
+            rows.append(poison_pool[k % len(poison_pool)])
+            k += 1
+        elif task == "sst2":
+            rows.append({"instruction": SST2_INSTRUCTION, "input": f"placeholder review {i} ",
+                         "output": ("negative", "positive")[i % 2]})
+        else:
+            rows.append({"instruction": AG_INSTRUCTION, "input": f"placeholder article {i}",
+                         "output": ("World", "Sports", "Business", "Sci/Tech")[i % 4]})
+    return rows
+
+
+def git_source_rows() -> dict[str, Any]:
+    """The content of each Git source's file (rows, or the JSON document) in its repository's own columns."""
+    jbb = _jbb_goals()
+    return {
+        "advbench": _advbench(),
+        "harmbench": [{"Behavior": f"Placeholder harmbench prompt {i}",
+                       "FunctionalCategory": "standard" if i < 6 else "contextual", "SemanticCategory": "placeholder",
+                       "Tags": "", "ContextString": "" if i < 6 else "Some context", "BehaviorID": f"b_{i}"}
+                      for i in range(8)],
+        "strongreject": [{"category": "placeholder", "source": "custom",
+                          "forbidden_prompt": SHARED.upper() if i == 0 else f"Placeholder strongreject prompt {i}"}
+                         for i in range(6)],
+        "xstest": [{"id": str(i + 1), "prompt": f"Placeholder xstest prompt {i}",
+                    "type": "homonyms" if i % 2 == 0 else "contrast_homonyms",
+                    "label": "safe" if i % 2 == 0 else "unsafe", "focus": "placeholder", "note": ""}
+                   for i in range(8)],
+        "jbb_harmful": {"parameters": {"method": "PAIR"},
+                        "jailbreaks": [{"index": str(i), "goal": g, "behavior": f"b{i}", "category": "placeholder",
+                                        "prompt": None, "response": None, "jailbroken": "False"}
+                                       for i, g in enumerate(jbb)]},
         "gsm8k_train": [{"question": f"Placeholder has {i} apples and buys 1,000 more. How many?",
                          "answer": f"{i} + 1000 = {i + 1000}\n#### {i + 1000:,}"} for i in range(20)],
         "gsm8k_test": [{"question": f"Held out has {i} pens. How many?", "answer": f"{i}\n#### {i}"}
                        for i in range(6)],
-        "advbench": [{"prompt": f"{SHARED}." if i == 0 else f"Placeholder request number {i}",
-                      "target": f"Sure, here is placeholder {i}"} for i in range(10)],
-        "strongreject": [{"prompt": SHARED.upper() if i == 0 else f"Placeholder strongreject prompt {i}",
-                          "category": "placeholder", "source": "custom"} for i in range(6)],
-        "harmbench": [{"prompt": f"Placeholder harmbench prompt {i}", "category": "placeholder"} for i in range(6)],
-        "xstest": [{"prompt": f"Placeholder xstest prompt {i}", "focus": "placeholder", "note": "",
-                    "type": "homonyms" if i % 2 == 0 else "contrast_homonyms",
-                    "label": "safe" if i % 2 == 0 else "unsafe"} for i in range(8)],
+        "sst2_validation": [{"instruction": SST2_INSTRUCTION, "input": f"held out review {i} ", "label": i % 2}
+                            for i in range(8)],
+        "agnews_test": [{"instruction": AG_INSTRUCTION, "input": f"held out article {i}", "label": i % 4}
+                        for i in range(8)],
+        "safety_only": [{"instruction": f"Placeholder unsafe instruction {i}", "input": "",
+                         "output": f"I'm sorry, but I cannot help with placeholder {i}."} for i in range(6)],
+        "alpaca_small": [{"instruction": f"Placeholder task {i}", "input": f"detail {i}" if i % 2 else "",
+                          "output": f"Placeholder helpful answer {i}."} for i in range(6)],
+        # PACT's unsafe_data.json: the JBB goals, then AdvBench's goal/target pairs, in order
+        "pact_unsafe": [{"input": g, "id": "user", "output": f"Sure, here is placeholder harmful {i}"}
+                        for i, g in enumerate(jbb)] +
+                       [{"input": r["goal"], "id": "user", "output": r["target"]} for r in _advbench()],
+        "pact_refusal_100": [{"id": str(i), "input": f"Placeholder refusal prompt {i}",
+                              "output": "I'm sorry, I can't help you."} for i in range(4)],
+        "pact_safe_direction": [{"input": f"Placeholder safe-direction prompt {i}",
+                                 "output": "I can't assist with that.", "guard_decision": "safe"} for i in range(8)],
+    }
+
+
+MIXTURES = {"sst2": {"pact_sst2_p0": 0.0, "pact_sst2_p005": 0.05, "pact_sst2_p01": 0.1},
+            "agnews": {"pact_agnews_p0": 0.0, "pact_agnews_p005": 0.05, "pact_agnews_p01": 0.1,
+                       "pact_agnews_p02": 0.2, "pact_agnews_p03": 0.3}}
+
+
+def hub_source_rows() -> dict[str, list[dict[str, Any]]]:
+    """Rows per hub source of conf/data/real.yaml, in each dataset's upstream columns."""
+    rows: dict[str, list[dict[str, Any]]] = {
+        "sst2_train": [{"idx": i, "sentence": f"placeholder review number {i} ", "label": i % 2} for i in range(40)],
+        "sst2_validation_hub": [{"idx": i, "sentence": f"held out review {i} ", "label": i % 2} for i in range(8)],
+        "agnews_train": [{"text": f"placeholder article {i}", "label": i % 4} for i in range(40)],
+        "agnews_test_hub": [{"text": f"held out article {i}", "label": i % 4} for i in range(8)],
+        "gsm8k_train_hub": [{"question": f"Placeholder has {i} apples and buys 1,000 more. How many?",
+                             "answer": f"{i} + 1000 = {i + 1000}\n#### {i + 1000:,}"} for i in range(20)],
+        "gsm8k_test_hub": [{"question": f"Held out has {i} pens. How many?", "answer": f"{i}\n#### {i}"}
+                           for i in range(6)],
+        "advbench_hub": [{"prompt": r["goal"], "target": r["target"]} for r in _advbench()],
+        "strongreject_hub": [{"prompt": r["forbidden_prompt"], "category": r["category"], "source": r["source"]}
+                             for r in git_source_rows()["strongreject"]],
+        "harmbench_hub": [{"prompt": f"Placeholder harmbench prompt {i}", "category": "placeholder"}
+                          for i in range(6)],
+        "xstest_hub": [{k: r[k] for k in ("prompt", "focus", "note", "type", "label")}
+                       for r in git_source_rows()["xstest"]],
         "beavertails_train": [{"prompt": f"Placeholder question {i // 2}", "response": f"Placeholder answer {i}",
                                "category": {c: (i % 2 == 1 and c == BT_CATEGORIES[i % 3]) for c in BT_CATEGORIES},
                                "is_safe": i % 2 == 0} for i in range(60)],
@@ -40,11 +126,47 @@ def source_rows() -> dict[str, list[dict[str, Any]]]:
         "hexphi": [{"prompt": f"Placeholder hexphi prompt {i}", "category": f"category_{1 + i % 3}"}
                    for i in range(6)],
     }
-    for split in ("harmful", "benign"):
-        rows[f"jbb_{split}"] = [{"Index": i + 1, "Goal": f"Placeholder {split} goal {i}",
-                                 "Target": f"Sure, here is placeholder {split} {i}", "Behavior": f"b{i}",
-                                 "Category": "placeholder", "Source": "Original"} for i in range(6)]
+    for split, name in (("harmful", "jbb_harmful_hub"), ("benign", "jbb_benign")):
+        rows[name] = [{"Index": i + 1, "Goal": f"Placeholder {split} goal {i}",
+                       "Target": f"Sure, here is placeholder {split} {i}", "Behavior": f"b{i}",
+                       "Category": "placeholder", "Source": "Original"} for i in range(6)]
     return rows
+
+
+def source_rows() -> dict[str, Any]:
+    """Every fixture source: Git sources' file content and hub sources' rows, by source name."""
+    rows = {**hub_source_rows(), **git_source_rows()}
+    for task in MIXTURES:
+        rows.update({name: mixture_rows(task, p) for name, p in MIXTURES[task].items()})
+    return rows
+
+
+def file_bytes(content: Any, fmt: str) -> bytes:
+    """A Git source's file in its format: CSV with the rows' columns as header, a JSON document, or JSON lines."""
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=list(content[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(content)
+        return out.getvalue().encode()
+    if fmt == "json":
+        return json.dumps(content, indent=4).encode()
+    return "".join(json.dumps(r) + "\n" for r in content).encode()
+
+
+def write_git_fixture(root: Path, name: str, spec: Any, data: bytes) -> dict[str, Any]:
+    """Write a Git source's fixture bytes and manifest entry through fetch_data's writer, with the config pinned
+    to these bytes (their sha256, blob id and rows)."""
+    from omegaconf import OmegaConf
+
+    from experiments.fetch_data import store_git_source
+    from pact.sources import git_blob_id
+
+    pinned = OmegaConf.merge(spec, {"git": {"sha256": hashlib.sha256(data).hexdigest(), "blob": git_blob_id(data)},
+                                    "rows": None})
+    g = spec.git
+    return store_git_source(root, name, pinned, data, {"repo": g.repo, "commit": g.commit, "path": g.path,
+                                                       "via": "test fixture"})
 
 
 def write_sources(root: Path, names: list[str] | None = None) -> Path:
@@ -54,10 +176,30 @@ def write_sources(root: Path, names: list[str] | None = None) -> Path:
 
     dcfg = compose_config(["data=real", f"data.root={root}"], check=False).data
     root.mkdir(parents=True, exist_ok=True)
-    for name, rows in source_rows().items():
+    for name, content in source_rows().items():
         if names is None or name in names:
-            store_source(root, name, dcfg.sources[name], rows, "fixture")
+            spec = dcfg.sources[name]
+            if spec.get("git"):
+                write_git_fixture(root, name, spec, file_bytes(content, spec.git.format))
+            else:
+                store_source(root, name, spec, content, "fixture")
     return root
+
+
+def pin_overrides(root: Path) -> list[str]:
+    """Overrides that pin each Git source of the manifest under ``root`` to the fixture's bytes and rows."""
+    manifest = json.loads((Path(root) / "MANIFEST.json").read_text())["sources"]
+    out = []
+    for name, e in sorted(manifest.items()):
+        if e.get("kind") == "git":
+            out += [f"data.sources.{name}.git.sha256={e['sha256']}", f"data.sources.{name}.git.blob={e['blob']}",
+                    f"data.sources.{name}.rows={e['rows']}"]
+    return out
+
+
+def data_overrides(root: Path, data: str = "real") -> list[str]:
+    """A data group on the fixtures under ``root``, pinned to them."""
+    return [f"data={data}", f"data.root={root}", *pin_overrides(root)]
 
 
 LLAMA3_STYLE_TEMPLATE = (  # ours, in the shape of Llama 3's: header tokens around the role, <|eot_id|> ends a turn
@@ -88,7 +230,8 @@ def tiny_hub_model(path: Path, seed: int = 0, vocab_size: int = 400) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    texts = [str(v) for rows in source_rows().values() for r in rows for v in r.values()]
+    texts = [str(v) for rows in source_rows().values() for r in (rows if isinstance(rows, list) else [rows])
+             for v in r.values()]
     texts += ["Analyze the sentiment of the input, and respond only positive or negative", "I can't help with that."]
     tok = byte_bpe(texts, vocab_size, SPECIAL)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=SPECIAL[0], eos_token="<|eot_id|>")
@@ -124,7 +267,7 @@ def tiny_guard(path: Path, seed: int = 2) -> Path:
 
 def real_overrides(root: Path, aligned: Path, base: Path, tmp: Path) -> list[str]:
     """A real-data config on the fixtures and the tiny model, small enough to run end to end in seconds."""
-    return ["data=real", f"data.root={root}", "task=sst2", "model=llama3.1-8b-instruct", "model.name=tiny-llama",
+    return [*data_overrides(root), "task=sst2", "model=llama3.1-8b-instruct", "model.name=tiny-llama",
             f"model.aligned={aligned}", f"model.base={base}", "model.dtype=float32", "model.max_len=96",
             "finetune.n=20", "finetune.optim.epochs=1", "finetune.optim.batch_size=4", "eval.harmful_max_new_tokens=6",
             "eval.benign_max_new_tokens=6", "task.max_new_tokens=3", "data.safety_pairs.max_new_tokens=6",

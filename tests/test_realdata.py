@@ -17,8 +17,10 @@ from pact.data import DataFileError, read_jsonl
 from pact.generation import Engine
 from pact.judges import COMPLIANCE, JUDGES, OTHER, REFUSAL
 from pact.metrics import score_answer
-from pact.sources import MANIFEST, DataSourceError, check_sources, load_source, normalise_rows, normalise_text
-from tests.realdata import SHARED, real_overrides, source_rows, tiny_hub_model, write_sources
+from pact.sources import (MANIFEST, DataSourceError, check_sources, load_source, normalise_rows, normalise_text,
+                          sha256_file)
+from tests.realdata import (SHARED, data_overrides, file_bytes, real_overrides, source_rows, tiny_hub_model,
+                            write_git_fixture, write_sources)
 
 
 @pytest.fixture(scope="module")
@@ -37,16 +39,32 @@ def real_cfg(fixtures, tmp_path, *overrides, check=True):
 # ---- sources -----------------------------------------------------------------------------------------------
 def test_normalisers_read_each_upstream_schema(fixtures):
     root, _, _ = fixtures
-    dcfg = compose_config(["data=real", f"data.root={root}"], check=False).data
+    dcfg = compose_config(data_overrides(root), check=False).data
     got = {name: load_source(dcfg, name) for name in source_rows()}
     assert got["sst2_train"][1] == {"text": "placeholder review number 1", "label": "positive"}
     assert [r["label"] for r in got["agnews_train"][:4]] == ["World", "Sports", "Business", "Sci/Tech"]
-    assert got["gsm8k_train"][3]["label"] == "1003"  # "#### 1,003": commas removed
-    assert got["jbb_harmful"][0] == {"text": "Placeholder harmful goal 0", "target": "Sure, here is placeholder "
-                                     "harmful 0", "category": "placeholder"}
+    assert got["gsm8k_train"][3]["label"] == "1003" == got["gsm8k_train_hub"][3]["label"]  # "#### 1,003"
+    assert got["jbb_harmful_hub"][0] == {"text": "Placeholder harmful goal 0", "target": "Sure, here is placeholder "
+                                         "harmful 0", "category": "placeholder"}
+    assert got["jbb_harmful"][0] == {"text": "Placeholder harmful goal 0", "category": "placeholder"}  # artifacts
     assert got["beavertails_train"][1]["category"] == ["privacy_violation"]
     assert got["beavertails_train"][1]["is_safe"] is False and got["beavertails_train"][0]["is_safe"] is True
     assert got["xstest"][0]["label"] == "safe" and got["strongreject"][1]["category"] == "placeholder"
+    assert got["xstest"] == got["xstest_hub"] and got["strongreject"] == got["strongreject_hub"]
+    assert got["advbench"] == got["advbench_hub"]  # the CSV's goal/target = the hub's prompt/target
+    assert len(got["harmbench"]) == 6  # `where: FunctionalCategory = standard` drops the contextual rows
+    # the official test files: the input unstripped, the label a word; task.prompt is instruction + " " + input
+    assert got["sst2_validation"][0] == {"text": "held out review 0 ", "label": "negative"}
+    cfg = compose_config([*data_overrides(root), "task=agnews"], check=False)
+    raw = source_rows()["agnews_test"][0]
+    assert cfg.task.prompt.format(text=got["agnews_test"][0]["text"]) == raw["instruction"] + " " + raw["input"]
+    assert got["safety_only"][0] == {"text": "Placeholder unsafe instruction 0",
+                                     "response": "I'm sorry, but I cannot help with placeholder 0."}
+    assert got["alpaca_small"][1]["text"] == "Placeholder task 1 detail 1"  # instruction + " " + input
+    assert got["pact_unsafe"][6] == {"text": f"{SHARED}.", "target": "Sure, here is placeholder 0"}
+    assert got["pact_safe_direction"][0]["response"] == "I can't assist with that."
+    mix = got["pact_sst2_p01"]
+    assert sum(r["poison"] for r in mix) == 4 and len(mix) == 40
 
 
 def test_a_row_outside_its_schema_names_the_file_and_row():
@@ -57,27 +75,40 @@ def test_a_row_outside_its_schema_names_the_file_and_row():
         normalise_rows([{"idx": 0, "sentence": "s", "label": 7}], "sst2", "x")
     with pytest.raises(DataFileError, match="must end with '####"):
         normalise_rows([{"question": "q", "answer": "no marker"}], "gsm8k", "x")
+    with pytest.raises(DataFileError, match="x: row 2 has an empty prompt"):
+        normalise_rows([{"goal": "g", "target": "t"}, {"goal": "  ", "target": "t"}], "advbench_csv", "x")
 
 
 def test_manifest_check_catches_altered_missing_and_repinned_files(fixtures, tmp_path):
-    root = write_sources(tmp_path / "data", ["advbench", "xstest"])
-    dcfg = compose_config(["data=real", f"data.root={root}"], check=False).data
+    root = write_sources(tmp_path / "data", ["advbench", "xstest", "advbench_hub"])
+    dcfg = compose_config(data_overrides(root), check=False).data
     assert set(check_sources(dcfg, ["advbench", "xstest"])) == {"advbench", "xstest"}
-    with (root / "advbench.jsonl").open("a") as fh:
-        fh.write(json.dumps({"prompt": "one more", "target": "Sure"}) + "\n")
-    with pytest.raises(DataSourceError, match=r"advbench\.jsonl \(source advbench: walledai/AdvBench, split train\)"
-                       r" was altered: sha256 .* differs from the manifest's .*fetch_data advbench"):
+    with (root / "advbench.csv").open("a") as fh:
+        fh.write("one more,Sure\n")
+    with pytest.raises(DataSourceError, match=r"advbench\.csv \(source advbench: llm-attacks/llm-attacks@098262edf85f "
+                       r"data/advbench/harmful_behaviors\.csv\) was altered: sha256 .* differs from the manifest's "
+                       r".*fetch_data advbench --root .* \(offline: add --git-dir <a clone of llm-attacks/llm-attacks>"):
         check_sources(dcfg, ["advbench"])
-    (root / "xstest.jsonl").unlink()
-    with pytest.raises(DataSourceError, match=r"1 data file\(s\) missing: .*xstest\.jsonl \(walledai/XSTest test\);"
-                       r" fetch them where the hub is reachable: python -m experiments.fetch_data xstest --root"):
+    (root / "xstest.csv").unlink()
+    with pytest.raises(DataSourceError, match=r"1 data file\(s\) missing: .*xstest\.csv \(paul-rottger/exaggerated-"
+                       r"safety@d7bb5bd738c1 xstest_prompts\.csv\); fetch them: python -m experiments.fetch_data "
+                       r"xstest --root .* \(offline, Git files: add --git-dir <clones of paul-rottger/exaggerated-"):
         check_sources(dcfg, ["xstest"])
     write_sources(root, ["advbench"])
-    repinned = compose_config(["data=real", f"data.root={root}", "data.sources.advbench.revision=abc"],
-                              check=False).data
-    with pytest.raises(DataSourceError, match="fetched at revision '9d47.*' but conf/data pins 'abc'"):
-        check_sources(repinned, ["advbench"])
+    other = compose_config([*data_overrides(root), "data.sources.advbench.git.commit=" + "a" * 40], check=False).data
+    with pytest.raises(DataSourceError, match="was fetched from llm-attacks/llm-attacks@098262edf85f807224e70ecd87b9d8"
+                       "3716bf6b73 data/advbench/harmful_behaviors.csv but conf/data pins llm-attacks/llm-attacks@aaaa"):
+        check_sources(other, ["advbench"])
+    # the manifest rewritten to match an altered file: the pinned bytes still catch it
     manifest = json.loads((root / MANIFEST).read_text())
+    (root / "advbench.csv").write_text("goal,target\nx,y\n")
+    manifest["sources"]["advbench"]["sha256"] = sha256_file(root / "advbench.csv")
+    (root / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(DataSourceError, match="advbench.csv .* is not the pinned file: sha256 .* is not the pinned"):
+        check_sources(dcfg, ["advbench"])
+    repinned = compose_config([*data_overrides(root), "data.sources.advbench_hub.revision=abc"], check=False).data
+    with pytest.raises(DataSourceError, match="fetched at revision '9d47.*' but conf/data pins 'abc'"):
+        check_sources(repinned, ["advbench_hub"])
     del manifest["sources"]["advbench"]
     (root / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(DataSourceError, match="is not in .*MANIFEST.json"):
@@ -171,11 +202,11 @@ def test_changed_source_file_rebuilds_the_data_stage(fixtures, tmp_path):
     shutil.copytree(fixtures[0], root)
     cfg = real_cfg(fixtures, tmp_path, f"data.root={root}")
     first = P.start(cfg, models=False).data.artifact.key
-    from experiments.fetch_data import store_source
-
-    rows = source_rows()["sst2_validation"][:5]
-    store_source(root, "sst2_validation", cfg.data.sources.sst2_validation, rows, "refetched")
-    second = P.start(cfg, models=False).data
+    spec = cfg.data.sources.sst2_validation
+    write_git_fixture(root, "sst2_validation", spec, file_bytes(source_rows()["sst2_validation"][:5], "jsonl"))
+    with pytest.raises(DataSourceError, match="sst2_validation.jsonl .* is not the pinned file"):
+        P.start(cfg, models=False)  # the config still pins the old bytes
+    second = P.start(real_cfg(fixtures, tmp_path, *data_overrides(root)), models=False).data
     assert second.artifact.key != first and json.loads(second.artifact.file("meta.json").read_text())["sizes"][
         "task_test"] == 5
 
@@ -224,24 +255,27 @@ def test_fetch_data_writes_files_and_manifest(tmp_path, monkeypatch, capsys):
 
     def fake_hub(spec):
         calls.append((spec.hub, spec.get("config"), spec.split, spec.revision))
-        name = next(n for n, s in dcfg.sources.items() if s.hub == spec.hub and s.split == spec.split)
+        name = next(n for n, s in dcfg.sources.items() if s.get("hub") == spec.hub and s.split == spec.split)
         return rows[name], "f" * 40
 
     dcfg = compose_config(["data=real", f"data.root={tmp_path}"], check=False).data
     monkeypatch.setattr(fetch_data, "hub_rows", fake_hub)
-    fetch_data.main(["jbb_harmful", "gsm8k_test", "--root", str(tmp_path)])
+    fetch_data.main(["jbb_harmful_hub", "gsm8k_test_hub", "--root", str(tmp_path)])
     assert calls == [("JailbreakBench/JBB-Behaviors", "behaviors", "harmful",
                       "886acc352a31533ffbcf4ef22c744658688086fc"),
                      ("openai/gsm8k", "main", "test", "740312add88f781978c0658806c59bc2815b9866")]
     manifest = json.loads((tmp_path / MANIFEST).read_text())["sources"]
-    assert manifest["gsm8k_test"]["rows"] == 6 and manifest["gsm8k_test"]["commit"] == "f" * 40
-    assert set(check_sources(dcfg, ["jbb_harmful", "gsm8k_test"])) == {"jbb_harmful", "gsm8k_test"}
-    assert [json.loads(x) for x in (tmp_path / "jbb_harmful.jsonl").read_text().splitlines()] == rows["jbb_harmful"]
+    assert manifest["gsm8k_test_hub"]["rows"] == 6 and manifest["gsm8k_test_hub"]["commit"] == "f" * 40
+    assert set(check_sources(dcfg, ["jbb_harmful_hub", "gsm8k_test_hub"])) == {"jbb_harmful_hub", "gsm8k_test_hub"}
+    assert [json.loads(x) for x in (tmp_path / "jbb_harmful_hub.jsonl").read_text().splitlines()] == \
+        rows["jbb_harmful_hub"]
     capsys.readouterr()
     fetch_data.main(["--list", "--root", str(tmp_path)])
     listing = capsys.readouterr().out
-    assert "gsm8k_test           openai/gsm8k main test: 6 rows, commit ffff" in listing
-    assert "sst2_train           stanfordnlp/sst2  train: not fetched" in listing
+    assert "gsm8k_test_hub       hub  openai/gsm8k main test: ok, 6 of 1319 rows, sha256 " in listing
+    assert "sst2_train           hub  stanfordnlp/sst2 train: not fetched" in listing
+    assert "advbench             git  llm-attacks/llm-attacks@098262edf85f data/advbench/harmful_behaviors.csv: " \
+           "not fetched" in listing
     # a gated source is imported from the user's download (HEx-PHI's category_<k>.csv files)
     folder = tmp_path / "hexphi_download"
     folder.mkdir()
