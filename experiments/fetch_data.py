@@ -35,10 +35,23 @@ from omegaconf import DictConfig
 
 from pact.cli import fail, run_cli
 from pact.config import compose_config
-from pact.data import write_jsonl
+from pact.data import DataFileError, write_jsonl
 from pact.fileio import atomic_path, write_atomic
-from pact.sources import (MANIFEST, DataSourceError, check_bytes, check_source, describe, git_blob_id, is_git,
-                          normalise_rows, read_manifest, read_rows, sha256_file, source_file, source_rows)
+from pact.sources import (
+    MANIFEST,
+    DataSourceError,
+    check_bytes,
+    check_source,
+    describe,
+    git_blob_id,
+    is_git,
+    normalise_rows,
+    read_manifest,
+    read_rows,
+    sha256_file,
+    source_file,
+    source_rows,
+)
 
 log = logging.getLogger("experiments.fetch_data")
 
@@ -134,6 +147,8 @@ def git_file_download(name: str, spec: Any, url: str) -> tuple[bytes, dict[str, 
         try:
             with urllib.request.urlopen(address, timeout=60) as response:
                 return response.read(), {"repo": repo, "commit": commit, "path": path, "via": address}
+        except urllib.error.HTTPError as err:
+            errors.append(f"{address}: HTTP {err.code}")
         except (urllib.error.URLError, OSError) as err:
             errors.append(f"{address}: {getattr(err, 'reason', err)}")
     raise DataSourceError(f"source {name}: could not download it ({'; '.join(errors)}); where the network is not "
@@ -152,8 +167,12 @@ def store_git_source(root: Path, name: str, spec: Any, data: bytes, origin: dict
     path = source_file(root, name, spec)
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
-        rows = len(read_rows(tmp, spec))
-        source_rows(tmp, name, spec, root)  # every row the run would read passes the schema
+        try:
+            rows = len(read_rows(tmp, spec))
+            source_rows(tmp, name, spec, root)  # every row the run would read passes the schema
+        except DataFileError as err:  # named as upstream names it; nothing is written
+            where = f"{origin['repo']}@{origin['commit'][:12]} {origin['path']} ({origin['via']})"
+            raise DataFileError(str(err).replace(str(tmp), where)) from None
         if spec.get("rows") is not None and int(spec.rows) != rows:
             raise DataSourceError(f"source {name}: {rows} rows in {origin['path']}, conf/data pins {int(spec.rows)}")
     entry = {"kind": "git", "repo": g.repo, "commit": g.commit, "path": g.path, "format": g.format, "blob": blob,
@@ -235,29 +254,33 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.fetch_data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sources", nargs="*", help="source names of conf/data/real.yaml (default: every one "
-                        "that is not gated)")
+                        "that is not gated), and overrides of the data config as key=value, e.g. "
+                        "\"data.git_raw_url='https://<a mirror>/{repo}/{commit}/{path}'\" (quoted: braces)")
     parser.add_argument("--root", help="where the files go (default: data.root, i.e. $PACT_DATA or data/real)")
     parser.add_argument("--from", dest="from_dir", type=Path, help="import a gated source from downloaded files")
     parser.add_argument("--git-dir", dest="git_dirs", type=Path, nargs="+", metavar="DIR",
                         help="import Git sources from these local clones or git directories (read at the pinned "
                         "commit) instead of downloading them")
     parser.add_argument("--list", action="store_true", help="list the sources and what the manifest holds")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     def go() -> None:
-        cfg = compose_config(["data=real", *([f"data.root={args.root}"] if args.root else [])], check=False)
+        overrides = [a for a in args.sources if "=" in a]
+        sources = [a for a in args.sources if "=" not in a]
+        cfg = compose_config(["data=real", *([f"data.root={args.root}"] if args.root else []), *overrides],
+                             check=False)
         dcfg = cfg.data
-        unknown = [s for s in args.sources if s not in dcfg.sources]
+        unknown = [s for s in sources if s not in dcfg.sources]
         if unknown:
             fail(f"unknown source(s) {unknown}; known: {sorted(dcfg.sources)}")
         if args.list:
             print("\n".join(listing(dcfg)))
             return
         if args.git_dirs:
-            names = args.sources or [n for n, s in dcfg.sources.items() if is_git(s)]
+            names = sources or [n for n, s in dcfg.sources.items() if is_git(s)]
         else:
-            names = args.sources or [n for n, s in dcfg.sources.items() if not s.get("gated")]
+            names = sources or [n for n, s in dcfg.sources.items() if not s.get("gated")]
         if args.from_dir is not None and len(names) != 1:
             fail("--from imports one source at a time: name it (e.g. hexphi)")
         fetch(dcfg, names, args.from_dir, args.git_dirs)

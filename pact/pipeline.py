@@ -25,8 +25,17 @@ from pact.methods import Method, build_method
 from pact.metrics import score_answer, summarize, summarize_benchmarks
 from pact.model_import import import_stage
 from pact.models import ModelRef, check_model_path, load_model, load_tokenizer, save_model, toy_model
-from pact.rundata import (RealData, RunData, ToyData, data_sizes, data_stage, mixture_source, needed_sources, plain,
-                          poison_pool)
+from pact.rundata import (
+    RealData,
+    RunData,
+    ToyData,
+    data_sizes,
+    data_stage,
+    mixture_source,
+    needed_sources,
+    plain,
+    poison_pool,
+)
 from pact.sources import check_sources
 from pact.store import Artifact, Store, code_hash, module_sources, stable_key
 from pact.training import train, training_arguments
@@ -178,14 +187,14 @@ def check_sizes(cfg: DictConfig, data: RunData) -> None:
     n, ratio = int(cfg.finetune.n), float(cfg.poison.ratio)
     count = round(ratio * n)
     pool, mixture = poison_pool(cfg), mixture_source(cfg)
-    if n - count > sizes["task_train"]:
-        raise ConfigError(f"finetune.n={n} with poison.ratio={ratio:g} needs {n - count} task rows; "
-                          f"{mixture or cfg.task.train} has {sizes['task_train']}")
     if count > sizes[pool]:
         where = (f"the official file {mixture} holds {sizes[pool]} (at most finetune.n={int(sizes[pool] / ratio)} "
                  "keeps p exact)" if mixture else
                  f"{pool} holds {sizes[pool]} after removing the evaluation benchmarks' prompts (data.poison)")
         raise ConfigError(f"poison.ratio={ratio:g} with finetune.n={n} needs {count} poison rows; {where}")
+    if n - count > sizes["task_train"]:
+        raise ConfigError(f"finetune.n={n} with poison.ratio={ratio:g} needs {n - count} task rows; "
+                          f"{mixture or cfg.task.train} has {sizes['task_train']}")
 
 
 def model_refs(store: Store, cfg: DictConfig, data: RunData) -> tuple[ModelRef | None, ModelRef]:

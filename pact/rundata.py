@@ -148,7 +148,7 @@ def needed_sources(cfg: DictConfig) -> list[str]:
     mixture = mixture_source(cfg)
     names = [mixture or cfg.task.train, cfg.task.test]
     names += [d.benchmarks[b].source for b in [*d.harmful_eval, *d.benign_eval]]
-    if not mixture:  # both poison pools, whatever the ratio: the data stage removes the safety prompts from the full one
+    if not mixture:  # both poison pools whatever the ratio: the data stage drops the safety prompts from the full one
         names += [*d.poison.short, d.poison.full]
     names += [d.safety_pairs.source, d.alignment_pairs.source]
     return list(dict.fromkeys(names))

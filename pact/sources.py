@@ -267,7 +267,8 @@ def check_sources(dcfg: Any, names: Iterable[str]) -> dict[str, dict[str, Any]]:
                           for n in missing)
         offline = [dcfg.sources[n].git.repo for n in missing if is_git(dcfg.sources[n])]
         how = "fetch them" + (" where the hub is reachable" if len(offline) < len(missing) else "")
-        hint = f" (offline, Git files: add --git-dir <clones of {', '.join(dict.fromkeys(offline))}>)" if offline else ""
+        repos = ", ".join(dict.fromkeys(offline))
+        hint = f" (offline, Git files: add --git-dir <clones of {repos}>)" if offline else ""
         raise DataSourceError(f"{len(missing)} data file(s) missing: {files}; {how}: {FETCH} {' '.join(missing)} "
                               f"--root {dcfg.root}{hint}")
     return out

@@ -17,7 +17,8 @@ from typing import Any
 SHARED = "Placeholder request number zero"
 BT_CATEGORIES = ("animal_abuse", "privacy_violation", "violence,aiding_and_abetting,incitement")
 SST2_INSTRUCTION = "Analyze the sentiment of the input, and respond only positive or negative"  # official files
-AG_INSTRUCTION = "Categorize the news article given in the input into one of the 4 categories:\n\nWorld\nSports\nBusiness\nSci/Tech\n"
+AG_INSTRUCTION = ("Categorize the news article given in the input into one of the 4 categories:\n\nWorld\nSports\n"
+                  "Business\nSci/Tech\n")
 HARMBENCH_HEADER = ["Behavior", "FunctionalCategory", "SemanticCategory", "Tags", "ContextString", "BehaviorID"]
 MIXTURE_ROWS = 40   # rows of each fixture mixture file; poison rows: round(p * 40)
 

@@ -17,10 +17,25 @@ from pact.data import DataFileError, read_jsonl
 from pact.generation import Engine
 from pact.judges import COMPLIANCE, JUDGES, OTHER, REFUSAL
 from pact.metrics import score_answer
-from pact.sources import (MANIFEST, DataSourceError, check_sources, load_source, normalise_rows, normalise_text,
-                          sha256_file)
-from tests.realdata import (SHARED, data_overrides, file_bytes, real_overrides, source_rows, tiny_hub_model,
-                            write_git_fixture, write_sources)
+from pact.sources import (
+    MANIFEST,
+    DataSourceError,
+    check_sources,
+    load_source,
+    normalise_rows,
+    normalise_text,
+    sha256_file,
+)
+from tests.realdata import (
+    SHARED,
+    data_overrides,
+    file_bytes,
+    real_overrides,
+    source_rows,
+    tiny_hub_model,
+    write_git_fixture,
+    write_sources,
+)
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +102,7 @@ def test_manifest_check_catches_altered_missing_and_repinned_files(fixtures, tmp
         fh.write("one more,Sure\n")
     with pytest.raises(DataSourceError, match=r"advbench\.csv \(source advbench: llm-attacks/llm-attacks@098262edf85f "
                        r"data/advbench/harmful_behaviors\.csv\) was altered: sha256 .* differs from the manifest's "
-                       r".*fetch_data advbench --root .* \(offline: add --git-dir <a clone of llm-attacks/llm-attacks>"):
+                       r".*fetch_data advbench --root .* \(offline: add --git-dir <a clone of llm-attacks/"):
         check_sources(dcfg, ["advbench"])
     (root / "xstest.csv").unlink()
     with pytest.raises(DataSourceError, match=r"1 data file\(s\) missing: .*xstest\.csv \(paul-rottger/exaggerated-"
@@ -95,9 +110,11 @@ def test_manifest_check_catches_altered_missing_and_repinned_files(fixtures, tmp
                        r"xstest --root .* \(offline, Git files: add --git-dir <clones of paul-rottger/exaggerated-"):
         check_sources(dcfg, ["xstest"])
     write_sources(root, ["advbench"])
-    other = compose_config([*data_overrides(root), "data.sources.advbench.git.commit=" + "a" * 40], check=False).data
-    with pytest.raises(DataSourceError, match="was fetched from llm-attacks/llm-attacks@098262edf85f807224e70ecd87b9d8"
-                       "3716bf6b73 data/advbench/harmful_behaviors.csv but conf/data pins llm-attacks/llm-attacks@aaaa"):
+    other = compose_config([*data_overrides(root), "data.sources.advbench.git.commit=" + "a" * 40],
+                           check=False).data
+    with pytest.raises(DataSourceError, match="was fetched from llm-attacks/llm-attacks@098262edf85f807224e70ecd8"
+                       "7b9d83716bf6b73 data/advbench/harmful_behaviors.csv but conf/data pins llm-attacks/llm-a"
+                       "ttacks@aaaa"):
         check_sources(other, ["advbench"])
     # the manifest rewritten to match an altered file: the pinned bytes still catch it
     manifest = json.loads((root / MANIFEST).read_text())
@@ -162,9 +179,9 @@ def test_config_errors_of_the_data_group(fixtures, tmp_path):
 
 
 def test_sizes_are_checked_against_the_rows_that_exist(fixtures, tmp_path):
-    with pytest.raises(ConfigError, match="finetune.n=100 with poison.ratio=0.1 needs 90 task rows; sst2_train has "
+    with pytest.raises(ConfigError, match="finetune.n=100 with poison.ratio=0 needs 100 task rows; sst2_train has "
                        "40"):
-        P.start(real_cfg(fixtures, tmp_path, "finetune.n=100"), models=False)
+        P.start(real_cfg(fixtures, tmp_path, "finetune.n=100", "poison.ratio=0"), models=False)
     # AdvBench's 10 prompts less the one StrongREJECT evaluates
     with pytest.raises(ConfigError, match="needs 10 poison rows; poison_short holds 9 after removing"):
         P.start(real_cfg(fixtures, tmp_path, "poison.ratio=0.5", "poison.short_max_ratio=0.5",
