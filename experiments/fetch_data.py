@@ -227,11 +227,13 @@ def fetch_one(root: Path, name: str, spec: Any, dcfg: DictConfig, from_dir: Path
     return store_source(root, name, spec, *hub_rows(spec))
 
 
-def listing(dcfg: DictConfig) -> list[str]:
-    """One line per source: name, where it comes from, and what the local file and manifest hold (checked)."""
+def listing(dcfg: DictConfig, names: list[str] | None = None) -> list[str]:
+    """One line per source (all, or ``names``): name, where it comes from, and what the local file and manifest
+    hold (checked)."""
     manifest = read_manifest(dcfg.root)
     lines = []
-    for name, spec in dcfg.sources.items():
+    for name in names or list(dcfg.sources):
+        spec = dcfg.sources[name]
         have = manifest.get(name)
         if not have:
             state = "not fetched"
@@ -250,6 +252,27 @@ def listing(dcfg: DictConfig) -> list[str]:
     return lines
 
 
+def sources_table(dcfg: DictConfig) -> str:
+    """The sources of the config as a Markdown table: name, kind, where from (repository, commit, path or hub id,
+    split, revision), rows, licence."""
+    lines = ["| source | kind | from | rows | licence |", "|---|---|---|---|---|"]
+    for name, spec in dcfg.sources.items():
+        if is_git(spec):
+            g = spec.git
+            where = f"`{g.repo}` @ `{g.commit[:12]}` `{g.path}`"
+            if g.get("copies"):
+                where += " (copies: " + ", ".join(f"`{c.repo}`" for c in g.copies) + ")"
+            if spec.get("where"):
+                where += " where " + ", ".join(f"{k} = {v}" for k, v in spec.where.items())
+        else:
+            where = f"`{spec.hub}` {spec.get('config') or ''} {spec.split} @ `{spec.revision[:12]}`".replace("  ", " ")
+            if spec.get("gated"):
+                where += " (**gated**)"
+        rows = f"{int(spec.rows):,}" if spec.get("rows") is not None else "?"
+        lines.append(f"| {name} | {'git' if is_git(spec) else 'hub'} | {where} | {rows} | {spec.get('license', '')} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m experiments.fetch_data", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -261,7 +284,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--git-dir", dest="git_dirs", type=Path, nargs="+", metavar="DIR",
                         help="import Git sources from these local clones or git directories (read at the pinned "
                         "commit) instead of downloading them")
+    parser.add_argument("--kind", choices=("git", "hub"), help="without source names: every source of this kind "
+                        "(git: the files of Git repositories; hub: the Hugging Face datasets that are not gated)")
     parser.add_argument("--list", action="store_true", help="list the sources and what the manifest holds")
+    parser.add_argument("--table", action="store_true", help="print the sources of conf/data/real.yaml as a Markdown "
+                        "table (docs/real-data.md quotes it)")
     args = parser.parse_intermixed_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -274,13 +301,17 @@ def main(argv: list[str] | None = None) -> None:
         unknown = [s for s in sources if s not in dcfg.sources]
         if unknown:
             fail(f"unknown source(s) {unknown}; known: {sorted(dcfg.sources)}")
-        if args.list:
-            print("\n".join(listing(dcfg)))
+        kind = args.kind or ("git" if args.git_dirs else None)
+        if args.table:
+            print(sources_table(dcfg))
             return
-        if args.git_dirs:
-            names = sources or [n for n, s in dcfg.sources.items() if is_git(s)]
-        else:
-            names = sources or [n for n, s in dcfg.sources.items() if not s.get("gated")]
+        if args.list:
+            shown = [n for n, s in dcfg.sources.items() if (not sources or n in sources)
+                     and kind in (None, "git" if is_git(s) else "hub")]
+            print("\n".join(listing(dcfg, shown)))
+            return
+        names = sources or [n for n, s in dcfg.sources.items() if not s.get("gated")
+                            and kind in (None, "git" if is_git(s) else "hub")]
         if args.from_dir is not None and len(names) != 1:
             fail("--from imports one source at a time: name it (e.g. hexphi)")
         fetch(dcfg, names, args.from_dir, args.git_dirs)

@@ -154,12 +154,16 @@ def needed_sources(cfg: DictConfig) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def _select(rows: list[dict[str, Any]], spec: Any) -> list[dict[str, Any]]:
-    """Rows passing ``spec.filter`` (field: value), the first ``spec.limit`` of them (0 or absent: all)."""
+def _select(rows: list[dict[str, Any]], spec: Any, what: str) -> list[dict[str, Any]]:
+    """Rows passing ``spec.filter`` (field: value), the first ``spec.limit`` of them (0 or absent: all); a
+    selection that keeps no row is an error naming ``what`` (the config key)."""
     wanted = dict(spec.get("filter") or {})
-    rows = [r for r in rows if all(r.get(k) == v for k, v in wanted.items())]
+    kept = [r for r in rows if all(r.get(k) == v for k, v in wanted.items())]
+    if not kept:
+        raise D.DataFileError(f"{what}: the filter {wanted} keeps none of the {len(rows)} rows of source "
+                            f"{spec.source} (its fields: {sorted(rows[0]) if rows else []})")
     limit = int(spec.get("limit") or 0)
-    return rows[:limit] if limit else rows
+    return kept[:limit] if limit else kept
 
 
 def _task_answer(task: Any, row: dict[str, Any]) -> str:
@@ -240,7 +244,7 @@ def data_stage(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]]
         eval_prompts: set[str] = set()
         by_bench: dict[str, set[str]] = {}
         for bench in [*d.harmful_eval, *d.benign_eval]:
-            rows = _select(rows_of(d.benchmarks[bench].source), d.benchmarks[bench])
+            rows = _select(rows_of(d.benchmarks[bench].source), d.benchmarks[bench], f"data.benchmarks.{bench}")
             put(f"eval_{bench}", [{"prompt": r["text"], "category": r.get("category")} for r in rows])
             by_bench[bench] = {normalise_text(r["text"]) for r in rows}
             eval_prompts |= by_bench[bench]
@@ -260,7 +264,7 @@ def data_stage(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]]
             full = [r for r in rows_of(d.poison.full) if not r.get("is_safe", False)]
             full, meta["dropped_as_eval_overlap"]["poison_full"] = _unique_by_prompt(full, held)
             put("poison_full", [{"prompt": r["text"], "answer": r["response"]} for r in full])
-        align = _select(rows_of(d.alignment_pairs.source), d.alignment_pairs)
+        align = _select(rows_of(d.alignment_pairs.source), d.alignment_pairs, "data.alignment_pairs")
         put("alignment_pairs", [{"prompt": r["text"], "refusal": r["response"]} for r in align])
         meta["sources"] = {n: {k: e[k] for k in ("kind", "hub", "split", "repo", "path", "commit", "rows") if k in e}
                            for n, e in entries.items()}

@@ -21,8 +21,16 @@ from pact.config import ConfigError, compose_config
 from pact.data import DataFileError, read_jsonl
 from pact.finetune import finetune_rows
 from pact.sources import MANIFEST, DataSourceError, check_sources, git_blob_id, sha256_file
-from tests.realdata import (data_overrides, file_bytes, mixture_rows, pin_overrides, real_overrides, source_rows,
-                            tiny_hub_model, write_sources)
+from tests.realdata import (
+    data_overrides,
+    file_bytes,
+    mixture_rows,
+    pin_overrides,
+    real_overrides,
+    source_rows,
+    tiny_hub_model,
+    write_sources,
+)
 
 ADV = source_rows()["advbench"]
 ADV_BYTES = file_bytes(ADV, "csv")
@@ -251,6 +259,11 @@ def test_a_smaller_n_subsamples_with_p_exact(git_only_root, tmp_path):
     assert meta["poison_in_eval"] == {"strongreject": 0, "jbb_harmful": 4, "harmbench": 0, "xstest_safe": 0}
     assert meta["sizes"]["poison_mixture"] == 4 and meta["sizes"]["task_train"] == 36
     assert meta["sizes"]["safety_prompts"] == 8  # the official safe-direction prompts
+    assert meta["sizes"]["alignment_pairs"] == 6  # Safety-Tuned LLaMAs' refusals, unfiltered
+    with pytest.raises(DataFileError, match=r"data.alignment_pairs: the filter \{'is_safe': True\} keeps none of the 6 "
+                       r"rows of source safety_only \(its fields: \['response', 'text'\]\)"):
+        P.start(official_cfg(git_only_root, tmp_path, "poison.ratio=0.1", "finetune.n=20",
+                             "+data.alignment_pairs.filter.is_safe=true"), models=False)
     assert "sst2_train" not in meta["sources"] and meta["sources"]["pact_sst2_p01"]["kind"] == "git"
 
 
@@ -279,3 +292,25 @@ def test_official_mixture_end_to_end_on_a_tiny_hub_model(git_only_root, tmp_path
     raw = source_rows()["sst2_validation"]
     assert task_prompts == [r["instruction"] + " " + r["input"] for r in raw]  # the official test prompt
     assert pin_overrides(git_only_root[0]) and data_overrides(git_only_root[0])
+
+
+# ---- docs --------------------------------------------------------------------------------------------------
+def test_docs_quote_the_configured_sources():
+    from experiments.fetch_data import sources_table
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "real-data.md").read_text()
+    quoted = doc.split("<!-- sources:begin -->\n")[1].split("\n<!-- sources:end -->")[0]
+    want = sources_table(compose_config(["data=real"], check=False).data)
+    assert quoted == want, "docs/real-data.md: regenerate the table with python -m experiments.fetch_data --table"
+
+
+def test_overlap_table_counts_the_official_poison_that_is_evaluated(fixtures_root):
+    from analysis.data_overlap import overlap_table
+
+    root = fixtures_root[0]
+    lines = overlap_table(root, pin_overrides(root)).splitlines()
+    assert lines[0] == ("| poison of | rows | distinct prompts | in strongreject | in jbb_harmful | in harmbench | "
+                        "kept |")
+    assert "| pact_sst2_p01 (official) | 4 | 4 | 0 | 4 | 0 | all |" in lines
+    # ours: 16 rows, 16 distinct; SHARED is StrongREJECT's, the 6 JBB goals are evaluated: 9 kept
+    assert lines[-1] == "| data=real short pool (pact_unsafe) | 16 | 16 | 1 | 6 | 0 | 9 distinct |"
