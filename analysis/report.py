@@ -1,4 +1,4 @@
-"""Collect run records into ``summary.csv`` and Markdown tables: ``python -m analysis.report``.
+"""Collect run records into ``summary.csv``, tables and figures: ``python -m analysis.report [--out DIR]``.
 
 Reads only the run records (``runs_dir/<experiment>/*.json``) that ``experiments.run`` writes: regenerating
 tables never retrains. Missing cells stay missing (shown as "–"), never zero.
@@ -33,6 +33,7 @@ LABELS = {"harmful_score": "HS ↓", "refusal_rate": "Refusal ↑", "other_rate"
           "harmful_steps_rate": "Steps", "benign_refusal_rate": "Benign refusal"}
 
 
+DEFAULT_OUT = "outputs/report"  # a user's own runs never merge into the committed results/ unless asked
 AGREEMENT_CSV = "judge_agreement.csv"
 AGREEMENT_NOTE = ("Judge agreement on the answers to harmful requests (analysis/agreement.py): per benchmark, the "
                   "Harmful Score under each judge, the percent of answers both judges call harmful or both call not "
@@ -244,10 +245,11 @@ def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, experiments:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.splitlines()[0])
     parser.add_argument("--runs", default=os.environ.get("PACT_RUNS", "outputs/runs"),
                         help="run records directory (default: outputs/runs)")
-    parser.add_argument("--out", default="results", help="where summary.csv and tables/ go (default: results)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help=f"where summary.csv, tables/ and figures/ go (default: "
+                        f"{DEFAULT_OUT}; the committed results/ only when asked: --out results, as make figures does)")
     parser.add_argument("--experiment", action="append", help="only these experiments (repeatable)")
     parser.add_argument("--replace", action="store_true",
                         help="drop the summary.csv rows of the experiments that have records here, also those no "

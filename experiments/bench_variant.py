@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from pact import pipeline as P
-from pact.cli import fail, run_cli
+from pact.cli import OVERRIDES, exit_on_help, fail, run_cli
 from pact.config import compose_config
 from pact.methods import build_method
 
@@ -54,8 +54,10 @@ def measure(mode: str, overrides: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    usage = f"{{{','.join(MODES)}}} {OVERRIDES}"
+    exit_on_help(args, "experiments.bench_variant", __doc__, usage)
     if not args:
-        raise SystemExit(f"usage: python -m experiments.bench_variant {{{','.join(MODES)}}} [overrides]")
+        raise SystemExit(f"usage: python -m experiments.bench_variant {usage}")
     result = run_cli(lambda: measure(args[0], args[1:]))
     print(PREFIX + json.dumps(result), flush=True)
 

@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 
 from pact import data as D
 from pact import pipeline as P
-from pact.cli import fail, run_cli
+from pact.cli import OVERRIDES, exit_on_help, fail, run_cli
 from pact.config import CONF_DIR, compose_config, validate
 from pact.fileio import write_atomic
 from pact.labels import IGNORE_INDEX, answer_positions
@@ -175,6 +175,7 @@ def write(table: pd.DataFrame, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    exit_on_help(args, "experiments.pact_step0", __doc__, f"{OVERRIDES} [--out CSV]")
     out = None
     if "--out" in args:
         i = args.index("--out")

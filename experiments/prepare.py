@@ -18,7 +18,7 @@ import torch
 
 from pact import dist
 from pact import pipeline as P
-from pact.cli import run_cli
+from pact.cli import OVERRIDES, exit_on_help, run_cli
 from pact.config import compose_config
 from pact.store import Artifact, Store
 from pact.tokens_stage import intra_op_threads, tokens_stage
@@ -95,6 +95,7 @@ def evaluate_one(overrides: list[str], name: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     args = list(sys.argv[1:] if argv is None else argv)
+    exit_on_help(args, "experiments.prepare", __doc__, f"[--evaluate] {OVERRIDES}")
     evaluate = "--evaluate" in args
     run_cli(lambda: prepare([a for a in args if a != "--evaluate"], evaluate))
 

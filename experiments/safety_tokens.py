@@ -11,7 +11,7 @@ import json
 import sys
 
 from pact import pipeline as P
-from pact.cli import fail, run_cli
+from pact.cli import exit_on_help, fail, run_cli
 from pact.config import compose_config
 from pact.tokens_stage import tokens_stage
 
@@ -32,7 +32,9 @@ def safety_set(overrides: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> None:
-    meta = run_cli(lambda: safety_set(list(sys.argv[1:] if argv is None else argv)))
+    args = list(sys.argv[1:] if argv is None else argv)
+    exit_on_help(args, "experiments.safety_tokens", __doc__)
+    meta = run_cli(lambda: safety_set(args))
     rows = sorted(meta["safety_set"], key=lambda x: -x["v"])
     print(f"safety set S: {meta['size']} tokens from {meta['n_pairs']} refusal pairs ({meta['path']})")
     print(f"{'id':>6}  {'token':<18} {'mean aligned prob r':>20} {'weight v':>10}")

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pact import store as S
+from pact.cli import exit_on_help
 
 SEEDED_STAGES = ("base", "align", "import")
 IGNORED_KEYS = ("code", "method_code")  # the code that built an artifact: what a seeded comparison varies
@@ -97,9 +98,11 @@ class Seeder:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    if "-m" not in args:
-        raise SystemExit("usage: python -m experiments.seeded --from SRC_STORE [--pick STAGE=KEY ...] -m MODULE ...")
-    cut = args.index("-m")
+    usage = "--from SRC_STORE [--pick STAGE=KEY ...] -m MODULE [ARGS ...]"
+    cut = args.index("-m") if "-m" in args else len(args)
+    exit_on_help(args[:cut], "experiments.seeded", __doc__, usage)  # a --help after -m MODULE is MODULE's
+    if cut == len(args):
+        raise SystemExit(f"usage: python -m experiments.seeded {usage}")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from", dest="source", required=True, help="the store to copy upstream models from")
     parser.add_argument("--pick", action="append", default=[], help="STAGE=KEY when several artifacts match")

@@ -1,12 +1,13 @@
 """Clean command-line errors: a bad config value, an unknown config option, a malformed data file or a missing
 model or file prints one line (``error: ...``) and exits with status 2, without a traceback.
-``HYDRA_FULL_ERROR=1`` shows the full traceback instead (for every entry point, Hydra or not)."""
+``HYDRA_FULL_ERROR=1`` shows the full traceback instead (for every entry point, Hydra or not). ``-h``/``--help``
+prints an entry point's usage and docstring and exits 0, also where argv is otherwise Hydra overrides."""
 
 from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, NoReturn
 
@@ -18,6 +19,8 @@ from pact.data import DataFileError
 USER_ERRORS = (ConfigError, DataFileError, FileNotFoundError, HydraException)
 EXIT_USER_ERROR = 2  # as argparse exits on a bad argument
 FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
+HELP_FLAGS = ("-h", "--help")
+OVERRIDES = "[key=value ...]"  # the usage of Hydra overrides given as bare argv
 
 
 def one_line(err: BaseException) -> str:
@@ -29,6 +32,17 @@ def one_line(err: BaseException) -> str:
     lines = [line for line in lines if line and not line.startswith(("See https://", "Config search path",
                                                                      "provider="))]
     return " ".join(lines) or type(err).__name__
+
+
+def exit_on_help(argv: Sequence[str], module: str, doc: str | None, usage: str = OVERRIDES) -> None:
+    """When ``argv`` asks for help, print ``usage: python -m module usage`` and the module's docstring ``doc``, and
+    exit 0. Entry points that hand bare argv to Hydra's compose call it first: Hydra would read ``--help`` as a
+    malformed override."""
+    if any(a in HELP_FLAGS for a in argv):
+        print(f"usage: python -m {module} {usage}".rstrip())
+        if doc:
+            print(f"\n{doc.strip()}")
+        sys.exit(0)
 
 
 def fail(message: str) -> NoReturn:

@@ -240,3 +240,20 @@ def test_store_profile_counts_stage_seconds(tmp_path):
     assert table.loc["finetune", "count"] == 2 and table.loc["finetune", "mean"] == 4.0
     assert table.loc["finetune", "share"] == 0.4 and table.loc["(outside stages)", "total"] == 10.0
     assert "| finetune | 2 | 4.0 | 8.0 | 40.0% |" in markdown(profile(times, wall=20.0))
+
+
+def test_report_writes_into_results_only_when_asked(tmp_path, monkeypatch):
+    """A user's own runs go to outputs/report by default: the committed results/summary.csv is not touched."""
+    from analysis.report import DEFAULT_OUT, main
+
+    rows = _summary().to_dict("records")
+    runs = _write_runs(tmp_path, rows, "mine")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "results").mkdir()
+    _summary().head(1).assign(experiment="committed").to_csv(tmp_path / "results" / "summary.csv", index=False)
+    committed = (tmp_path / "results" / "summary.csv").read_text()
+    main(["--runs", str(runs)])
+    assert (tmp_path / DEFAULT_OUT / "summary.csv").is_file() and DEFAULT_OUT == "outputs/report"
+    assert (tmp_path / "results" / "summary.csv").read_text() == committed
+    main(["--runs", str(runs), "--out", "results"])
+    assert set(pd.read_csv(tmp_path / "results" / "summary.csv")["experiment"]) == {"committed", "mine"}

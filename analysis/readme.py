@@ -1,0 +1,101 @@
+"""The README's generated parts: its results table, from ``results/summary.csv``, and its list of make targets with
+their times, from the Makefile's ``##`` help lines (the one place those times are written). Each part sits between
+``<!-- name:begin -->`` and ``<!-- name:end -->`` markers. ``python -m analysis.readme`` rewrites them (``make
+figures`` runs it); ``--check`` exits 1 when README.md differs from what the sources give (a fast test runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+REPO = Path(__file__).resolve().parents[1]
+# The rows of the README's table: (label, experiment, model, method); cells at these poison ratios, mean over seeds
+README_ROWS = [
+    ("toy: aligned model", "poison_ratio", "toy", "aligned"),
+    ("toy: SFT", "poison_ratio", "toy", "sft"),
+    ("toy: PACT", "poison_ratio", "toy", "pact"),
+    ("toy: safety-data mixing", "poison_ratio", "toy", "safety_mix"),
+    ("toy: Lisa", "poison_ratio", "toy", "lisa"),
+    ("SmolLM2-135M: aligned here", "smollm2_cpu", "smollm2-135m", "aligned"),
+    ("SmolLM2-135M: SFT-LoRA", "smollm2_cpu", "smollm2-135m", "sft_lora"),
+    ("SmolLM2-135M: PACT-LoRA", "smollm2_cpu", "smollm2-135m", "pact_lora"),
+]
+README_RATIOS = (0.0, 0.01, 0.1)
+HELP_LINE = re.compile(r"^([a-z0-9-]+):.*## (.*)$")
+
+
+def results_table(summary: pd.DataFrame) -> str:
+    """HS / refusal / Fine-tune Accuracy (percent, mean over seeds, one decimal as the study tables) of the
+    README's rows at p = 0, 0.01, 0.1; the reference models (no fine-tune) in the p = 0 column's place."""
+    df = summary[summary["variant"].isna()] if "variant" in summary else summary
+    head = "| model: method | " + " | ".join(f"p = {p:g}" for p in README_RATIOS) + " |"
+    lines = [head, "|---" * (1 + len(README_RATIOS)) + "|"]
+    for label, exp, model, method in README_ROWS:
+        rows = df[(df["experiment"] == exp) & (df["model"] == model) & (df["method"] == method)]
+        if rows.empty:
+            raise ValueError(f"results/summary.csv has no rows for {exp} / {model} / {method}")
+        cells = []
+        for p in README_RATIOS:
+            at = rows[rows["poison_ratio"].isna()] if p == 0 and rows["poison_ratio"].isna().all() else \
+                rows[(rows["poison_ratio"] - p).abs() < 1e-9]
+            if at.empty:
+                cells.append("")
+                continue
+            m = at[["harmful_score", "refusal_rate", "finetune_accuracy"]].mean()
+            cells.append(" / ".join(f"{v:.1f}" for v in m))
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def targets_list(makefile: Path) -> str:
+    """One line per make target with a ``##`` help text, as ``make help`` prints them."""
+    out = []
+    for line in makefile.read_text().splitlines():
+        m = HELP_LINE.match(line)
+        if m and m.group(1) != "help":
+            out.append(f"make {m.group(1):<15s}# {m.group(2)}")
+    return "```\n" + "\n".join(out) + "\n```"
+
+
+def blocks(repo: Path = REPO) -> dict[str, str]:
+    """The generated parts by marker name."""
+    return {"results": results_table(pd.read_csv(repo / "results" / "summary.csv")),
+            "targets": targets_list(repo / "Makefile")}
+
+
+def render(text: str, parts: dict[str, str]) -> str:
+    """``text`` with each marked part replaced; a marker pair that is missing is an error naming it."""
+    for name, body in parts.items():
+        begin, end = f"<!-- {name}:begin -->\n", f"\n<!-- {name}:end -->"
+        if begin not in text or end not in text:
+            raise ValueError(f"README.md lacks the markers of its {name!r} part ({begin.strip()} ... {end.strip()})")
+        head, rest = text.split(begin, 1)
+        text = head + begin + body + end + rest.split(end, 1)[1]
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m analysis.readme", description=__doc__)
+    parser.add_argument("--check", action="store_true", help="exit 1 if README.md differs from its sources")
+    args = parser.parse_args(argv)
+    path = REPO / "README.md"
+    text = path.read_text()
+    new = render(text, blocks())
+    if args.check:
+        if new != text:
+            print("README.md: a generated part differs from its source; run python -m analysis.readme",
+                  file=sys.stderr)
+            sys.exit(1)
+        return
+    if new != text:
+        path.write_text(new)
+        print(f"rewrote the generated parts of {path}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
