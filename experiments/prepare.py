@@ -45,7 +45,7 @@ def evaluate_references(overrides: list[str], cfg, up: P.Upstream) -> None:
     the HF engine each runs on one thread, the two side by side in two processes: the answers of a one-thread
     sweep job whatever is cached, in less time than one model after the other on both threads, since greedy
     decoding of one batch barely gains from a second thread (SmolLM2, slower machine type: 270 s -> ~170 s;
-    results/README.md). Processes, not threads: transformers' model loading patches torch.nn.Module for the
+    docs/reproducibility.md). Processes, not threads: transformers' model loading patches torch.nn.Module for the
     whole process."""
     refs = {name: ref for name, ref in (("base", up.base), ("aligned", up.aligned)) if ref is not None}
     if cfg.engine.name != "hf" or dist.compute_device().type != "cpu" or torch.get_num_threads() < 2:
