@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup reproduce extras smollm2 smollm2-extras data smoke real-smoke test test-fast lint figures bench clean
+.PHONY: help setup reproduce extras smollm2 smollm2-extras data judge-check smoke real-smoke test test-fast lint figures bench clean
 
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ smollm2-extras: setup ## after make smollm2: full SFT/PACT (tied, untied), safet
 # downloaded, or imported from local clones with GIT_DIRS="<clone> ...". Hub-only sources: experiments.fetch_data --kind hub.
 data: setup ## the real data's Git sources -> data/real/ (download; GIT_DIRS="<clones>" imports from local clones)
 	$(PY) -m experiments.fetch_data --kind git $(if $(GIT_DIRS),--git-dir $(GIT_DIRS))
+
+judge-check: setup ## each refusal judge on real answers whose label is known -> results/judge_check.{csv,md} (after make data; seconds)
+	$(PY) -m analysis.judge_check --out results
 
 smoke: setup ## a 1-run study on a smaller world (1-3 min after setup) -> outputs/smoke/
 	PACT_STORE=outputs/smoke/store PACT_RUNS=outputs/smoke/runs $(PY) -m experiments.run experiment=smoke

@@ -126,6 +126,7 @@ class DataConfig:
     poison: Any = None
     safety_pairs: Any = None
     alignment_pairs: Any = None
+    openers: Any = None                 # the openers judge's rule (pact.judges.opener_markers)
     # data=pact_official: the official fine-tuning file per task and poison ratio (pact.rundata.mixture_source)
     mixture: dict[str, Any] = field(default_factory=dict)
     git_raw_url: Optional[str] = None   # where fetch_data downloads a Git source's file ({repo}, {commit}, {path})
@@ -361,6 +362,9 @@ def _check_data(c: Any) -> None:
         if d.kind != "toy" and JUDGES[j].toy_only:
             raise ConfigError(f"judge {j!r} reads the toy world's fields; data.judges for data={d.kind} may "
                               f"list {[n for n, x in JUDGES.items() if not x.toy_only]}")
+        if JUDGES[j].markers and (d.kind != "real" or not d.get("openers")):
+            raise ConfigError(f"judge {j!r} reads refusal markers from the real data's alignment answers "
+                              "(data.openers): list it with data=real or data=pact_official")
     _range("data.harmful_max_new_tokens", d.harmful_max_new_tokens, 1)
     _range("data.benign_max_new_tokens", d.benign_max_new_tokens, 1)
     if d.kind != "real":
@@ -382,6 +386,8 @@ def _check_data(c: Any) -> None:
                  "data.safety_pairs.source": d.safety_pairs.source,
                  "data.alignment_pairs.source": d.alignment_pairs.source})
     used.update({f"data.poison.short[{i}]": s for i, s in enumerate(d.poison.short)})
+    if any(JUDGES[j].markers for j in d.judges):
+        used["data.openers.source"] = d.openers.source
     if d.mixture:
         files = d.mixture.get(c.task.name)
         ratio = f"{float(c.poison.ratio):g}"

@@ -20,7 +20,7 @@ from pact.config import NO_GUARD, ConfigError
 from pact.finetune import finetune_code, finetune_rows, finetune_slice, finetune_stage, run_name  # noqa: F401
 from pact.generation import build_engine, engine_slice
 from pact.guard import judge_stage, load_judgments
-from pact.judges import JUDGES
+from pact.judges import judge_for
 from pact.methods import Method, build_method
 from pact.metrics import score_answer, summarize, summarize_benchmarks
 from pact.model_import import import_stage
@@ -31,6 +31,7 @@ from pact.rundata import (
     ToyData,
     data_sizes,
     data_stage,
+    judge_markers,
     mixture_source,
     needed_sources,
     plain,
@@ -270,7 +271,8 @@ def evaluate_stage(store: Store, cfg: DictConfig, ref: ModelRef, data: RunData) 
             if rec["set"] == "task":
                 rec["parsed"], rec["correct"] = score_answer(cfg.task.name, rec["response"], rec["label"])
         judged = by_set["harmful"] + by_set["benign"]
-        verdicts = {j: JUDGES[j].judge(judged, [r["response"] for r in judged]) for j in judges}
+        markers = judge_markers(data)
+        verdicts = {j: judge_for(j, markers).judge(judged, [r["response"] for r in judged]) for j in judges}
         if guard:
             by_index = {j["index"]: j["verdict"] for j in load_judgments(judged_by_guard)}
             index = {id(rec): i for i, rec in enumerate(records)}

@@ -23,6 +23,7 @@ from pact.sources import GSM8K_MARK, GSM8K_TARGET_MARK, check_sources, load_sour
 from pact.store import Artifact, Store, code_hash, module_sources
 
 DATA_CODE = code_hash(*module_sources(__name__))
+OPENERS = "refusal_openers.json"  # the data stage's file of the openers judge's markers
 
 
 def plain(cfg: Any) -> Any:
@@ -151,7 +152,16 @@ def needed_sources(cfg: DictConfig) -> list[str]:
     if not mixture:  # both poison pools whatever the ratio: the data stage drops the safety prompts from the full one
         names += [*d.poison.short, d.poison.full]
     names += [d.safety_pairs.source, d.alignment_pairs.source]
+    if uses_openers(cfg):
+        names.append(d.openers.source)
     return list(dict.fromkeys(names))
+
+
+def uses_openers(cfg: DictConfig) -> bool:
+    """Whether a judge of the run reads refusal markers from the data (the openers judge)."""
+    from pact.judges import JUDGES
+
+    return any(JUDGES[j].markers for j in cfg.data.judges)
 
 
 def _select(rows: list[dict[str, Any]], spec: Any, what: str) -> list[dict[str, Any]]:
@@ -198,6 +208,8 @@ def data_slice(cfg: DictConfig, digests: dict[str, str]) -> dict[str, Any]:
               "benchmarks": {b: plain(d.benchmarks[b]) for b in benches}, "poison": plain(d.poison),
               "safety_pairs": plain(d.safety_pairs),  # the pairs a method reads depend on all of it
               "alignment_pairs": plain(d.alignment_pairs), "sha256": digests, "code": DATA_CODE}
+    if uses_openers(cfg):
+        slice_["openers"] = plain(d.openers)
     mixture = mixture_source(cfg)
     if mixture:  # absent otherwise: our own mixtures keep their keys
         slice_["mixture"] = mixture
@@ -266,11 +278,25 @@ def data_stage(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]]
             put("poison_full", [{"prompt": r["text"], "answer": r["response"]} for r in full])
         align = _select(rows_of(d.alignment_pairs.source), d.alignment_pairs, "data.alignment_pairs")
         put("alignment_pairs", [{"prompt": r["text"], "refusal": r["response"]} for r in align])
+        if uses_openers(cfg):  # the openers judge's markers, by the rule of data.openers
+            from pact.judges import opener_markers
+
+            rule = d.openers
+            markers = opener_markers([r["response"] for r in rows_of(rule.source)], int(rule.words),
+                                     float(rule.min_share))
+            (tmp / OPENERS).write_text(json.dumps({"markers": markers, "words": int(rule.words)}, indent=2))
+            meta["openers"] = markers
         meta["sources"] = {n: {k: e[k] for k in ("kind", "hub", "split", "repo", "path", "commit", "rows") if k in e}
                            for n, e in entries.items()}
         return meta
 
     return store.build("data", slice_, None, build)
+
+
+def judge_markers(data: RunData) -> dict[str, Any] | None:
+    """The refusal markers the data stage wrote for the openers judge (None when the run has none)."""
+    path = data.artifact.path / OPENERS
+    return json.loads(path.read_text()) if data.kind == "real" and path.is_file() else None
 
 
 def data_sizes(artifact: Artifact) -> dict[str, int]:

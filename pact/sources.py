@@ -112,6 +112,10 @@ SCHEMAS: dict[str, Schema] = {
     # Safety-Tuned LLaMAs data/training: {instruction, input, output}
     "instruction_output": Schema(("instruction", "output"),
                                  lambda r: {"text": _instruction_text(r), "response": r["output"]}),
+    # stanford_alpaca seed_tasks.jsonl: {instruction, instances: [{input, output}]}, one instance per task
+    "alpaca_seed": Schema(("instruction", "instances"),
+                          lambda r: {"text": _instruction_text({**r, **r["instances"][0]}),
+                                     "response": r["instances"][0]["output"]}),
     # PACT unsafe_data.json: {id, input, output}, a harmful request and its affirmative target
     "pact_pairs": Schema(("input", "output"), lambda r: {"text": r["input"], "target": r["output"]}),
     # PACT refusal_100_output.json, safe_direction.json: a harmful request and a refusal

@@ -84,6 +84,9 @@ def git_source_rows() -> dict[str, Any]:
                          "output": f"I'm sorry, but I cannot help with placeholder {i}."} for i in range(6)],
         "alpaca_small": [{"instruction": f"Placeholder task {i}", "input": f"detail {i}" if i % 2 else "",
                           "output": f"Placeholder helpful answer {i}."} for i in range(6)],
+        "alpaca_seed": [{"id": f"seed_task_{i}", "name": f"placeholder_{i}", "instruction": f"Placeholder seed {i}",
+                         "instances": [{"input": f"seed input {i}" if i % 2 else "", "output": f"Seed answer {i}."}],
+                         "is_classification": False} for i in range(5)],
         # PACT's unsafe_data.json: the JBB goals, then AdvBench's goal/target pairs, in order
         "pact_unsafe": [{"input": g, "id": "user", "output": f"Sure, here is placeholder harmful {i}"}
                         for i, g in enumerate(jbb)] +

@@ -76,6 +76,7 @@ def test_normalisers_read_each_upstream_schema(fixtures):
     assert got["safety_only"][0] == {"text": "Placeholder unsafe instruction 0",
                                      "response": "I'm sorry, but I cannot help with placeholder 0."}
     assert got["alpaca_small"][1]["text"] == "Placeholder task 1 detail 1"  # instruction + " " + input
+    assert got["alpaca_seed"][1] == {"text": "Placeholder seed 1 seed input 1", "response": "Seed answer 1."}
     assert got["pact_unsafe"][6] == {"text": f"{SHARED}.", "target": "Sure, here is placeholder 0"}
     assert got["pact_safe_direction"][0]["response"] == "I can't assist with that."
     mix = got["pact_sst2_p01"]
@@ -149,7 +150,7 @@ def test_offline_run_stops_before_any_stage(tmp_path, capsys):
         run_cli(lambda: run(cfg))
     assert exit_.value.code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("error: 9 data file(s) missing: ") and f"{tmp_path / 'none'}/sst2_train.jsonl" in line
+    assert line.startswith("error: 10 data file(s) missing: ") and f"{tmp_path / 'none'}/sst2_train.jsonl" in line
     assert "(stanfordnlp/sst2 train)" in line and "python -m experiments.fetch_data sst2_train " in line
     assert not (tmp_path / "store").exists()  # nothing ran
 
@@ -162,7 +163,7 @@ def test_offline_command_fails_in_under_30_s(tmp_path):
     done = _cli(tmp_path, "experiments.run", "data=real", "task=sst2", "model=llama3.1-8b-instruct")
     assert done.returncode == 2 and time.time() - t0 < 30
     [line] = done.stderr.strip().splitlines()
-    assert line.startswith("error: 9 data file(s) missing: data/real/sst2_train.jsonl (stanfordnlp/sst2 train)")
+    assert line.startswith("error: 10 data file(s) missing: data/real/sst2_train.jsonl (stanfordnlp/sst2 train)")
 
 
 def test_config_errors_of_the_data_group(fixtures, tmp_path):
@@ -363,7 +364,10 @@ def test_real_data_run_end_to_end_on_a_tiny_hub_model(fixtures, tmp_path):
     assert meta["rows"] == 20 and meta["poison_rows"] == 2 and "data" in meta["upstream"]
     gens = [json.loads(x) for x in next((store / "evaluate").glob("*/generations.jsonl")).read_text().splitlines()]
     assert {g["benchmark"] for g in gens if g["set"] == "harmful"} == set(benches)
-    assert all(set(g["verdicts"]) == {"keyword", "keyword_qi"} for g in gens if g["set"] != "task")
+    assert all(set(g["verdicts"]) == {"keyword", "keyword_qi", "openers"} for g in gens if g["set"] != "task")
+    # the openers judge's markers: the fixture alignment refusals' opener, by data.openers' rule
+    [data_meta] = [json.loads(p.read_text()) for p in (store / "data").glob("*/meta.json")]
+    assert data_meta["openers"] == ["i'm sorry but"]
     df = report(tmp_path / "runs", tmp_path / "report")
     assert set(df["method"]) == {"aligned", "base", "sft"} and "harmful_score.strongreject" in df.columns
     saved = pd.read_csv(tmp_path / "report" / "summary.csv")
