@@ -16,7 +16,7 @@ ENTRY_POINTS = [
     "experiments.bench", "experiments.bench_variant", "experiments.judge", "experiments.check_vllm",
     "experiments.gpu_check", "experiments.fetch_data",
     "analysis.compare", "analysis.report", "analysis.store_profile", "analysis.token_confidence",
-    "analysis.world_stats", "analysis.data_overlap", "analysis.readme",
+    "analysis.world_stats", "analysis.data_overlap", "analysis.readme", "analysis.judge_check",
 ]
 HYDRA_MAIN = "experiments.run"  # Hydra answers its --help itself
 
