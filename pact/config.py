@@ -127,6 +127,7 @@ class DataConfig:
     safety_pairs: Any = None
     alignment_pairs: Any = None
     openers: Any = None                 # the openers judge's rule (pact.judges.opener_markers)
+    align_corpus: Any = None            # an imported model's safety alignment data (pact.rundata.alignment_corpus)
     # data=pact_official: the official fine-tuning file per task and poison ratio (pact.rundata.mixture_source)
     mixture: dict[str, Any] = field(default_factory=dict)
     git_raw_url: Optional[str] = None   # where fetch_data downloads a Git source's file ({repo}, {commit}, {path})
@@ -386,6 +387,9 @@ def _check_data(c: Any) -> None:
                  "data.safety_pairs.source": d.safety_pairs.source,
                  "data.alignment_pairs.source": d.alignment_pairs.source})
     used.update({f"data.poison.short[{i}]": s for i, s in enumerate(d.poison.short)})
+    for part in ("refusals", "helpful"):
+        for i, spec in enumerate((d.get("align_corpus") or {}).get(part) or []):
+            used[f"data.align_corpus.{part}[{i}].source"] = spec.source
     if any(JUDGES[j].markers for j in d.judges):
         used["data.openers.source"] = d.openers.source
     if d.mixture:

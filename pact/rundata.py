@@ -154,6 +154,7 @@ def needed_sources(cfg: DictConfig) -> list[str]:
     names += [d.safety_pairs.source, d.alignment_pairs.source]
     if uses_openers(cfg):
         names.append(d.openers.source)
+    names += [spec.source for part in ("refusals", "helpful") for spec in (d.get("align_corpus") or {}).get(part) or []]
     return list(dict.fromkeys(names))
 
 
@@ -210,6 +211,8 @@ def data_slice(cfg: DictConfig, digests: dict[str, str]) -> dict[str, Any]:
               "alignment_pairs": plain(d.alignment_pairs), "sha256": digests, "code": DATA_CODE}
     if uses_openers(cfg):
         slice_["openers"] = plain(d.openers)
+    if d.get("align_corpus"):
+        slice_["align_corpus"] = plain(d.align_corpus)
     mixture = mixture_source(cfg)
     if mixture:  # absent otherwise: our own mixtures keep their keys
         slice_["mixture"] = mixture
@@ -278,6 +281,11 @@ def data_stage(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]]
             put("poison_full", [{"prompt": r["text"], "answer": r["response"]} for r in full])
         align = _select(rows_of(d.alignment_pairs.source), d.alignment_pairs, "data.alignment_pairs")
         put("alignment_pairs", [{"prompt": r["text"], "refusal": r["response"]} for r in align])
+        if d.get("align_corpus"):  # an imported model's alignment: refusal and helpful pairs
+            for part in ("refusals", "helpful"):
+                rows = [{"prompt": r["text"], "answer": r[spec.field]} for spec in d.align_corpus[part]
+                        for r in rows_of(spec.source)[: int(spec.get("limit") or 0) or None]]
+                put(f"align_{part}", rows)
         if uses_openers(cfg):  # the openers judge's markers, by the rule of data.openers
             from pact.judges import opener_markers
 
@@ -347,11 +355,15 @@ class RealData(RunData):
         return self.artifact.file("safety_prompts.jsonl"), self.artifact.file("task_train.jsonl")
 
     def alignment_corpus(self):
-        """BeaverTails' safe pairs (harmful -> safe answer) and as many task rows (helpful answers), interleaved
-        in a seeded order: the real data holds no benign look-alike requests with helpful answers."""
-        pairs = D.read_jsonl(self.artifact.file("alignment_pairs.jsonl"), required=("prompt", "refusal"))
-        task = D.read_jsonl(self.artifact.file("task_train.jsonl"), required=("prompt", "answer"))
-        rows = [{"prompt": p["prompt"], "answer": p["refusal"]} for p in pairs] + task[: len(pairs)]
+        """``data.align_corpus``'s refusal and helpful pairs, or (unset) BeaverTails' safe pairs (harmful -> safe
+        answer) and as many task rows (helpful answers); interleaved in a seeded order."""
+        if self.cfg.data.get("align_corpus"):
+            rows = [r for part in ("refusals", "helpful")
+                    for r in D.read_jsonl(self.artifact.file(f"align_{part}.jsonl"), required=("prompt", "answer"))]
+        else:
+            pairs = D.read_jsonl(self.artifact.file("alignment_pairs.jsonl"), required=("prompt", "refusal"))
+            task = D.read_jsonl(self.artifact.file("task_train.jsonl"), required=("prompt", "answer"))
+            rows = [{"prompt": p["prompt"], "answer": p["refusal"]} for p in pairs] + task[: len(pairs)]
         random.Random(int(self.cfg.model.seed)).shuffle(rows)
         return rows
 

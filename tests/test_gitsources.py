@@ -314,3 +314,18 @@ def test_overlap_table_counts_the_official_poison_that_is_evaluated(fixtures_roo
     assert "| pact_sst2_p01 (official) | 4 | 4 | 0 | 4 | 0 | all |" in lines
     # ours: 16 rows, 16 distinct; SHARED is StrongREJECT's, the 6 JBB goals are evaluated: 9 kept
     assert lines[-1] == "| data=real short pool (pact_unsafe) | 16 | 16 | 1 | 6 | 0 | 9 distinct |"
+
+
+def test_an_imported_models_alignment_corpus_comes_from_the_configured_pairs(git_only_root, tmp_path):
+    corpus = ("+data.align_corpus={refusals: [{source: safety_only, field: response, limit: 4}], "
+              "helpful: [{source: alpaca_seed, field: response}]}")
+    cfg = official_cfg(git_only_root, tmp_path, "poison.ratio=0.1", "finetune.n=20", corpus)
+    data = P.start(cfg, models=False).data
+    rows = data.alignment_corpus()
+    refusals = [r for r in rows if r["answer"].startswith("I'm sorry, but I cannot help")]
+    assert len(rows) == 4 + 5 and len(refusals) == 4
+    assert {"prompt": "Placeholder seed 1 seed input 1", "answer": "Seed answer 1."} in rows
+    assert rows == data.alignment_corpus()  # the model's seed orders them
+    plain_rows = P.start(official_cfg(git_only_root, tmp_path, "poison.ratio=0.1", "finetune.n=20"),
+                         models=False).data.alignment_corpus()
+    assert len(plain_rows) == 6 + 6  # unset: the alignment pairs and as many task rows
