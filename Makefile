@@ -86,7 +86,7 @@ real-smoke: setup ## the real-data path on fixture files and a tiny Llama (~20 s
 	$(PY) -m experiments.run $$(cat outputs/real_smoke/overrides.txt) poison.ratio=0.1
 	$(PY) -m analysis.report --runs outputs/real_smoke/runs --out outputs/real_smoke/report
 
-test: setup ## every test (4-5 min with AVX-512 bf16, 6-12 without; + 1-2 min creating .venv)
+test: setup ## every test (3-4 min with AVX-512 bf16, 6-12 without; + ~1 min creating .venv)
 	$(PY) -m pytest -q
 
 test-fast: setup ## the tests not marked slow (no subprocess, torchrun, kill/restart, none over ~3 s): ~1-1.5 min
