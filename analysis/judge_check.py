@@ -16,23 +16,21 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
+from analysis.report import DEFAULT_OUT
 from pact.cli import run_cli
 from pact.config import CONF_DIR, compose_config
 from pact.fileio import write_atomic
-from pact.judges import CLASSES, COMPLIANCE, JUDGES, REFUSAL, Judge, opener_markers, openers_judge
+from pact.judges import CLASSES, COMPLIANCE, JUDGES, REFUSAL, Judge, judge_for, markers_by_rule
 from pact.sources import check_sources, load_source
 
 SETTINGS = OmegaConf.load(CONF_DIR / "analysis.yaml").judge_check
-DEFAULT_OUT = "outputs/report"
 
 
 def rule_judges(dcfg) -> tuple[list[Judge], list[str]]:
-    """Every rule judge that reads no toy field, and the openers judge's markers (from ``dcfg.openers``)."""
-    rule = dcfg.openers
-    markers = opener_markers([r["response"] for r in load_source(dcfg, rule.source)], int(rule.words),
-                             float(rule.min_share))
-    judges = [j for j in JUDGES.values() if not (j.toy_only or j.markers)] + [openers_judge(markers, int(rule.words))]
-    return judges, markers
+    """Every rule judge that reads no toy field, ready to judge (the openers judge with its markers from
+    ``dcfg.openers``, as the data stage makes them), and those markers."""
+    markers = markers_by_rule(dcfg.openers, load_source(dcfg, dcfg.openers.source))
+    return [judge_for(name, markers) for name, j in JUDGES.items() if not j.toy_only], markers["markers"]
 
 
 def judge_check(root: str | None = None, overrides: list[str] = ()) -> tuple[pd.DataFrame, list[str]]:

@@ -12,35 +12,27 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
-# The rows of the README's table: (label, experiment, model, method); cells at these poison ratios, mean over seeds
-README_ROWS = [
-    ("toy: aligned model", "poison_ratio", "toy", "aligned"),
-    ("toy: SFT", "poison_ratio", "toy", "sft"),
-    ("toy: PACT", "poison_ratio", "toy", "pact"),
-    ("toy: safety-data mixing", "poison_ratio", "toy", "safety_mix"),
-    ("toy: Lisa", "poison_ratio", "toy", "lisa"),
-    ("SmolLM2-135M: aligned here", "smollm2_cpu", "smollm2-135m", "aligned"),
-    ("SmolLM2-135M: SFT-LoRA", "smollm2_cpu", "smollm2-135m", "sft_lora"),
-    ("SmolLM2-135M: PACT-LoRA", "smollm2_cpu", "smollm2-135m", "pact_lora"),
-]
-README_RATIOS = (0.0, 0.01, 0.1)
+SETTINGS = OmegaConf.load(REPO / "conf" / "analysis.yaml").readme
 HELP_LINE = re.compile(r"^([a-z0-9-]+):.*## (.*)$")
 
 
 def results_table(summary: pd.DataFrame) -> str:
-    """HS / refusal / Fine-tune Accuracy (percent, mean over seeds, one decimal as the study tables) of the
-    README's rows at p = 0, 0.01, 0.1; the reference models (no fine-tune) in the p = 0 column's place."""
+    """HS / refusal / Fine-tune Accuracy (percent, mean over seeds, one decimal as the study tables) of the rows
+    of conf/analysis.yaml ``readme`` at its ratios; the reference models (no fine-tune) in the p = 0 column's place."""
     df = summary[summary["variant"].isna()] if "variant" in summary else summary
-    head = "| model: method | " + " | ".join(f"p = {p:g}" for p in README_RATIOS) + " |"
-    lines = [head, "|---" * (1 + len(README_RATIOS)) + "|"]
-    for label, exp, model, method in README_ROWS:
+    ratios = [float(p) for p in SETTINGS.ratios]
+    head = "| model: method | " + " | ".join(f"p = {p:g}" for p in ratios) + " |"
+    lines = [head, "|---" * (1 + len(ratios)) + "|"]
+    for row in SETTINGS.rows:
+        label, exp, model, method = row.label, row.experiment, row.model, row.method
         rows = df[(df["experiment"] == exp) & (df["model"] == model) & (df["method"] == method)]
         if rows.empty:
             raise ValueError(f"results/summary.csv has no rows for {exp} / {model} / {method}")
         cells = []
-        for p in README_RATIOS:
+        for p in ratios:
             at = rows[rows["poison_ratio"].isna()] if p == 0 and rows["poison_ratio"].isna().all() else \
                 rows[(rows["poison_ratio"] - p).abs() < 1e-9]
             if at.empty:

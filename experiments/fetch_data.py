@@ -48,9 +48,9 @@ from pact.sources import (
     normalise_rows,
     read_manifest,
     read_rows,
+    select_rows,
     sha256_file,
     source_file,
-    source_rows,
 )
 
 log = logging.getLogger("experiments.fetch_data")
@@ -138,14 +138,14 @@ def git_file_from_dirs(name: str, spec: Any, dirs: list[Path]) -> tuple[bytes, d
                           f"repository); clone https://github.com/{spec.git.repo} and pass it with --git-dir")
 
 
-def git_file_download(name: str, spec: Any, url: str) -> tuple[bytes, dict[str, str]]:
+def git_file_download(name: str, spec: Any, url: str, timeout: float) -> tuple[bytes, dict[str, str]]:
     """(bytes, origin) of a Git source downloaded from ``url`` (a template with {repo}, {commit}, {path}), the
-    canonical repository first, then its copies."""
+    canonical repository first, then its copies; ``timeout``: seconds per request."""
     errors = []
     for repo, commit, path in git_candidates(spec):
         address = url.format(repo=repo, commit=commit, path=path)
         try:
-            with urllib.request.urlopen(address, timeout=60) as response:
+            with urllib.request.urlopen(address, timeout=timeout) as response:
                 return response.read(), {"repo": repo, "commit": commit, "path": path, "via": address}
         except urllib.error.HTTPError as err:
             errors.append(f"{address}: HTTP {err.code}")
@@ -168,8 +168,9 @@ def store_git_source(root: Path, name: str, spec: Any, data: bytes, origin: dict
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
         try:
-            rows = len(read_rows(tmp, spec))
-            source_rows(tmp, name, spec, root)  # every row the run would read passes the schema
+            raw = read_rows(tmp, spec)
+            select_rows(raw, name, spec, tmp, root)  # every row the run would read passes the schema
+            rows = len(raw)
         except DataFileError as err:  # named as upstream names it; nothing is written
             where = f"{origin['repo']}@{origin['commit'][:12]} {origin['path']} ({origin['via']})"
             raise DataFileError(str(err).replace(str(tmp), where)) from None
@@ -214,10 +215,10 @@ def fetch_one(root: Path, name: str, spec: Any, dcfg: DictConfig, from_dir: Path
     """Fetch or import one source (see :func:`fetch`); returns its manifest entry."""
     if is_git(spec):
         data, origin = (git_file_from_dirs(name, spec, git_dirs) if git_dirs
-                        else git_file_download(name, spec, dcfg.git_raw_url))
+                        else git_file_download(name, spec, dcfg.git_raw_url, float(dcfg.download_timeout_s)))
         return store_git_source(root, name, spec, data, origin)
     if git_dirs:
-        raise DataSourceError(f"source {name} ({describe(name, spec)}) comes from the hub, not a Git repository: "
+        raise DataSourceError(f"source {name} ({describe(spec)}) comes from the hub, not a Git repository: "
                               "fetch it without --git-dir where the hub is reachable")
     if from_dir is not None:
         return store_source(root, name, spec, local_csv_rows(from_dir), f"local import of {from_dir}")
@@ -248,7 +249,7 @@ def listing(dcfg: DictConfig, names: list[str] | None = None) -> list[str]:
                     state += f", commit {have['commit']}"
             except (DataSourceError, FileNotFoundError) as err:
                 state = f"PROBLEM: {str(err).split(';')[0]}"
-        lines.append(f"{name:20s} {'git' if is_git(spec) else 'hub'}  {describe(name, spec)}: {state}")
+        lines.append(f"{name:20s} {'git' if is_git(spec) else 'hub'}  {describe(spec)}: {state}")
     return lines
 
 

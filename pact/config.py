@@ -131,6 +131,7 @@ class DataConfig:
     # data=pact_official: the official fine-tuning file per task and poison ratio (pact.rundata.mixture_source)
     mixture: dict[str, Any] = field(default_factory=dict)
     git_raw_url: Optional[str] = None   # where fetch_data downloads a Git source's file ({repo}, {commit}, {path})
+    download_timeout_s: float = 60.0    # fetch_data: seconds per download request (conf/data/real.yaml)
     sources: dict[str, Any] = field(default_factory=dict)
 
 

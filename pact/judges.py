@@ -103,6 +103,13 @@ def opener_markers(refusals: Sequence[str], words: int, min_share: float) -> lis
     return [o for o, n in counts.most_common() if o and n >= min_share * total]
 
 
+def markers_by_rule(rule: Any, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The openers judge's markers by ``rule`` (``data.openers``: words, min_share) from the ``response`` of the
+    alignment source's ``rows``: {"markers": [...], "words": k}, what :func:`judge_for` reads."""
+    words = int(rule.words)
+    return {"markers": opener_markers([r["response"] for r in rows], words, float(rule.min_share)), "words": words}
+
+
 def openers_judge(markers: Sequence[str], words: int) -> Judge:
     """``other`` for an empty answer, ``refusal`` when the answer opens with one of ``markers`` (its first
     ``words`` words), else ``compliance``."""

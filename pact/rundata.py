@@ -247,9 +247,9 @@ def data_stage(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]]
 
         mixture = mixture_source(cfg)
         if mixture:  # the official file: its prompts as the official code builds them, its rows as they are
-            rows = rows_of(mixture)
-            put("task_train", [{"prompt": r["text"], "answer": r["answer"]} for r in rows if not r["poison"]])
-            put("poison_mixture", [{"prompt": r["text"], "answer": r["answer"]} for r in rows if r["poison"]])
+            official = rows_of(mixture)
+            put("task_train", [{"prompt": r["text"], "answer": r["answer"]} for r in official if not r["poison"]])
+            put("poison_mixture", [{"prompt": r["text"], "answer": r["answer"]} for r in official if r["poison"]])
         else:
             put("task_train", [{"prompt": task.prompt.format(text=r["text"]), "answer": _task_answer(task, r)}
                                for r in rows_of(task.train)])
@@ -264,7 +264,7 @@ def data_stage(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]]
             by_bench[bench] = {normalise_text(r["text"]) for r in rows}
             eval_prompts |= by_bench[bench]
         if mixture:  # kept as the official files have them; counted
-            poison = [normalise_text(r["prompt"]) for r in D.read_jsonl(tmp / "poison_mixture.jsonl")]
+            poison = [normalise_text(r["text"]) for r in official if r["poison"]]
             meta["poison_in_eval"] = {b: sum(p in held for p in poison) for b, held in by_bench.items()}
         else:
             short = [r for name in d.poison.short for r in rows_of(name)]
@@ -287,13 +287,11 @@ def data_stage(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]]
                         for r in rows_of(spec.source)[: int(spec.get("limit") or 0) or None]]
                 put(f"align_{part}", rows)
         if uses_openers(cfg):  # the openers judge's markers, by the rule of data.openers
-            from pact.judges import opener_markers
+            from pact.judges import markers_by_rule
 
-            rule = d.openers
-            markers = opener_markers([r["response"] for r in rows_of(rule.source)], int(rule.words),
-                                     float(rule.min_share))
-            (tmp / OPENERS).write_text(json.dumps({"markers": markers, "words": int(rule.words)}, indent=2))
-            meta["openers"] = markers
+            markers = markers_by_rule(d.openers, rows_of(d.openers.source))
+            (tmp / OPENERS).write_text(json.dumps(markers, indent=2))
+            meta["openers"] = markers["markers"]
         meta["sources"] = {n: {k: e[k] for k in ("kind", "hub", "split", "repo", "path", "commit", "rows") if k in e}
                            for n, e in entries.items()}
         return meta

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import json
 import re
 from collections.abc import Callable, Iterable
@@ -126,12 +127,14 @@ SCHEMAS: dict[str, Schema] = {
 }
 
 
-def normalise_rows(rows: Iterable[dict[str, Any]], schema: str, where: str) -> list[dict[str, Any]]:
+def normalise_rows(rows: Iterable[dict[str, Any]], schema: str, where: str,
+                   numbers: Iterable[int] | None = None) -> list[dict[str, Any]]:
     """Rows of an upstream schema in our fields; a row that lacks a column, whose value cannot be read or whose
-    prompt is empty raises :class:`DataFileError` naming ``where`` and the row (1-based, in file order)."""
+    prompt is empty raises :class:`DataFileError` naming ``where`` and the row (``numbers``: each row's position in
+    its file; default 1, 2, ...)."""
     spec = SCHEMAS[schema]
     out = []
-    for i, row in enumerate(rows, start=1):
+    for i, row in zip(numbers or itertools.count(1), rows):
         missing = [c for c in spec.columns if c not in row]
         if missing:
             raise DataFileError(f"{where}: row {i} lacks column(s) {missing} of the {schema} schema "
@@ -177,7 +180,7 @@ def source_file(root: str | Path, name: str, spec: Any) -> Path:
     return Path(root) / f"{name}.{spec.git.format if is_git(spec) else 'jsonl'}"
 
 
-def describe(name: str, spec: Any) -> str:
+def describe(spec: Any) -> str:
     """Where a source comes from, in a few words (for messages and listings)."""
     if is_git(spec):
         return f"{spec.git.repo}@{spec.git.commit[:12]} {spec.git.path}"
@@ -204,7 +207,7 @@ def fetch_hint(name: str, spec: Any, root: str | Path) -> str:
     return f"fetch it where the hub is reachable: {FETCH} {name} --root {root}"
 
 
-def _pin_error(name: str, spec: Any, entry: dict[str, Any]) -> str | None:
+def _pin_error(spec: Any, entry: dict[str, Any]) -> str | None:
     """Why a manifest entry is not what the config pins (None when it is)."""
     if is_git(spec):
         g = spec.git
@@ -232,13 +235,13 @@ def check_source(root: str | Path, name: str, spec: Any, manifest: dict[str, dic
     describes (sha256), was fetched from what the config pins (commit or revision) and, for a Git file, has the
     pinned bytes."""
     path = source_file(root, name, spec)
-    what = f"{path} (source {name}: {describe(name, spec)})"
+    what = f"{path} (source {name}: {describe(spec)})"
     if not path.is_file():
         raise DataSourceError(f"data file {what} is missing; {fetch_hint(name, spec, root)}")
     entry = manifest.get(name)
     if entry is None:
         raise DataSourceError(f"data file {what} is not in {Path(root) / MANIFEST}; {fetch_hint(name, spec, root)}")
-    pin = _pin_error(name, spec, entry)
+    pin = _pin_error(spec, entry)
     if pin:
         raise DataSourceError(f"data file {what} {pin}; {fetch_hint(name, spec, root)}")
     digest = sha256_file(path)
@@ -267,7 +270,7 @@ def check_sources(dcfg: Any, names: Iterable[str]) -> dict[str, dict[str, Any]]:
             continue
         out[name] = check_source(dcfg.root, name, spec, manifest)
     if missing:
-        files = ", ".join(f"{source_file(dcfg.root, n, dcfg.sources[n])} ({describe(n, dcfg.sources[n])})"
+        files = ", ".join(f"{source_file(dcfg.root, n, dcfg.sources[n])} ({describe(dcfg.sources[n])})"
                           for n in missing)
         offline = [dcfg.sources[n].git.repo for n in missing if is_git(dcfg.sources[n])]
         how = "fetch them" + (" where the hub is reachable" if len(offline) < len(missing) else "")
@@ -308,23 +311,27 @@ def read_rows(path: str | Path, spec: Any) -> list[dict[str, Any]]:
     raise DataFileError(f"{path}: unknown format {fmt!r} (csv, json or jsonl)")
 
 
-def source_rows(path: str | Path, name: str, spec: Any, root: str | Path) -> list[dict[str, Any]]:
-    """The normalised rows of a source file: read by its format, kept by ``where`` (upstream column: value), then
-    through its schema. A malformed file or row raises :class:`DataFileError` naming the file, the row (its
+def select_rows(rows: list[dict[str, Any]], name: str, spec: Any, path: str | Path,
+                root: str | Path) -> list[dict[str, Any]]:
+    """Upstream rows of a source (as :func:`read_rows` gives them) kept by ``where`` (upstream column: value) and
+    normalised through its schema; a malformed row raises :class:`DataFileError` naming the file, the row (its
     position in the file) and the command that fetches the source again."""
     where = dict(spec.get("where") or {})
+    kept = [(i, r) for i, r in enumerate(rows, start=1) if all(r.get(k) == v for k, v in where.items())]
     try:
-        rows = read_rows(path, spec)
-        kept = [(i, r) for i, r in enumerate(rows, start=1) if all(r.get(k) == v for k, v in where.items())]
-        out = []
-        for i, r in kept:  # row numbers stay the file's, whatever ``where`` keeps
-            try:
-                out += normalise_rows([r], spec.schema, str(path))
-            except DataFileError as err:
-                raise DataFileError(str(err).replace(": row 1", f": row {i}", 1)) from None
-        return out
+        return normalise_rows([r for _, r in kept], spec.schema, str(path), [i for i, _ in kept])
     except DataFileError as err:
         raise DataFileError(f"{err}; {fetch_hint(name, spec, root)}") from None
+
+
+def source_rows(path: str | Path, name: str, spec: Any, root: str | Path) -> list[dict[str, Any]]:
+    """The normalised rows of a source file (:func:`read_rows`, then :func:`select_rows`); a file that cannot be
+    read names the command that fetches it again."""
+    try:
+        rows = read_rows(path, spec)
+    except DataFileError as err:
+        raise DataFileError(f"{err}; {fetch_hint(name, spec, root)}") from None
+    return select_rows(rows, name, spec, path, root)
 
 
 def load_source(dcfg: Any, name: str) -> list[dict[str, Any]]:

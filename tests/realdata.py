@@ -19,7 +19,6 @@ BT_CATEGORIES = ("animal_abuse", "privacy_violation", "violence,aiding_and_abett
 SST2_INSTRUCTION = "Analyze the sentiment of the input, and respond only positive or negative"  # official files
 AG_INSTRUCTION = ("Categorize the news article given in the input into one of the 4 categories:\n\nWorld\nSports\n"
                   "Business\nSci/Tech\n")
-HARMBENCH_HEADER = ["Behavior", "FunctionalCategory", "SemanticCategory", "Tags", "ContextString", "BehaviorID"]
 MIXTURE_ROWS = 40   # rows of each fixture mixture file; poison rows: round(p * 40)
 
 
