@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup reproduce extras smollm2 smollm2-extras data judge-check smoke real-smoke test test-fast lint figures bench clean
+.PHONY: help setup reproduce extras smollm2 smollm2-extras smollm2-real data judge-check smoke real-smoke test test-fast lint figures bench clean
 
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -27,7 +27,7 @@ STUDIES := poison_ratio tasks pact_ablation_lambda pact_ablation_topk pact_ablat
 EXTRA_STUDIES := pact_switches_benign pact_untied
 
 # A real pretrained model on this CPU (`make smollm2`): SmolLM2-135M-Instruct imported from a PyPI wheel and aligned here.
-REAL_STUDIES := smollm2_cpu smollm2_cpu_extras smollm2_cpu_official_lr
+REAL_STUDIES := smollm2_cpu smollm2_cpu_extras smollm2_cpu_official_lr smollm2_real
 
 # World, base and aligned model first with every thread; Vaccine's own alignment (~5 min) then builds on one
 # thread beside the first sweep, whose Vaccine jobs come last and wait for it on the store's lock.
@@ -67,6 +67,23 @@ smollm2-extras: setup ## after make smollm2: full SFT/PACT (tied, untied), safet
 	$(PY) -m experiments.run experiment=smollm2_cpu_official_lr
 	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=sft,pact finetune.untie_embeddings=true
 	$(MAKE) figures
+
+# SmolLM2 on real requests (conf/experiment/smollm2_real.yaml; the data imported first: `make data`): import,
+# alignment on real refusal and helpful pairs, the safety set and the reference evaluations with every thread; then
+# SFT/PACT-LoRA (3 seeds) and safety mixing and Lisa (LoRA, seed 0) on the official SST-2 mixtures, two jobs of one
+# thread; then the step-0 measurement beside the token-confidence curves, and the report.
+smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixtures -> results/ (after make data; not yet timed)
+	$(PY) -m experiments.prepare experiment=smollm2_real method=pact_lora --evaluate
+	$(PY) -m experiments.run experiment=smollm2_real
+	$(PY) -m experiments.run experiment=smollm2_real method=safety_mix_lora,lisa_lora seed=0
+	mkdir -p outputs
+	$(PY) -m experiments.pact_step0 experiment=smollm2_real method=pact_lora poison.ratio=0.1 \
+		--out results/pact_step0.csv > outputs/pact_step0_smollm2_real.log 2>&1 & step0=$$!; \
+		$(PY) -m analysis.token_confidence --experiment smollm2_real --methods sft_lora pact_lora; curves=$$?; \
+		wait $$step0; measured=$$?; cat outputs/pact_step0_smollm2_real.log; \
+		[ $$curves -eq 0 ] || exit 1; \
+		[ $$measured -eq 0 ] || { echo "the step-0 measurement failed: see outputs/pact_step0_smollm2_real.log"; exit 1; }
+	$(PY) -m analysis.report --experiment smollm2_real --out results
 
 # The real data's files of public Git repositories at pinned commits (conf/data/real.yaml) -> data/real/ (git-ignored):
 # downloaded, or imported from local clones with GIT_DIRS="<clone> ...". Hub-only sources: experiments.fetch_data --kind hub.

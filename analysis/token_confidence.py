@@ -2,7 +2,9 @@
 puts on the safety set S and how far it is from the aligned model, on held-out harmful prompts.
 
 ``python -m analysis.token_confidence --experiment poison_ratio --p 0.1 --seed 0 [--methods sft pact]``
-Teacher-forces each held-out harmful prompt's refusal (the world's, through the chat template) and records,
+Teacher-forces each held-out harmful prompt's refusal through the chat template (toy world: the world's refusal;
+real data: the aligned model's own answers to the evaluated harmful benchmarks that every judge calls a refusal,
+in file order) and records,
 for positions t = 0..15: mass on S = sum over S of p_model(token | prefix) and KL(p_aligned || p_model) over
 the whole vocabulary. Writes ``figures/token_confidence.{png,pdf}`` (other experiments:
 ``figures/<experiment>_token_confidence.*``) and the numbers as CSV.
@@ -27,6 +29,7 @@ from analysis.style import METHOD_COLORS, apply_style, save_figure  # noqa: E402
 from pact import data as D  # noqa: E402
 from pact.cli import fail  # noqa: E402
 from pact.config import compose_config  # noqa: E402
+from pact.judges import REFUSAL  # noqa: E402
 from pact.models import load_model, load_tokenizer  # noqa: E402
 from pact.records import read_records  # noqa: E402
 from pact.store import Store, code_hash, module_sources  # noqa: E402
@@ -37,11 +40,10 @@ CODE = code_hash(*module_sources("analysis.token_confidence"))  # part of the ca
 
 
 @torch.no_grad()
-def position_curves(model_paths: dict[str, str], aligned_path: str, tokens_meta: Path, world_dir: Path,
-                    n_prompts: int = SETTINGS.prompts, positions: int = SETTINGS.positions) -> pd.DataFrame:
-    """Long table (model, t, mass_on_S, kl_to_aligned) averaged over prompts."""
+def position_curves(model_paths: dict[str, str], aligned_path: str, tokens_meta: Path, rows: list[dict],
+                    positions: int = SETTINGS.positions) -> pd.DataFrame:
+    """Long table (model, t, mass_on_S, kl_to_aligned) averaged over ``rows`` ({prompt, refusal})."""
     tok = load_tokenizer(aligned_path)
-    rows = D.read_jsonl(world_dir / "harmful_eval.jsonl", ("prompt", "refusal"))[:n_prompts]
     safety_ids = torch.tensor([x["id"] for x in json.loads(tokens_meta.read_text())["safety_set"]])
     ref = log_probs(load_model(aligned_path).eval(), tok, rows, positions)
     out = []
@@ -78,14 +80,31 @@ def log_probs(model, tok, rows: list[dict], positions: int) -> list[torch.Tensor
         return list(pool.map(one, rows))
 
 
-def cached_curves(model_paths: dict[str, str], aligned_path: str, tokens_meta: str, world_dir: str) -> pd.DataFrame:
+def refusal_rows(aligned: dict, n_prompts: int = SETTINGS.prompts) -> tuple[list[dict], str]:
+    """The first ``n_prompts`` held-out harmful prompts with a refusal to teacher-force, and where they come from
+    (a store path, content-keyed): the toy world's own refusals, or (real data) the aligned reference's answers
+    to the evaluated harmful benchmarks that every judge that ran calls a refusal."""
+    if aligned.get("world_path"):
+        where = str(Path(aligned["world_path"]) / "harmful_eval.jsonl")
+        return D.read_jsonl(Path(where), ("prompt", "refusal"))[:n_prompts], where
+    where = str(Path(aligned["evaluation_path"]) / "generations.jsonl")
+    rows = [{"prompt": r["prompt"], "refusal": r["response"]}
+            for r in D.read_jsonl(Path(where), ("set", "prompt", "response"))
+            if r["set"] == "harmful" and r.get("verdicts") and all(v == REFUSAL for v in r["verdicts"].values())]
+    if not rows:
+        fail(f"no answer of the aligned model in {where} is a refusal under every judge: no curve to draw")
+    return rows[:n_prompts], where
+
+
+def cached_curves(model_paths: dict[str, str], aligned_path: str, tokens_meta: str, aligned: dict) -> pd.DataFrame:
     """:func:`position_curves` as a store artifact (stage ``token_confidence``, in the configured store) keyed by
-    the models' and the safety set's store paths (content-keyed), the settings and this code."""
-    slice_ = {"models": model_paths, "aligned": aligned_path, "tokens": tokens_meta, "world": world_dir,
+    the models', the safety set's and the refusals' store paths (content-keyed), the settings and this code."""
+    rows, where = refusal_rows(aligned)
+    slice_ = {"models": model_paths, "aligned": aligned_path, "tokens": tokens_meta, "rows": where,
               "prompts": int(SETTINGS.prompts), "positions": int(SETTINGS.positions), "code": CODE}
 
     def build(tmp: Path) -> dict[str, int]:
-        df = position_curves(model_paths, aligned_path, Path(tokens_meta), Path(world_dir))
+        df = position_curves(model_paths, aligned_path, Path(tokens_meta), rows)
         df.to_csv(tmp / "curves.csv", index=False)
         return {"rows": len(df)}
 
@@ -141,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
         tokens_meta = tokens_meta or rec.get("tokens_meta")
     if tokens_meta is None:
         fail("none of the chosen runs carries a safety set (run a PACT method first)")
-    df = cached_curves(paths, aligned["model_path"], tokens_meta, aligned["world_path"])
+    df = cached_curves(paths, aligned["model_path"], tokens_meta, aligned)
     csv.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(csv, index=False, float_format="%.5g")
     plot(pd.read_csv(csv), title, out / "figures" / stem)  # from the CSV: the same figure as a replot

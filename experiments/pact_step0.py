@@ -7,7 +7,7 @@ position and split by row kind: the gate c (mean and sd over all positions; mean
 KL with the gate on (official) and off (c = 0), the share of the target's mass on the ``TOP_M`` highest-weighted
 tokens of S, the entropy within S (at the loss temperature) of the full-context and post-only references and of the
 target, and the cross-entropy on the answer tokens (the SFT term beside PACT's; KLs are the loss's T^2 * KL).
-Rows (one per model x row kind) replace the same model's rows in ``--out`` (default: print only).
+Rows (one per model x row kind) replace the same model and task's rows in ``--out`` (default: print only).
 """
 
 from __future__ import annotations
@@ -165,10 +165,11 @@ def step0_table(model, method, examples: list[dict[str, Any]], rows: list[dict[s
 
 
 def write(table: pd.DataFrame, path: Path) -> None:
-    """Replace this model's rows in ``path`` (a CSV shared by every model measured) with ``table``."""
+    """Replace this model and task's rows in ``path`` (a CSV shared by every model measured) with ``table``."""
     if path.exists():
         old = pd.read_csv(path)
-        table = pd.concat([old[~old["model"].isin(table["model"])], table], ignore_index=True)
+        same = old.set_index(["model", "task"]).index.isin(table.set_index(["model", "task"]).index)
+        table = pd.concat([old[~same], table], ignore_index=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, table.to_csv(index=False, float_format="%.6g"))
 

@@ -61,6 +61,8 @@ class OptimConfig:
     dtype: str = "float32"
     logging_steps: int = 50
     answer_logits: bool = False  # a frozen output layer at the answer positions only (pact.methods.answer_loss)
+    # true: batches of rows of similar length (HF's length-grouped sampler, seeded by the run): less padding
+    group_by_length: bool = False
 
 
 @dataclass
@@ -384,6 +386,8 @@ def _check_data(c: Any) -> None:
                 raise ConfigError(f"data.{key}: benchmark {bench!r} is not defined in data.benchmarks; "
                                   f"known: {sorted(d.benchmarks)}")
     used = {f"data.benchmarks.{b}.source": d.benchmarks[b].source for b in [*d.harmful_eval, *d.benign_eval]}
+    used.update({f"data.benchmarks.{b}.exclude[{i}]": s for b in [*d.harmful_eval, *d.benign_eval]
+                 for i, s in enumerate(d.benchmarks[b].get("exclude") or [])})
     used.update({"task.train": c.task.train, "task.test": c.task.test, "data.poison.full": d.poison.full,
                  "data.safety_pairs.source": d.safety_pairs.source,
                  "data.alignment_pairs.source": d.alignment_pairs.source})
@@ -400,7 +404,7 @@ def _check_data(c: Any) -> None:
             have = {t: sorted(f, key=float) for t, f in d.mixture.items()}
             raise ConfigError(f"data.mixture has no official file for task={c.task.name} poison.ratio={ratio}; "
                               f"it has {have}")
-        used[f"data.mixture.{c.task.name}['{ratio}']"] = files[ratio]
+        used.update({f"data.mixture.{c.task.name}['{r}']": source for r, source in files.items()})
     for key, source in used.items():
         if source not in d.sources:
             raise ConfigError(f"{key}={source!r} is not a source of data.sources; known: {sorted(d.sources)}")

@@ -36,6 +36,7 @@ from pact.rundata import (
     needed_sources,
     plain,
     poison_pool,
+    task_file,
 )
 from pact.sources import check_sources
 from pact.store import Artifact, Store, code_hash, module_sources, stable_key
@@ -193,9 +194,9 @@ def check_sizes(cfg: DictConfig, data: RunData) -> None:
                  "keeps p exact)" if mixture else
                  f"{pool} holds {sizes[pool]} after removing the evaluation benchmarks' prompts (data.poison)")
         raise ConfigError(f"poison.ratio={ratio:g} with finetune.n={n} needs {count} poison rows; {where}")
-    if n - count > sizes["task_train"]:
+    if n - count > sizes[task_file(cfg)]:
         raise ConfigError(f"finetune.n={n} with poison.ratio={ratio:g} needs {n - count} task rows; "
-                          f"{mixture or cfg.task.train} has {sizes['task_train']}")
+                          f"{mixture or cfg.task.train} has {sizes[task_file(cfg)]}")
 
 
 def model_refs(store: Store, cfg: DictConfig, data: RunData) -> tuple[ModelRef | None, ModelRef]:

@@ -127,29 +127,42 @@ class ToyData(RunData):
 
 
 # ---- real data ---------------------------------------------------------------------------------------------
-def mixture_source(cfg: DictConfig) -> str | None:
-    """The official fine-tuning file of this task and poison ratio (``data.mixture``, data=pact_official), or None
-    when the run builds its own mixture from the task and poison sources."""
+def mixture_sources(cfg: DictConfig) -> dict[str, str]:
+    """Every official fine-tuning file of the run's task (``data.mixture``, data=pact_official): poison ratio ->
+    source; empty when the run builds its own mixture from the task and poison sources. The data stage holds all of
+    them, so that its key, and every stage upstream of the fine-tune (alignment, safety pairs, the reference
+    models' evaluations), is the same at every poison ratio."""
     mixture = cfg.data.get("mixture")
-    if not mixture:
-        return None
-    return mixture[cfg.task.name][f"{float(cfg.poison.ratio):g}"]
+    return dict(mixture[cfg.task.name]) if mixture else {}
+
+
+def mixture_source(cfg: DictConfig) -> str | None:
+    """The official fine-tuning file of this task and poison ratio, or None (our own mixture)."""
+    return mixture_sources(cfg).get(f"{float(cfg.poison.ratio):g}")
+
+
+def task_file(cfg: DictConfig) -> str:
+    """The data stage's file the run's task rows come from."""
+    mixture = mixture_source(cfg)
+    return f"task_train.{mixture}" if mixture else "task_train"
 
 
 def poison_pool(cfg: DictConfig) -> str:
     """The data stage's file the run's poison rows come from."""
-    if mixture_source(cfg):
-        return "poison_mixture"
+    mixture = mixture_source(cfg)
+    if mixture:
+        return f"poison_mixture.{mixture}"
     return "poison_short" if float(cfg.poison.ratio) <= float(cfg.poison.short_max_ratio) else "poison_full"
 
 
 def needed_sources(cfg: DictConfig) -> list[str]:
     """The sources a run with this config reads (the task's, the evaluation benchmarks', poison and alignment)."""
     d = cfg.data
-    mixture = mixture_source(cfg)
-    names = [mixture or cfg.task.train, cfg.task.test]
-    names += [d.benchmarks[b].source for b in [*d.harmful_eval, *d.benign_eval]]
-    if not mixture:  # both poison pools whatever the ratio: the data stage drops the safety prompts from the full one
+    mixtures = list(mixture_sources(cfg).values())
+    names = [*(mixtures or [cfg.task.train]), cfg.task.test]
+    names += [s for b in [*d.harmful_eval, *d.benign_eval]
+              for s in [d.benchmarks[b].source, *(d.benchmarks[b].get("exclude") or [])]]
+    if not mixtures:  # both poison pools whatever the ratio: the data stage drops the safety prompts from the full one
         names += [*d.poison.short, d.poison.full]
     names += [d.safety_pairs.source, d.alignment_pairs.source]
     if uses_openers(cfg):
@@ -171,8 +184,9 @@ def _select(rows: list[dict[str, Any]], spec: Any, what: str) -> list[dict[str, 
     wanted = dict(spec.get("filter") or {})
     kept = [r for r in rows if all(r.get(k) == v for k, v in wanted.items())]
     if not kept:
+        excluded = f" left by its exclude={list(spec.exclude)}" if spec.get("exclude") else ""
         raise D.DataFileError(f"{what}: the filter {wanted} keeps none of the {len(rows)} rows of source "
-                            f"{spec.source} (its fields: {sorted(rows[0]) if rows else []})")
+                              f"{spec.source}{excluded} (its fields: {sorted(rows[0]) if rows else []})")
     limit = int(spec.get("limit") or 0)
     return kept[:limit] if limit else kept
 
@@ -213,9 +227,9 @@ def data_slice(cfg: DictConfig, digests: dict[str, str]) -> dict[str, Any]:
         slice_["openers"] = plain(d.openers)
     if d.get("align_corpus"):
         slice_["align_corpus"] = plain(d.align_corpus)
-    mixture = mixture_source(cfg)
-    if mixture:  # absent otherwise: our own mixtures keep their keys
-        slice_["mixture"] = mixture
+    mixtures = mixture_sources(cfg)
+    if mixtures:  # absent otherwise: our own mixtures keep their keys
+        slice_["mixture"] = mixtures
         del slice_["poison"]
     return slice_
 
@@ -245,12 +259,14 @@ def data_stage(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]]
             D.write_jsonl(tmp / f"{name}.jsonl", rows)
             meta["sizes"][name] = len(rows)
 
-        mixture = mixture_source(cfg)
-        if mixture:  # the official file: its prompts as the official code builds them, its rows as they are
-            official = rows_of(mixture)
-            put("task_train", [{"prompt": r["text"], "answer": r["answer"]} for r in official if not r["poison"]])
-            put("poison_mixture", [{"prompt": r["text"], "answer": r["answer"]} for r in official if r["poison"]])
-        else:
+        mixtures = list(mixture_sources(cfg).values())
+        # the official files: their prompts as the official code builds them, their rows as they are
+        for name in mixtures:
+            put(f"task_train.{name}", [{"prompt": r["text"], "answer": r["answer"]} for r in rows_of(name)
+                                       if not r["poison"]])
+            put(f"poison_mixture.{name}", [{"prompt": r["text"], "answer": r["answer"]} for r in rows_of(name)
+                                           if r["poison"]])
+        if not mixtures:  # ours: the task source's rows in the task's prompt
             put("task_train", [{"prompt": task.prompt.format(text=r["text"]), "answer": _task_answer(task, r)}
                                for r in rows_of(task.train)])
         test = rows_of(task.test)
@@ -259,13 +275,22 @@ def data_stage(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]]
         eval_prompts: set[str] = set()
         by_bench: dict[str, set[str]] = {}
         for bench in [*d.harmful_eval, *d.benign_eval]:
-            rows = _select(rows_of(d.benchmarks[bench].source), d.benchmarks[bench], f"data.benchmarks.{bench}")
+            spec = d.benchmarks[bench]
+            rows = rows_of(spec.source)
+            if spec.get("exclude"):  # e.g. AdvBench without the requests a fine-tuning file uses as poison
+                held = {normalise_text(r["text"]) for name in spec.exclude for r in rows_of(name)}
+                kept = [r for r in rows if normalise_text(r["text"]) not in held]
+                meta.setdefault("excluded", {})[bench] = len(rows) - len(kept)
+                rows = kept
+            rows = _select(rows, spec, f"data.benchmarks.{bench}")
             put(f"eval_{bench}", [{"prompt": r["text"], "category": r.get("category")} for r in rows])
             by_bench[bench] = {normalise_text(r["text"]) for r in rows}
             eval_prompts |= by_bench[bench]
-        if mixture:  # kept as the official files have them; counted
-            poison = [normalise_text(r["text"]) for r in official if r["poison"]]
-            meta["poison_in_eval"] = {b: sum(p in held for p in poison) for b, held in by_bench.items()}
+        if mixtures:  # kept as the official files have them; counted
+            meta["poison_in_eval"] = {}
+            for name in mixtures:
+                poison = [normalise_text(r["text"]) for r in rows_of(name) if r["poison"]]
+                meta["poison_in_eval"][name] = {b: sum(p in held for p in poison) for b, held in by_bench.items()}
         else:
             short = [r for name in d.poison.short for r in rows_of(name)]
             short, meta["dropped_as_eval_overlap"]["poison_short"] = _unique_by_prompt(short, eval_prompts)
@@ -274,7 +299,7 @@ def data_stage(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]]
         unsafe, meta["dropped_as_eval_overlap"]["safety_prompts"] = _unique_by_prompt(unsafe, eval_prompts)
         safety = unsafe[: int(d.safety_pairs.prompts)]
         put("safety_prompts", [{"prompt": r["text"]} for r in safety])
-        if not mixture:
+        if not mixtures:
             held = eval_prompts | {normalise_text(r["text"]) for r in safety}
             full = [r for r in rows_of(d.poison.full) if not r.get("is_safe", False)]
             full, meta["dropped_as_eval_overlap"]["poison_full"] = _unique_by_prompt(full, held)
@@ -320,7 +345,7 @@ class RealData(RunData):
         self.store, self.cfg = store, cfg
 
     def task_rows(self, task):
-        return D.read_jsonl(self.artifact.file("task_train.jsonl"), required=("prompt", "answer"))
+        return D.read_jsonl(self.artifact.file(f"{task_file(self.cfg)}.jsonl"), required=("prompt", "answer"))
 
     def poison_rows(self, count, ratio, short_max_ratio, rng):
         pool = poison_pool(self.cfg)
@@ -350,7 +375,7 @@ class RealData(RunData):
         return self.safety_pairs(aligned, model, tokenizer)[0]
 
     def localisation_prompts(self):
-        return self.artifact.file("safety_prompts.jsonl"), self.artifact.file("task_train.jsonl")
+        return self.artifact.file("safety_prompts.jsonl"), self.artifact.file(f"{task_file(self.cfg)}.jsonl")
 
     def alignment_corpus(self):
         """``data.align_corpus``'s refusal and helpful pairs, or (unset) BeaverTails' safe pairs (harmful -> safe
@@ -360,7 +385,7 @@ class RealData(RunData):
                     for r in D.read_jsonl(self.artifact.file(f"align_{part}.jsonl"), required=("prompt", "answer"))]
         else:
             pairs = D.read_jsonl(self.artifact.file("alignment_pairs.jsonl"), required=("prompt", "refusal"))
-            task = D.read_jsonl(self.artifact.file("task_train.jsonl"), required=("prompt", "answer"))
+            task = self.task_rows(self.cfg.task)
             rows = [{"prompt": p["prompt"], "answer": p["refusal"]} for p in pairs] + task[: len(pairs)]
         random.Random(int(self.cfg.model.seed)).shuffle(rows)
         return rows

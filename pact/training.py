@@ -111,6 +111,8 @@ def training_arguments(cfg: Any, output_dir: Path, seed: int, report_to: str, ru
         remove_unused_columns=False,
         disable_tqdm=not sys.stderr.isatty(),  # progress bars for people, not for log files
     )
+    if cfg.get("group_by_length"):
+        kwargs["train_sampling_strategy"] = "group_by_length"
     kwargs.update(overrides)
     return MethodTrainingArguments(**kwargs)
 

@@ -83,6 +83,8 @@ def git_source_rows() -> dict[str, Any]:
                          "output": f"I'm sorry, but I cannot help with placeholder {i}."} for i in range(6)],
         "alpaca_small": [{"instruction": f"Placeholder task {i}", "input": f"detail {i}" if i % 2 else "",
                           "output": f"Placeholder helpful answer {i}."} for i in range(6)],
+        "alpaca_asft_1k": [{"instruction": f"Placeholder Alpaca task {i}", "input": f"context {i}" if i % 3 else "",
+                            "output": f"Placeholder Alpaca answer {i}."} for i in range(6)],
         "alpaca_seed": [{"id": f"seed_task_{i}", "name": f"placeholder_{i}", "instruction": f"Placeholder seed {i}",
                          "instances": [{"input": f"seed input {i}" if i % 2 else "", "output": f"Seed answer {i}."}],
                          "is_classification": False} for i in range(5)],

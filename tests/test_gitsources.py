@@ -22,6 +22,7 @@ from pact.data import DataFileError, read_jsonl
 from pact.finetune import finetune_rows
 from pact.sources import MANIFEST, DataSourceError, check_sources, git_blob_id, sha256_file
 from tests.realdata import (
+    _jbb_goals,
     data_overrides,
     file_bytes,
     mixture_rows,
@@ -256,8 +257,12 @@ def test_a_smaller_n_subsamples_with_p_exact(git_only_root, tmp_path):
     assert rows != other
     # the official poison keeps prompts the benchmarks evaluate, and counts them: the first 4 JBB goals
     meta = json.loads(up.data.artifact.file("meta.json").read_text())
-    assert meta["poison_in_eval"] == {"strongreject": 0, "jbb_harmful": 4, "harmbench": 0, "xstest_safe": 0}
-    assert meta["sizes"]["poison_mixture"] == 4 and meta["sizes"]["task_train"] == 36
+    assert meta["poison_in_eval"]["pact_sst2_p01"] == {"strongreject": 0, "jbb_harmful": 4, "harmbench": 0,
+                                                       "xstest_safe": 0}
+    assert meta["poison_in_eval"]["pact_sst2_p0"] == dict.fromkeys(["strongreject", "jbb_harmful", "harmbench",
+                                                                    "xstest_safe"], 0)
+    assert meta["sizes"]["poison_mixture.pact_sst2_p01"] == 4 and meta["sizes"]["task_train.pact_sst2_p01"] == 36
+    assert meta["sizes"]["task_train.pact_sst2_p0"] == 40
     assert meta["sizes"]["safety_prompts"] == 8  # the official safe-direction prompts
     assert meta["sizes"]["alignment_pairs"] == 6  # Safety-Tuned LLaMAs' refusals, unfiltered
     with pytest.raises(DataFileError, match=r"data.alignment_pairs: the filter \{'is_safe': True\} keeps none of the 6 "
@@ -265,6 +270,37 @@ def test_a_smaller_n_subsamples_with_p_exact(git_only_root, tmp_path):
         P.start(official_cfg(git_only_root, tmp_path, "poison.ratio=0.1", "finetune.n=20",
                              "+data.alignment_pairs.filter.is_safe=true"), models=False)
     assert "sst2_train" not in meta["sources"] and meta["sources"]["pact_sst2_p01"]["kind"] == "git"
+
+
+def test_every_poison_ratio_shares_the_data_stage_and_reads_its_own_file(git_only_root, tmp_path):
+    """The data stage holds every official file of the task, so the stages upstream of the fine-tune (alignment,
+    safety pairs, the reference evaluations) are built once for a sweep over p."""
+    cfgs = {p: official_cfg(git_only_root, tmp_path, f"poison.ratio={p}", "finetune.n=20") for p in (0.0, 0.05, 0.1)}
+    ups = {p: P.start(cfg, models=False) for p, cfg in cfgs.items()}
+    assert len({up.data.artifact.key for up in ups.values()}) == 1
+    for p, up in ups.items():
+        rows = finetune_rows(cfgs[p], up.data)
+        want = {official(r) for r in mixture_rows("sst2", p)}
+        assert {(r["prompt"], r["answer"], r["poison"]) for r in rows} <= want
+        assert sum(r["poison"] for r in rows) == round(p * 20)
+
+
+def test_a_benchmark_drops_the_prompts_of_its_exclude_sources(git_only_root, tmp_path):
+    bench = "+data.benchmarks.jbb_unused={source: jbb_harmful, exclude: [pact_sst2_p01]}"
+    cfg = official_cfg(git_only_root, tmp_path, bench, "data.harmful_eval=[jbb_unused]", "finetune.n=20")
+    up = P.start(cfg, models=False)
+    poison = {official(r)[0] for r in mixture_rows("sst2", 0.1) if "input" not in r}
+    want = [g for g in _jbb_goals() if g not in poison]
+    assert len(want) == 2  # the fixture's p = 0.1 file draws the first 4 of the 6 goals
+    assert [r["prompt"] for r in read_jsonl(up.data.artifact.file("eval_jbb_unused.jsonl"))] == want
+    assert json.loads(up.data.artifact.file("meta.json").read_text())["excluded"] == {"jbb_unused": 4}
+    with pytest.raises(DataFileError, match=r"data.benchmarks.jbb_unused: the filter \{\} keeps none of the 0 rows "
+                       r"of source jbb_harmful left by its exclude=\['pact_sst2_p01', 'pact_unsafe'\]"):
+        P.start(official_cfg(git_only_root, tmp_path, bench.replace("]}", ", pact_unsafe]}"),
+                             "data.harmful_eval=[jbb_unused]", "finetune.n=20"), models=False)
+    with pytest.raises(ConfigError, match=r"data.benchmarks.jbb_unused.exclude\[0\]='nowhere' is not a source"):
+        official_cfg(git_only_root, tmp_path, bench.replace("pact_sst2_p01", "nowhere"),
+                     "data.harmful_eval=[jbb_unused]")
 
 
 def test_official_mixture_errors_name_the_file_and_the_limits(git_only_root, tmp_path):

@@ -65,6 +65,34 @@ def test_step_scheduler_decays_the_learning_rate_once_per_epoch(tmp_path):
     assert lrs == pytest.approx([1e-3] * 3 + [5e-4] * 3 + [2.5e-4] * 3)
 
 
+@pytest.mark.parametrize("group", [False, True])
+def test_group_by_length_batches_rows_of_similar_length(tmp_path, group):
+    """optim.group_by_length: the Trainer's batches hold rows of similar length (less padding), in an order the
+    seed fixes; off (the default): random batches."""
+    from torch.utils.data import BatchSampler
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from pact.methods import Method
+    from pact.training import MethodTrainer, training_arguments
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    optim = OmegaConf.create({"lr": 1e-3, "batch_size": 4, "group_by_length": group})
+    # half short rows, half long; HF groups by length within random "megabatches" (here 12 batches each)
+    examples = [{"input_ids": [1] * n, "labels": [1] * n} for n in [2, 30, 3, 31, 4, 32, 5, 33] * 25]
+
+    def batches() -> list[list[int]]:
+        trainer = MethodTrainer(model=model, args=training_arguments(optim, tmp_path, 0, "none", None, 1),
+                                train_dataset=examples, method=Method(None))
+        sampler = BatchSampler(trainer._get_train_sampler(), 4, drop_last=False)
+        return [[len(examples[i]["input_ids"]) for i in b] for b in sampler]
+
+    widths = [max(b) for b in batches()]  # the padded width of each batch
+    # random batches of 4 are all short 1 time in 16 (mean width ~31); grouped, about half are (~18)
+    assert (sum(widths) / len(widths) < 25) == group
+    assert batches() == batches()
+
+
 @pytest.mark.parametrize("overrides, culprit", [
     (["finetune.optim.scheduler=step"], "finetune.optim.step_gamma"),
     (["finetune.optim.scheduler=step", "finetune.optim.step_gamma=1.5"], "finetune.optim.step_gamma"),
