@@ -72,7 +72,7 @@ smollm2-extras: setup ## after make smollm2: full SFT/PACT (tied, untied), safet
 # alignment on real refusal and helpful pairs, the safety set and the reference evaluations with every thread; then
 # SFT/PACT-LoRA (3 seeds) and safety mixing and Lisa (LoRA, seed 0) on the official SST-2 mixtures, two jobs of one
 # thread; then the step-0 measurement beside the token-confidence curves, and the report.
-smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixtures -> results/ (after make data; not yet timed)
+smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixtures -> results/ (after make data; 95 min AVX-512 bf16)
 	$(PY) -m experiments.prepare experiment=smollm2_real method=pact_lora --evaluate
 	$(PY) -m experiments.run experiment=smollm2_real
 	$(PY) -m experiments.run experiment=smollm2_real method=safety_mix_lora,lisa_lora seed=0

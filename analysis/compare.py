@@ -34,6 +34,17 @@ def read_text_table(path: str | Path) -> pd.DataFrame:
     return df
 
 
+def same(a: str, b: str) -> bool:
+    """Two cells as written are the same value: equal text, or the same number written two ways ("0" and "0.0",
+    as a column gains empty cells and pandas writes it as float)."""
+    if a == b:
+        return True
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return False
+
+
 def compare(reference: pd.DataFrame, candidate: pd.DataFrame) -> dict:
     """Rows of ``candidate`` matched to ``reference`` by identity and variant; the cells that differ."""
     columns = [c for c in candidate.columns if c in reference.columns and c not in KEY]
@@ -45,7 +56,7 @@ def compare(reference: pd.DataFrame, candidate: pd.DataFrame) -> dict:
             missing.append(key)
             continue
         matched += 1
-        diffs += [(key, c, ref[key][c], row[c]) for c in columns if ref[key][c] != row[c]]
+        diffs += [(key, c, ref[key][c], row[c]) for c in columns if not same(ref[key][c], row[c])]
     return {"matched": matched, "missing": missing, "diffs": diffs, "columns": columns}
 
 

@@ -161,6 +161,9 @@ def test_compare_matches_rows_by_identity_and_reports_every_differing_cell(tmp_p
     other = compare(read_text_table(tmp_path / "ref.csv"), read_text_table(tmp_path / "other.csv"))
     assert other["matched"] == 3 and len(other["missing"]) == 1
     assert [(d[1], d[2], d[3]) for d in other["diffs"]] == [("harmful_score", "90", "90.0001")]
+    from analysis.compare import same
+
+    assert same("0", "0.0") and same("", "") and not same("0", "") and not same("90", "90.0001")
 
 
 @pytest.mark.slow  # over ~3 s: kept out of `make test-fast`
