@@ -76,14 +76,16 @@ smollm2-extras: setup ## after make smollm2: full SFT/PACT (tied, untied), safet
 
 # SmolLM2 on real requests (conf/experiment/smollm2_real.yaml; the data imported first: `make data`): import,
 # alignment on real refusal and helpful pairs, the safety set and the reference evaluations with every thread; then
-# SFT/PACT-LoRA (3 seeds) and safety mixing and Lisa (LoRA, seed 0) on the official SST-2 mixtures, two jobs of one
-# thread; then the step-0 measurement beside the token-confidence curves, and the report.
+# SFT/PACT-LoRA (3 seeds, p = 0, 0.05, 0.1) and safety mixing and Lisa (LoRA, seed 0, p = 0 and 0.1) on the official
+# SST-2 mixtures, two jobs of one thread; then the step-0 measurement beside the token-confidence curves, the report,
+# and each judge's recall on the refusals the aligned and fine-tuned models learnt (analysis.judge_check --experiment).
 smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixtures -> results/ (after make data; 95 min AVX-512 bf16)
 	$(PY) -m experiments.prepare experiment=smollm2_real method=pact_lora --evaluate
 	$(PY) -m experiments.run experiment=smollm2_real
-	$(PY) -m experiments.run experiment=smollm2_real method=safety_mix_lora,lisa_lora seed=0
+	$(PY) -m experiments.run experiment=smollm2_real method=safety_mix_lora,lisa_lora seed=0 poison.ratio=0.0,0.1
 	$(call step0_and_curves,smollm2_real)
 	$(PY) -m analysis.report --experiment smollm2_real --out results
+	$(PY) -m analysis.judge_check --experiment smollm2_real --out results
 
 # The real data's files of public Git repositories at pinned commits (conf/data/real.yaml) -> data/real/ (git-ignored):
 # downloaded, or imported from local clones with GIT_DIRS="<clone> ...". Hub-only sources: experiments.fetch_data --kind hub.

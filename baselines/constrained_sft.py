@@ -63,7 +63,7 @@ class ConstrainedSFT(Method):
 
         cache = ctx.store.root / "refcache" / stable_key({"aligned": ctx.aligned.key, "kind": "label_logp",
                                                           "dtype": ctx.dtype})
-        tensors, stats = cached_per_example(cache, examples, compute, int(self.cfg.ref_batch_size))
+        tensors, stats = cached_per_example(cache, examples, compute)
         self.stats.update(stats)
         return [{**e, "ref_logp": t["logp"]} for e, t in zip(examples, tensors)]
 

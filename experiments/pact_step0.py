@@ -32,7 +32,8 @@ from pact.methods import FinetuneContext, build_method
 from pact.models import load_model, load_tokenizer
 from pact.store import code_hash, module_sources, stable_key
 
-TOP_M = tuple(OmegaConf.load(CONF_DIR / "analysis.yaml").pact_step0.top_m)
+SETTINGS = OmegaConf.load(CONF_DIR / "analysis.yaml").pact_step0
+TOP_M = tuple(SETTINGS.top_m)
 STEP0_CODE = code_hash(*module_sources("experiments.pact_step0"))  # part of the step0 artifact's key
 
 
@@ -95,13 +96,13 @@ def measure(overrides: list[str]) -> pd.DataFrame:
     slice_ = {"rows": stable_key([[e["input_ids"], e["labels"], bool(r.get("poison"))]
                                   for e, r in zip(examples, rows)]),
               "method": {k: cfg.method[k] for k in ("weights", "subset", "extra_bucket")},
-              "kl": method.kl_options(), "header": method.header, "ref_batch_size": int(cfg.method.ref_batch_size),
+              "kl": method.kl_options(), "header": method.header, "batch_size": int(SETTINGS.batch_size),
               "dtype": cfg.model.dtype, "top_m": list(TOP_M), "labels": labels, "code": STEP0_CODE}
 
     def build(tmp: Path) -> dict[str, Any]:
         model = load_model(up.aligned.path, cfg.model.dtype, cfg.model.trust_remote_code).eval()
         table = step0_table(model, method, examples, rows, labels, int(cfg.method.prefix_n),
-                            int(cfg.method.ref_batch_size))
+                            int(SETTINGS.batch_size))
         table.to_csv(tmp / "step0.csv", index=False)
         return {"rows": len(examples)}
 
@@ -165,11 +166,15 @@ def step0_table(model, method, examples: list[dict[str, Any]], rows: list[dict[s
 
 
 def write(table: pd.DataFrame, path: Path) -> None:
-    """Replace this model and task's rows in ``path`` (a CSV shared by every model measured) with ``table``."""
+    """Replace this model and task's rows in ``path`` (a CSV shared by every model measured) with ``table``. The file
+    comes out the same whatever order the models were measured in: rows sorted by model and task (row kinds in
+    measuring order), this code's columns first."""
     if path.exists():
         old = pd.read_csv(path)
         same = old.set_index(["model", "task"]).index.isin(table.set_index(["model", "task"]).index)
-        table = pd.concat([old[~same], table], ignore_index=True)
+        columns = [*table.columns, *(c for c in old.columns if c not in table.columns)]
+        table = pd.concat([old[~same], table], ignore_index=True)[columns]
+        table = table.sort_values(["model", "task"], kind="stable", ignore_index=True)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(path, table.to_csv(index=False, float_format="%.6g"))
 

@@ -116,7 +116,7 @@ class PactMethod(Method):
             lengths = [int((torch.as_tensor(e["labels"]) != IGNORE_INDEX).sum()) for e in batch]
             return [{"full": full[j, :n], "post": post[j, :n]} for j, n in enumerate(lengths)]
 
-        tensors, stats = cached_per_example(self._cache_dir(ctx), examples, compute, int(self.cfg.ref_batch_size))
+        tensors, stats = cached_per_example(self._cache_dir(ctx), examples, compute)
         self.stats.update(stats)
         return [{**e, "ref_full": t["full"], "ref_post": t["post"]} for e, t in zip(examples, tensors)]
 

@@ -90,8 +90,7 @@ def test_constrained_sft_weights_match_hand_computation():
     assert beta_schedule(7, 0.1, 5, 20, 5).tolist() == pytest_approx([0.5, 2, 2, 2, 2, 0.1, 0.1])
     assert beta_schedule(2, 0.1, 5, 20, 5).tolist() == pytest_approx([0.5, 2])
     cfg = OmegaConf.create({"id": "constrained_sft", "beta": 0.1, "first_token_factor": 5, "prefix_factor": 20,
-                            "prefix_len": 5, "weight_min": 1e-3, "warmup_steps": 10, "adam_beta1": 0.5,
-                            "ref_batch_size": 4})
+                            "prefix_len": 5, "weight_min": 1e-3, "warmup_steps": 10, "adam_beta1": 0.5})
     m = ConstrainedSFT(cfg)
     logp = torch.tensor([[-1.0, -2.0, -0.5, -3.0, -1.0, -0.2, -40.0]])
     ref = torch.tensor([[-1.5, -1.0, -0.5, -1.0, -2.0, -0.1, -1.0]])

@@ -633,3 +633,24 @@ def test_write_atomic_failing_midway_keeps_the_old_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
     write_atomic(target, '{"new": 2}')
     assert target.read_text() == '{"new": 2}' and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+def test_reference_cache_entries_do_not_depend_on_what_else_was_missing(tmp_path):
+    """An entry of the per-example reference cache is computed from its example alone: a padded batch moves a row's
+    logits in the last bits with its batch-mates, so an entry must come out the same whichever other examples were
+    cached before (another run, maybe running at the same time) or computed beside it."""
+    from pact.refcache import cached_per_example
+
+    examples = [{"input_ids": list(range(n)), "labels": list(range(n))} for n in (3, 5, 4, 7)]
+
+    def compute(batch):  # a reference whose rows depend on their batch-mates, as padded logits do
+        width = max(len(e["input_ids"]) for e in batch)
+        return [{"x": torch.tensor([float(len(e["input_ids"])) + 1e-3 * width])} for e in batch]
+
+    alone = {n: compute([e])[0]["x"] for n, e in enumerate(examples)}
+    first, _ = cached_per_example(tmp_path / "a", examples, compute)
+    cached_per_example(tmp_path / "b", examples[1:2], compute)  # another run cached one example before
+    second, stats = cached_per_example(tmp_path / "b", examples, compute)
+    assert stats["ref_cache_built"] == 3 and stats["ref_cache_reused"] == 1
+    for n in range(len(examples)):
+        assert torch.equal(first[n]["x"], alone[n]) and torch.equal(second[n]["x"], alone[n])

@@ -75,5 +75,11 @@ def test_step0_rows_replace_only_the_same_model_and_task(tmp_path):
     pact_step0.write(pd.DataFrame([{"model": "m", "task": "sst2", **row, "kl_gate_on": 2.0}]), out)
     pact_step0.write(pd.DataFrame([{"model": "m", "task": "sst2", **row, "kl_gate_on": 3.0}]), out)
     got = pd.read_csv(out)
-    assert sorted(zip(got["model"], got["task"], got["kl_gate_on"])) == [("m", "sentiment", 1.0), ("m", "sst2", 3.0),
-                                                                         ("toy", "sentiment", 1.0)]
+    assert list(zip(got["model"], got["task"], got["kl_gate_on"])) == [("m", "sentiment", 1.0), ("m", "sst2", 3.0),
+                                                                       ("toy", "sentiment", 1.0)]
+    # the same measurements written in another order give the same bytes (a fresh clone leaves git status clean)
+    other = tmp_path / "other.csv"
+    pact_step0.write(pd.DataFrame([{"model": "m", "task": "sst2", **row, "kl_gate_on": 3.0}]), other)
+    pact_step0.write(pd.DataFrame([{"model": "toy", "task": "sentiment", **row}]), other)
+    pact_step0.write(pd.DataFrame([{"model": "m", "task": "sentiment", **row}]), other)
+    assert other.read_bytes() == out.read_bytes()
