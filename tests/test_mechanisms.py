@@ -633,3 +633,33 @@ def test_write_atomic_failing_midway_keeps_the_old_file(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
     write_atomic(target, '{"new": 2}')
     assert target.read_text() == '{"new": 2}' and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.json"]
+
+
+# ---- PACT: when the reference cache is built, and its key ---------------------------------------------------------
+def test_pact_reference_cache_is_built_only_for_cache_mode_with_a_kl_term():
+    """reference: live, or lambda_kl = 0, hands the examples back untouched (no model is read)."""
+    from pact.pact_method import PactMethod
+
+    examples = [{"input_ids": [1, 2, 3], "labels": [IGNORE_INDEX, 2, 3]}]
+    for reference, lam in (("live", 0.5), ("cache", 0.0), ("live", 0.0)):
+        cfg = OmegaConf.load(CONF / "pact.yaml")
+        cfg.reference, cfg.lambda_kl = reference, lam
+        assert PactMethod(cfg).prepare_examples(examples, None) is examples
+
+
+def test_pact_reference_cache_key_separates_what_changes_the_logits(tmp_path):
+    """One cache directory per (aligned model, safety set, subset, bucket, header, dtype)."""
+    from pact.pact_method import PactMethod
+
+    def cache_dir(aligned="al", tokens="tk", subset="safety", bucket=False, header=(5, 6), dtype="float32"):
+        cfg = OmegaConf.load(CONF / "pact.yaml")
+        cfg.subset, cfg.extra_bucket = subset, bucket
+        method = PactMethod(cfg)
+        method.tokens_key, method.header = tokens, list(header)
+        ctx = SimpleNamespace(aligned=SimpleNamespace(key=aligned), store=SimpleNamespace(root=tmp_path), dtype=dtype)
+        return method._cache_dir(ctx)
+
+    dirs = [cache_dir(), cache_dir(aligned="al2"), cache_dir(tokens="tk2"), cache_dir(subset="vocab"),
+            cache_dir(bucket=True), cache_dir(header=(5,)), cache_dir(dtype="bfloat16")]
+    assert len(set(dirs)) == len(dirs) and all(d.parent.parent == tmp_path for d in dirs)
+    assert cache_dir() == dirs[0]
