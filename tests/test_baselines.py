@@ -632,3 +632,48 @@ def test_freeze_localises_the_window_of_largest_gap_growth_on_the_first_prompts(
     m.cfg.localise_prompts = 3
     m.prepare(ctx)
     assert len([p for p in (tmp_path / "store" / "safety_layers").iterdir() if not p.name.startswith(".")]) == 4
+
+
+@pytest.mark.parametrize("layers", [[3, 1], [1, 2, 3], [2]])
+def test_freeze_refuses_a_malformed_block(layers):
+    with pytest.raises(ValueError, match="must be 'auto' or"):
+        freeze(layers, False)
+    freeze([2, 2], False)  # one layer is a block
+
+
+def test_freeze_needs_at_least_one_localisation_prompt():
+    from baselines.freeze import Freeze
+
+    with pytest.raises(ValueError, match="localise_prompts=0"):
+        Freeze(OmegaConf.create({"id": "freeze", "layers": "auto", "window_fraction": 0.25, "control": False,
+                                 "localise_prompts": 0}))
+
+
+@pytest.mark.parametrize("adapter,frozen", [("full", [1, 2, 3]), ("lora", [])])
+def test_freeze_full_fine_tuning_stops_the_gradient_of_the_block_only(adapter, frozen):
+    from pact.methods import FinetuneContext
+
+    m = freeze([1, 3], False)
+    m.block = (1, 3)
+    model = layered(6)
+    ctx = FinetuneContext(aligned=None, base=None, data=None, tokenizer=None, prompt_format="chat", max_len=8,
+                          seed=0, adapter=adapter)
+    assert m.configure_model(model, ctx) is model
+    assert [i for i, layer in enumerate(model.model.layers)
+            if not any(p.requires_grad for p in layer.parameters())] == frozen
+
+
+def test_best_window_counts_the_first_layers_gap_as_growth_and_stays_inside():
+    from baselines.freeze import best_window
+
+    assert best_window([0.5, 0.0, 0.45], 1) == (0, 0)  # the first layer grows from 0 to its gap
+    assert best_window([-0.25, -0.5, -0.75], 1) == (0, 0)  # every window shrinks: the first, never past the end
+    assert best_window([-0.25, -0.5, -0.75], 2) == (0, 1)
+
+
+def test_vaccine_fine_tunes_as_sft_after_its_own_alignment():
+    from baselines.vaccine import Vaccine, VaccineAlignment
+
+    cfg = OmegaConf.create({"id": "vaccine", "rho": 2.0})
+    step = Vaccine(cfg).alignment_method()
+    assert isinstance(step, VaccineAlignment) and step.cfg == cfg
