@@ -205,3 +205,14 @@ def test_top_p_count_of_a_one_hot_distribution_is_one():
 
     logits = torch.tensor([[0.0, -math.inf, -math.inf], [1.0, 1.0, 1.0]])
     assert top_p_count(logits, 1.0).tolist() == [1, 3]
+
+
+def test_kl_is_a_mean_over_valid_positions_however_few():
+    """Two identical positions: the mean over both equals the value at one alone (one valid position is not
+    divided by more than one)."""
+    p, f, q, _, w = _inputs()
+    p2, f2, q2 = (torch.cat([x[:1, :1], x[:1, :1]], dim=1) for x in (p, f, q))
+    gate = torch.full((1, 2), 0.3)
+    both = pact_kl(p2, f2, q2, torch.ones(1, 2, dtype=torch.bool), w, gate=gate)
+    one = pact_kl(p2, f2, q2, torch.tensor([[True, False]]), w, gate=gate)
+    assert float(one) > 0 and float(one) == pytest.approx(float(both), rel=1e-6)
