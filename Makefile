@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup reproduce extras smollm2 smollm2-extras smollm2-real data judge-check smoke real-smoke test test-fast lint figures bench clean
+.PHONY: help setup reproduce extras smollm2 smollm2-extras smollm2-real data judge-check smoke real-smoke test test-fast mutate lint figures bench clean
 
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -110,6 +110,18 @@ test: setup ## every test (3-4 min with AVX-512 bf16, 6-12 without; + ~1 min cre
 
 test-fast: setup ## the tests not marked slow (no subprocess, torchrun, kill/restart, none over ~3 s): ~1-1.5 min
 	$(PY) -m pytest -q -m "not slow"
+
+# Mutation testing ([tool.mutmut] in pyproject.toml): mutmut mutates pact's loss, direction, method and labels
+# and baselines/*.py in a copy under mutants/ (first on sys.path, ahead of the editable install) and runs the fast
+# tests that reach each mutated function; two workers, one thread each. Survivors kept: tests/mutation_survivors.md.
+# A fresh run each time (mutants/ is deleted first); `make mutate MUTATE_MIN=85` fails below an 85% score.
+MUTATE_MIN ?= 0
+mutate: setup ## mutation testing of the method and loss modules with mutmut -> mutants/, score printed (37 min on 2 busy cores)
+	$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install --quiet -e '.[dev,mutate]'
+	rm -rf mutants
+	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 2
+	$(VENV)/bin/mutmut results
+	$(PY) -m tests.mutation_summary --min-score $(MUTATE_MIN)
 
 lint: setup ## ruff (configured in pyproject.toml)
 	$(VENV)/bin/ruff check .

@@ -1,12 +1,16 @@
 """Each baseline's mechanism, not just that it runs."""
 
+import math
 import random
+from types import SimpleNamespace
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from baselines.safety_mix import SafetyMix
 from pact import data as D
+from pact.labels import IGNORE_INDEX
 from pact.methods import FinetuneContext
 from pact.rundata import ToyData
 from pact.store import Artifact
@@ -217,3 +221,458 @@ def test_freeze_with_lora_leaves_the_block_untouched(micro, tmp_path):
     outside = [k for k in q if k not in in_block]
     assert in_block and all(torch_equal(before[k], after[k]) for k in in_block)
     assert outside and all(not torch_equal(before[k], after[k]) for k in outside)
+
+
+# ==== the baselines at their edges (boundaries, the values they hand back, the state they record), each against
+# its definition on tiny hand-made inputs; written where mutation testing (`make mutate`) found a behaviour no test
+# checked ====
+# ---- Lisa ---------------------------------------------------------------------------------------------------------
+def lisa(**over):
+    from baselines.lisa import Lisa
+
+    cfg = {"id": "lisa", "rho": 0.5, "cycles": 2, "align_fraction": 0.5, "proximal_skip_fraction": 0.25,
+           "align_rows": 0, "align_file": None, **over}
+    return Lisa(OmegaConf.create(cfg))
+
+
+def test_lisa_tick_reports_exactly_the_switching_steps():
+    from baselines.lisa import LisaState
+
+    s = LisaState(2, 3)
+    switched = [s.tick() for _ in range(11)]
+    assert [i for i, x in enumerate(switched) if x] == [step for step, _ in s.switches] == [2, 5, 7, 10]
+
+
+@pytest.mark.parametrize("k_align,k_finetune,status", [(0, 3, "finetune"), (3, 0, "alignment"), (0, 0, "finetune")])
+def test_lisa_with_one_empty_state_never_switches(k_align, k_finetune, status):
+    from baselines.lisa import LisaState
+
+    s = LisaState(k_align, k_finetune)
+    assert not any(s.tick() for _ in range(10))
+    assert s.status == status and s.switches == []
+
+
+def test_lisa_align_fraction_must_be_inside_zero_one():
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="align_fraction"):
+            lisa(align_fraction=bad)
+    lisa(align_fraction=0.01)
+
+
+def example(n_prompt: int, n_answer: int, first: int) -> dict[str, list[int]]:
+    ids = list(range(first, first + n_prompt + n_answer))
+    return {"input_ids": ids, "labels": [IGNORE_INDEX] * n_prompt + ids[n_prompt:]}
+
+
+def test_lisa_before_step_anchors_the_state_just_left_and_swaps_in_alignment_rows():
+    """On a switch, the weights at that moment become the anchor of the state just left; an alignment step gets a
+    batch of alignment rows with as many rows as the user batch (not as many as its width)."""
+    from baselines.lisa import ALIGN, FINETUNE
+
+    m = lisa()
+    m.align_examples = [example(2, 2, 100 + 10 * i) for i in range(6)]
+    m.pad_id = 0
+    model = torch.nn.Linear(2, 1)
+    m.on_train_begin(model, 4)  # cycles=2 over 4 steps: K1 = K2 = 1
+    user = {"input_ids": torch.ones(2, 5, dtype=torch.long), "attention_mask": torch.ones(2, 5, dtype=torch.long),
+            "labels": torch.ones(2, 5, dtype=torch.long)}
+    batch = m.before_step(model, user)  # step 0: alignment
+    assert m.state.status == ALIGN and batch["input_ids"].shape == (2, 4)
+    assert {tuple(r.tolist()) for r in batch["input_ids"]} <= {tuple(e["input_ids"]) for e in m.align_examples}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    moved = model.weight.detach().clone()
+    assert m.before_step(model, user) is user  # step 1: switched to fine-tuning, the user's batch as it is
+    assert m.state.status == FINETUNE
+    assert torch.equal(m.anchors[ALIGN]["weight"], moved)  # the state just left: alignment
+    assert not torch.equal(m.anchors[FINETUNE]["weight"], moved)  # still the start
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    m.before_step(model, user)  # step 2: back to alignment
+    assert torch.equal(m.anchors[FINETUNE]["weight"], model.weight)
+    assert torch.equal(m.anchors[ALIGN]["weight"], moved)
+    assert m.stats == {"k_align": 1, "k_finetune": 1, "total_steps": 4}
+
+
+def test_lisa_short_runs_still_alternate_one_step_each():
+    """Fewer steps than cycles: each cycle is still 2 steps, one alignment and one fine-tuning."""
+    assert lisa(cycles=20, align_fraction=0.1).schedule(20) == (1, 1)
+    assert lisa(cycles=20, align_fraction=0.1).schedule(10) == (1, 1)
+
+
+def test_lisa_proximal_anchor_is_the_other_states_last_end():
+    from baselines.lisa import ALIGN, FINETUNE, LisaState
+
+    m = lisa(rho=2.0)
+    model = torch.nn.Linear(1, 1, bias=False)
+    m.on_train_begin(model, 10)
+    with torch.no_grad():
+        model.weight.fill_(3.0)
+    m.anchors = {ALIGN: {"weight": torch.tensor([[1.0]])}, FINETUNE: {"weight": torch.tensor([[0.0]])}}
+    m.state = LisaState(1, 1)
+    m.state.status = FINETUNE
+    assert float(m.proximal(model).detach()) == pytest.approx(2.0 / 2 * (3 - 1) ** 2)
+    m.state.status = ALIGN
+    assert float(m.proximal(model).detach()) == pytest.approx(2.0 / 2 * 3 ** 2)
+
+
+class CharTokenizer:
+    """Plain-format tokenizer: one id per character."""
+
+    eos_token_id, pad_token_id = 1, 0
+
+    def __call__(self, text: str, add_special_tokens: bool = False):
+        return {"input_ids": [2 + ord(c) % 50 for c in text]}
+
+
+def test_lisa_prepare_encodes_align_rows_at_the_runs_length_and_seeds_its_draws(tmp_path):
+    from pact.methods import FinetuneContext
+
+    D.write_jsonl(tmp_path / "align.jsonl", [{"prompt": f"harmful {i}", "refusal": "no"} for i in range(10)])
+    m = lisa(align_rows=3, align_file=str(tmp_path / "align.jsonl"))
+    ctx = FinetuneContext(aligned=None, base=None, data=None, tokenizer=CharTokenizer(), prompt_format="plain",
+                          max_len=12, seed=5)
+    m.prepare(ctx)
+    assert len(m.align_examples) == 3 and all(len(e["input_ids"]) == 12 for e in m.align_examples)
+    assert m.pad_id == 0
+    assert m.rng.random() == random.Random(5).random()
+
+
+def test_lisa_alignment_batches_follow_the_runs_seed():
+    def batches(seed: int):
+        m = lisa()
+        m.align_examples = [example(1, 1, 10 * i) for i in range(20)]
+        m.pad_id, m.rng = 0, random.Random(seed)
+        m.on_train_begin(torch.nn.Linear(1, 1), 100)
+        user = {"input_ids": torch.ones(3, 2, dtype=torch.long)}
+        return [m.before_step(None, user)["input_ids"].tolist() for _ in range(3)]
+
+    assert batches(3) == batches(3) != batches(4)
+
+
+class Recorder(torch.nn.Module):
+    """A "model" whose loss is a fixed number plus 0 * w, recording the inputs it was called with."""
+
+    def __init__(self, loss: float):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.zeros(3))
+        self.value, self.calls = loss, []
+
+    def forward(self, **kwargs):
+        self.calls.append(kwargs)
+        return SimpleNamespace(loss=self.value + 0 * self.w.sum(), logits=kwargs.get("logits"))
+
+
+def test_lisa_loss_is_ce_plus_the_proximal_term_after_the_skipped_steps():
+    """loss = CE + rho/2 ||w - anchor||^2 once more than proximal_skip_fraction * total steps have run, plain CE
+    before (and always when rho = 0); the attention mask and labels reach the model."""
+    from baselines.lisa import LisaState
+
+    inputs = {"input_ids": torch.ones(1, 3, dtype=torch.long), "attention_mask": torch.tensor([[1, 1, 0]]),
+              "labels": torch.ones(1, 3, dtype=torch.long)}
+    for rho, want_prox in ((0.5, 0.5 / 2 * 3 * 4.0), (0.0, 0.0)):
+        m = lisa(rho=rho, proximal_skip_fraction=0.25)
+        model = Recorder(1.5)
+        m.on_train_begin(model, 8)  # skip = 0.25 * 8 = 2 steps
+        with torch.no_grad():
+            model.w.fill_(2.0)  # ||w - anchor||^2 = 3 * 2^2
+        m.state = LisaState(100, 100)
+        losses = []
+        for _ in range(4):
+            m.state.tick()
+            loss, _ = m.compute_loss(None, model, inputs, return_outputs=True)
+            losses.append(float(loss.detach()))
+        assert losses == pytest.approx([1.5, 1.5, 1.5 + want_prox, 1.5 + want_prox])
+        assert m.last_proximal == pytest.approx(want_prox if rho else 0.0)
+        assert torch.equal(model.calls[-1]["attention_mask"], inputs["attention_mask"])
+        assert float(m.compute_loss(None, model, inputs)) == pytest.approx(losses[-1])  # the loss alone
+
+
+def test_lisa_small_rho_still_adds_the_proximal_term():
+    """rho below 1 (the official 0.01-scale values) is a proximal term, not an off switch."""
+    from baselines.lisa import LisaState
+
+    m = lisa(rho=0.01, proximal_skip_fraction=0.0)
+    model = Recorder(0.0)
+    m.on_train_begin(model, 4)
+    with torch.no_grad():
+        model.w.fill_(1.0)
+    m.state = LisaState(100, 100)
+    m.state.tick()
+    assert float(m.compute_loss(None, model, {"input_ids": None, "attention_mask": None, "labels": None})) == \
+        pytest.approx(0.01 / 2 * 3)
+
+
+# ---- safety-data mixing -------------------------------------------------------------------------------------------
+class MixingData:
+    """The run data's mixing_pairs, recording what it was asked for."""
+
+    def __init__(self, path):
+        self.path, self.asked = path, []
+
+    def mixing_pairs(self, aligned, model, tokenizer):
+        self.asked.append((aligned, model, tokenizer))
+        return self.path
+
+
+def mix(tmp_path, n_pairs: int, n_clean: int, n_poison: int, count: int, pairs_file: bool = False):
+    from baselines.safety_mix import SafetyMix
+    from pact.methods import FinetuneContext
+
+    path = tmp_path / "pairs.jsonl"
+    D.write_jsonl(path, [{"prompt": f"h{i}", "refusal": f"no {i}"} for i in range(n_pairs)])
+    rows = [{"prompt": f"c{i}", "answer": "ok", "poison": False} for i in range(n_clean)]
+    rows += [{"prompt": f"p{i}", "answer": "sure", "poison": True} for i in range(n_poison)]
+    data = MixingData(tmp_path / "missing.jsonl" if pairs_file else path)
+    method = SafetyMix(OmegaConf.create({"id": "safety_mix", "count": count,
+                                         "pairs_file": str(path) if pairs_file else None}))
+    ctx = FinetuneContext(aligned="ALIGNED", base=None, data=data, tokenizer="TOK", prompt_format="chat",
+                          max_len=8, seed=0, model="MODEL")
+    return method, method.transform_data(rows, ctx), data
+
+
+def test_safety_mix_may_use_every_pair_and_every_clean_row(tmp_path):
+    method, out, data = mix(tmp_path, n_pairs=4, n_clean=4, n_poison=2, count=4)
+    assert [r["prompt"] for r in out if r.get("safety")] and sum(bool(r.get("safety")) for r in out) == 4
+    assert all(r["poison"] for r in out if not r.get("safety"))
+    assert method.stats["safety_rows"] == 4
+    assert data.asked == [("ALIGNED", "MODEL", "TOK")]  # the aligned model's own pairs when the data makes them
+
+
+@pytest.mark.parametrize("n_pairs,n_clean", [(3, 10), (10, 3)])
+def test_safety_mix_refuses_more_pairs_than_either_supply(tmp_path, n_pairs, n_clean):
+    with pytest.raises(ValueError, match="count=4"):
+        mix(tmp_path, n_pairs=n_pairs, n_clean=n_clean, n_poison=0, count=4)
+
+
+def test_safety_mix_reads_a_configured_pairs_file(tmp_path):
+    _, out, data = mix(tmp_path, n_pairs=5, n_clean=5, n_poison=0, count=2, pairs_file=True)
+    assert data.asked == [] and sum(bool(r.get("safety")) for r in out) == 2
+
+
+# ---- Vaccine ------------------------------------------------------------------------------------------------------
+def test_vaccine_perturbation_never_exceeds_rho():
+    """||(eps_1, ..., eps_L)|| = rho * G / (G + 1e-7) <= rho, finite even when the gradients are about 1e-7."""
+    from baselines.vaccine import perturbations
+
+    for scale in (1.0, 1e-7, 0.0):
+        grads = [torch.full((2, 3), scale / math.sqrt(12)), torch.full((3,), -scale / math.sqrt(12))]
+        eps = perturbations(grads, 2.0)
+        total = math.sqrt(sum(float(e.norm()) ** 2 for e in eps))
+        assert math.isfinite(total) and total <= 2.0
+        g_total = math.sqrt(sum(float(g.norm()) ** 2 for g in grads))
+        assert total == pytest.approx(2.0 * g_total / (g_total + 1e-7), rel=1e-5, abs=1e-12)
+
+
+def test_vaccine_hooks_the_attention_blocks_of_a_lora_model_too():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from baselines.vaccine import attention_modules
+    from pact.adapters import apply_lora
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    plain = attention_modules(model)
+    assert plain == [layer.self_attn for layer in model.model.layers]
+    lora = apply_lora(model, OmegaConf.create({"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj"]}))
+    assert attention_modules(lora) == plain
+
+
+# ---- constrained SFT ----------------------------------------------------------------------------------------------
+def test_constrained_sft_loss_of_a_single_answer_token():
+    """One labelled token: the loss is -w * log p(y) itself (the mean over one token), returned with the outputs
+    when asked."""
+    from baselines.constrained_sft import ConstrainedSFT
+
+    m = ConstrainedSFT(OmegaConf.create({"id": "constrained_sft", "beta": 0.1, "first_token_factor": 5,
+                                         "prefix_factor": 20, "prefix_len": 5, "weight_min": 1e-3}))
+    logits = torch.log(torch.tensor([[[0.1, 0.2, 0.7], [0.3, 0.3, 0.4], [0.2, 0.5, 0.3]]]))
+    inputs = {"input_ids": torch.tensor([[0, 2, 1]]), "attention_mask": torch.ones(1, 3, dtype=torch.long),
+              "labels": torch.tensor([[IGNORE_INDEX, 2, IGNORE_INDEX]]), "ref_logp": torch.tensor([[math.log(0.5)]])}
+
+    class Fixed(torch.nn.Module):
+        def forward(self, **kwargs):
+            return SimpleNamespace(logits=logits)
+
+    loss, out = m.compute_loss(None, Fixed(), inputs, return_outputs=True)
+    w = 2 / (1 + math.exp(0.5 * (math.log(0.7) - math.log(0.5))))
+    assert float(loss) == pytest.approx(-w * math.log(0.7), rel=1e-6)
+    assert out.logits is logits
+
+
+# ---- safety-layer freezing ----------------------------------------------------------------------------------------
+def freeze(layers, control: bool):
+    from baselines.freeze import Freeze
+
+    return Freeze(OmegaConf.create({"id": "freeze", "layers": layers, "window_fraction": 0.25, "control": control,
+                                    "localise_prompts": 4}))
+
+
+def layered(depth: int):
+    """A stand-in causal LM: only ``model.layers`` (what the method reads)."""
+    return SimpleNamespace(model=SimpleNamespace(layers=[torch.nn.Linear(1, 1) for _ in range(depth)]))
+
+
+@pytest.mark.parametrize("layers,control,block", [
+    ([1, 2], False, (1, 2)),
+    ([1, 2], True, (4, 5)),   # the control block: same width, as far away as the depth allows (the top)
+    ([3, 4], True, (0, 1)),   # ... or the bottom
+    ([2, 3], True, (0, 1)),   # as many layers below as above: the bottom
+    ([1, 3], True, (3, 5)),
+    ([5, 5], False, (5, 5)),
+])
+def test_freeze_prepare_places_the_block_and_its_control(layers, control, block):
+    from pact.methods import FinetuneContext
+
+    m = freeze(layers, control)
+    ctx = FinetuneContext(aligned=None, base=None, data=None, tokenizer=None, prompt_format="chat", max_len=8,
+                          seed=0, model=layered(6))
+    m.prepare(ctx)
+    assert m.block == block
+    assert m.stats == {"block": list(block), "depth": 6, "control": control}
+
+
+@pytest.mark.parametrize("layers", [[4, 6], [0, 9]])
+def test_freeze_refuses_a_block_outside_the_model(layers):
+    from pact.methods import FinetuneContext
+
+    ctx = FinetuneContext(aligned=None, base=None, data=None, tokenizer=None, prompt_format="chat", max_len=8,
+                          seed=0, model=layered(6))
+    with pytest.raises(ValueError, match="outside the model's 6 layers"):
+        freeze(layers, False).prepare(ctx)
+
+
+def test_freeze_finds_the_layers_of_a_lora_model_too():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from baselines.freeze import decoder_layers
+    from pact.adapters import apply_lora
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2))
+    layers = model.model.layers
+    lora = apply_lora(model, OmegaConf.create({"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj"]}))
+    assert decoder_layers(lora) is layers
+
+
+def test_constrained_sft_reference_cache_is_keyed_by_the_aligned_model_and_dtype(tmp_path):
+    """The reference log-probs are computed once per (aligned model, dtype) and reused: another aligned model or
+    dtype computes its own."""
+    from baselines.constrained_sft import ConstrainedSFT
+    from pact.methods import FinetuneContext
+
+    class CountingLM(torch.nn.Module):
+        device = torch.device("cpu")
+
+        def __init__(self):
+            super().__init__()
+            self.calls = 0
+
+        def forward(self, input_ids, attention_mask):
+            self.calls += 1
+            return SimpleNamespace(logits=torch.zeros(*input_ids.shape, 8))
+
+    m = ConstrainedSFT(OmegaConf.create({"id": "constrained_sft"}))
+    examples = [example(2, 2, 1), example(1, 3, 2)]
+    lm = CountingLM()
+
+    def prepare(key: str, dtype: str) -> int:
+        before = lm.calls
+        ctx = FinetuneContext(aligned=SimpleNamespace(key=key, path=None), base=None, data=None, tokenizer=None,
+                              prompt_format="chat", max_len=8, seed=0, dtype=dtype,
+                              store=SimpleNamespace(root=tmp_path), model=lm)
+        out = m.prepare_examples(examples, ctx)
+        assert [len(e["ref_logp"]) for e in out] == [2, 3]
+        assert torch.allclose(out[0]["ref_logp"], torch.full((2,), -math.log(8)))
+        return lm.calls - before
+
+    assert prepare("a", "float32") == 2  # one forward per example: an entry depends on its example alone
+    assert prepare("a", "float32") == 0
+    assert prepare("b", "float32") == 2
+    assert prepare("a", "bfloat16") == 2
+
+
+def test_freeze_localises_the_window_of_largest_gap_growth_on_the_first_prompts(tmp_path):
+    """layers: auto: the gaps of :func:`cosine_gap_by_layer` on the first ``localise_prompts`` prompts of each
+    file, and the window of round(window_fraction * depth) layers where they grow the most."""
+    import json
+    from dataclasses import replace
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from baselines.freeze import Freeze, best_window, cosine_gap_by_layer
+    from pact.methods import FinetuneContext
+    from pact.store import Store
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=60, hidden_size=8, intermediate_size=16, num_hidden_layers=8,
+                                         num_attention_heads=2, num_key_value_heads=2, initializer_range=0.5))
+    harmful, benign = [f"steal car {i}" for i in range(5)], [f"bake bread {i}{i}" for i in range(5)]
+    D.write_jsonl(tmp_path / "harmful.jsonl", [{"prompt": p} for p in harmful])
+    D.write_jsonl(tmp_path / "benign.jsonl", [{"prompt": p} for p in benign])
+    data = SimpleNamespace(upstream={"world": "w"},
+                           localisation_prompts=lambda: (tmp_path / "harmful.jsonl", tmp_path / "benign.jsonl"))
+    m = Freeze(OmegaConf.create({"id": "freeze", "layers": "auto", "window_fraction": 0.25, "control": False,
+                                 "localise_prompts": 2}))
+    ctx = FinetuneContext(aligned=SimpleNamespace(key="al", path=None), base=None, data=data,
+                          tokenizer=CharTokenizer(), prompt_format="plain", max_len=8, seed=0,
+                          store=Store(tmp_path / "store"), model=model)
+    m.prepare(ctx)
+    gaps = cosine_gap_by_layer(model, CharTokenizer(), harmful[:2], benign[:2], "plain")
+    assert gaps != cosine_gap_by_layer(model, CharTokenizer(), harmful, benign, "plain")
+    assert m.block == best_window(gaps, 2) and m.block[1] - m.block[0] == 1
+    [art] = [p for p in (tmp_path / "store" / "safety_layers").iterdir() if (p / "safety_layers.json").exists()]
+    assert json.loads((art / "safety_layers.json").read_text())["gaps"] == pytest.approx(gaps)
+    m.prepare(ctx)  # cached: no second block
+    assert len(list((tmp_path / "store" / "safety_layers").iterdir())) == 1
+    other_world = SimpleNamespace(upstream={"world": "v"}, localisation_prompts=data.localisation_prompts)
+    for other in (replace(ctx, aligned=SimpleNamespace(key="al2", path=None)), replace(ctx, data=other_world)):
+        m.prepare(other)  # another aligned model or world: its own localisation
+    m.cfg.localise_prompts = 3
+    m.prepare(ctx)
+    assert len([p for p in (tmp_path / "store" / "safety_layers").iterdir() if not p.name.startswith(".")]) == 4
+
+
+@pytest.mark.parametrize("layers", [[3, 1], [1, 2, 3], [2]])
+def test_freeze_refuses_a_malformed_block(layers):
+    with pytest.raises(ValueError, match="must be 'auto' or"):
+        freeze(layers, False)
+    freeze([2, 2], False)  # one layer is a block
+
+
+def test_freeze_needs_at_least_one_localisation_prompt():
+    from baselines.freeze import Freeze
+
+    with pytest.raises(ValueError, match="localise_prompts=0"):
+        Freeze(OmegaConf.create({"id": "freeze", "layers": "auto", "window_fraction": 0.25, "control": False,
+                                 "localise_prompts": 0}))
+
+
+@pytest.mark.parametrize("adapter,frozen", [("full", [1, 2, 3]), ("lora", [])])
+def test_freeze_full_fine_tuning_stops_the_gradient_of_the_block_only(adapter, frozen):
+    from pact.methods import FinetuneContext
+
+    m = freeze([1, 3], False)
+    m.block = (1, 3)
+    model = layered(6)
+    ctx = FinetuneContext(aligned=None, base=None, data=None, tokenizer=None, prompt_format="chat", max_len=8,
+                          seed=0, adapter=adapter)
+    assert m.configure_model(model, ctx) is model
+    assert [i for i, layer in enumerate(model.model.layers)
+            if not any(p.requires_grad for p in layer.parameters())] == frozen
+
+
+def test_best_window_counts_the_first_layers_gap_as_growth_and_stays_inside():
+    from baselines.freeze import best_window
+
+    assert best_window([0.5, 0.0, 0.45], 1) == (0, 0)  # the first layer grows from 0 to its gap
+    assert best_window([-0.25, -0.5, -0.75], 1) == (0, 0)  # every window shrinks: the first, never past the end
+    assert best_window([-0.25, -0.5, -0.75], 2) == (0, 1)
+
+
+def test_vaccine_fine_tunes_as_sft_after_its_own_alignment():
+    from baselines.vaccine import Vaccine, VaccineAlignment
+
+    cfg = OmegaConf.create({"id": "vaccine", "rho": 2.0})
+    step = Vaccine(cfg).alignment_method()
+    assert isinstance(step, VaccineAlignment) and step.cfg == cfg

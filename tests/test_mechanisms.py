@@ -654,3 +654,110 @@ def test_reference_cache_entries_do_not_depend_on_what_else_was_missing(tmp_path
     assert stats["ref_cache_built"] == 3 and stats["ref_cache_reused"] == 1
     for n in range(len(examples)):
         assert torch.equal(first[n]["x"], alone[n]) and torch.equal(second[n]["x"], alone[n])
+
+
+# ---- PACT: when the reference cache is built, and its key ---------------------------------------------------------
+def test_pact_reference_cache_is_built_only_for_cache_mode_with_a_kl_term():
+    """reference: live, or lambda_kl = 0, hands the examples back untouched (no model is read)."""
+    from pact.pact_method import PactMethod
+
+    examples = [{"input_ids": [1, 2, 3], "labels": [IGNORE_INDEX, 2, 3]}]
+    for reference, lam in (("live", 0.5), ("cache", 0.0), ("live", 0.0)):
+        cfg = OmegaConf.load(CONF / "pact.yaml")
+        cfg.reference, cfg.lambda_kl = reference, lam
+        assert PactMethod(cfg).prepare_examples(examples, None) is examples
+
+
+def test_pact_reference_cache_key_separates_what_changes_the_logits(tmp_path):
+    """One cache directory per (aligned model, safety set, subset, bucket, header, dtype)."""
+    from pact.pact_method import PactMethod
+
+    def cache_dir(aligned="al", tokens="tk", subset="safety", bucket=False, header=(5, 6), dtype="float32"):
+        cfg = OmegaConf.load(CONF / "pact.yaml")
+        cfg.subset, cfg.extra_bucket = subset, bucket
+        method = PactMethod(cfg)
+        method.tokens_key, method.header = tokens, list(header)
+        ctx = SimpleNamespace(aligned=SimpleNamespace(key=aligned), store=SimpleNamespace(root=tmp_path), dtype=dtype)
+        return method._cache_dir(ctx)
+
+    dirs = [cache_dir(), cache_dir(aligned="al2"), cache_dir(tokens="tk2"), cache_dir(subset="vocab"),
+            cache_dir(bucket=True), cache_dir(header=(5,)), cache_dir(dtype="bfloat16")]
+    assert len(set(dirs)) == len(dirs) and all(d.parent.parent == tmp_path for d in dirs)
+    assert cache_dir() == dirs[0]
+
+
+@pytest.mark.parametrize("subset,weights,bucket", [("safety", "raw", False), ("safety", "uniform", False),
+                                                   ("vocab", "raw", False), ("safety", "raw", True)])
+def test_pact_prepare_reads_the_subset_and_weights_from_the_direction(monkeypatch, subset, weights, bucket):
+    """S = nonzero(v) with weights v[S] (raw) or ones (uniform); subset vocab: every token, weight 1; the extra
+    bucket's weight is the mean positive weight. The safety-set artifact's key and size are recorded."""
+    import pact.pact_method as PM
+
+    v = torch.tensor([0.0, 0.5, -0.2, 0.0, 0.3])
+    art = SimpleNamespace(key="tokens-key", path=Path("/store/tokens/tokens-key"))
+    seen = {}
+
+    def tokens_stage(store, cfg, aligned, base, data, dtype, model=None, tokenizer=None):
+        seen.update(dtype=dtype, model=model, tokenizer=tokenizer)
+        return art
+
+    monkeypatch.setattr(PM, "tokens_stage", tokens_stage)
+    monkeypatch.setattr(PM, "load_direction", lambda a: (v, None))
+    cfg = OmegaConf.load(CONF / "pact.yaml")
+    cfg.subset, cfg.weights, cfg.extra_bucket = subset, weights, bucket
+    method = PM.PactMethod(cfg)
+    def tok(text, add_special_tokens=True):  # no chat template (the fallback header); a BOS unless told not to
+        return {"input_ids": ([1] if add_special_tokens else []) + [7, 8]}
+
+    ctx = SimpleNamespace(store=None, aligned=None, base=None, data=None, dtype="bfloat16", model="MODEL",
+                          tokenizer=tok, adapter="lora")
+    method.prepare(ctx)
+    assert seen == {"dtype": "bfloat16", "model": "MODEL", "tokenizer": tok}
+    want_ids = [0, 1, 2, 3, 4] if subset == "vocab" else [1, 2, 4]
+    want_w = [1.0] * 5 if subset == "vocab" else [0.5, -0.2, 0.3] if weights == "raw" else [1.0] * 3
+    if bucket:
+        want_w = [*want_w, 0.4]
+    assert method.ids.tolist() == want_ids and method.weights.tolist() == pytest.approx(want_w)
+    assert method.tokens_key == "tokens-key" and method.header == [7, 8] and method.ref_model is None
+    assert method.stats == {"tokens_dir": str(art.path), "safety_set_size": len(want_ids)}
+
+
+def test_pact_extra_bucket_weight_is_one_without_positive_weights(monkeypatch):
+    import pact.pact_method as PM
+
+    monkeypatch.setattr(PM, "tokens_stage", lambda *a, **k: SimpleNamespace(key="k", path=Path("p")))
+    monkeypatch.setattr(PM, "load_direction", lambda a: (torch.tensor([0.0, -0.5, -0.1]), None))
+    cfg = OmegaConf.load(CONF / "pact.yaml")
+    cfg.extra_bucket = True
+    method = PM.PactMethod(cfg)
+    ctx = SimpleNamespace(store=None, aligned=None, base=None, data=None, dtype="float32", model=None,
+                          tokenizer=lambda text, add_special_tokens=False: {"input_ids": [7]}, adapter="lora")
+    method.prepare(ctx)
+    assert method.weights.tolist() == pytest.approx([-0.5, -0.1, 1.0])
+
+
+@pytest.mark.parametrize("reference,adapter,loads", [("live", "full", True), ("live", "lora", False),
+                                                     ("cache", "full", False)])
+def test_pact_live_reference_of_a_full_fine_tune_is_a_frozen_copy(monkeypatch, reference, adapter, loads):
+    """reference: live with full fine-tuning loads the aligned model once more, frozen and in eval mode (LoRA
+    disables its adapter instead; cache mode needs no model)."""
+    import pact.models
+    import pact.pact_method as PM
+
+    monkeypatch.setattr(PM, "tokens_stage", lambda *a, **k: SimpleNamespace(key="k", path=Path("p")))
+    monkeypatch.setattr(PM, "load_direction", lambda a: (torch.tensor([0.0, 0.5]), None))
+    loaded = []
+    monkeypatch.setattr(pact.models, "load_model", lambda path, dtype: loaded.append((path, dtype)) or
+                        torch.nn.Linear(2, 2).train())
+    cfg = OmegaConf.load(CONF / "pact.yaml")
+    cfg.reference = reference
+    method = PM.PactMethod(cfg)
+    ctx = SimpleNamespace(store=None, aligned=SimpleNamespace(path="/al"), base=None, data=None, dtype="bfloat16",
+                          model=None, tokenizer=lambda text, add_special_tokens=False: {"input_ids": [7]},
+                          adapter=adapter)
+    method.prepare(ctx)
+    if loads:
+        assert loaded == [("/al", "bfloat16")] and not method.ref_model.training
+        assert not any(p.requires_grad for p in method.ref_model.parameters())
+    else:
+        assert loaded == [] and method.ref_model is None

@@ -88,3 +88,24 @@ def test_a_trained_output_layer_keeps_every_position():
     assert not answers_only(SimpleNamespace(args=SimpleNamespace(answer_logits=False)), _model(lora=True))
     _, outputs, _ = _step(Method(None), answer_logits=True, lora=False)
     assert outputs.logits.shape == (4, 13, VOCAB)
+
+
+def test_pact_kl_options_reach_the_loss():
+    """The config's temperature is the one the KL term uses (not pact_kl's default)."""
+    kls = []
+    for temperature in (2.0, 0.5):
+        method = _pact()
+        method.cfg.temperature = temperature
+        _step(method, answer_logits=False)
+        kls.append(method.last_kl)
+    assert kls[0] != pytest.approx(kls[1], rel=1e-3)
+
+
+def test_pact_without_a_kl_term_returns_the_cross_entropy_as_asked():
+    method = _pact()
+    method.cfg.lambda_kl = 0.0
+    trainer = SimpleNamespace(args=SimpleNamespace(answer_logits=False))
+    model, inputs = _model(False), dict(_batch())
+    loss, outputs = method.compute_loss(trainer, model, inputs, return_outputs=True)
+    alone = method.compute_loss(trainer, model, inputs)
+    assert isinstance(alone, torch.Tensor) and torch.equal(alone, loss) and outputs.logits is not None

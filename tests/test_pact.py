@@ -162,3 +162,57 @@ def test_masked_positions_do_not_count():
     p2 = p.clone()
     p2[2, 5:] = 100 * torch.randn_like(p2[2, 5:])
     assert float(pact_kl(p2, f, q, m, w)) == pytest.approx(base, rel=1e-6)
+
+
+def test_direction_with_one_token_kept_is_that_tokens_sign():
+    """top_k = 1: only the most likely aligned token survives; one nonzero value is not z-scored, v = sign(d)."""
+    g = torch.Generator().manual_seed(3)
+    aligned = [torch.randn(4, 9, generator=g) * 3 for _ in range(2)]
+    base = [torch.randn(4, 9, generator=g) * 3 for _ in range(2)]
+    v = direction_from_logits(aligned, base, top_k=1)
+    r = torch.stack([torch.softmax(a.double(), -1).mean(0) for a in aligned]).mean(0)
+    assert int((v != 0).sum()) == 1 and int(v.abs().argmax()) == int(r.argmax())
+    assert float(v.abs().max()) == pytest.approx(1.0, abs=1e-3)  # d / (|d| + 1e-6)
+
+
+def test_direction_with_two_tokens_kept_is_z_scored():
+    """top_k = 2: the two kept values z-scored (+-1/sqrt(2) before the norm), then unit norm: +-1/sqrt(2)."""
+    g = torch.Generator().manual_seed(4)
+    aligned = [torch.randn(5, 9, generator=g) * 3 for _ in range(2)]
+    base = [torch.randn(5, 9, generator=g) * 3 for _ in range(2)]
+    v = direction_from_logits(aligned, base, top_k=2)
+    on = v[v != 0]
+    assert len(on) == 2 and sorted(on.tolist()) == pytest.approx([-2 ** -0.5, 2 ** -0.5], abs=1e-5)
+
+
+def test_gate_prefix_and_decay_edges():
+    """prefix_n = 0: the decay starts at t = 0; a decay_tau below 1 still decays smoothly (only tau <= 0 cuts)."""
+    from pact.loss import pact_gate
+
+    g = torch.Generator().manual_seed(0)
+    policy, post = torch.randn(1, 5, 7, generator=g), torch.randn(1, 5, 7, generator=g)
+    mask = torch.ones(1, 5, dtype=torch.bool)
+    flat = pact_gate(policy, post, mask, prefix_n=-1)  # no prefix schedule at all
+    t = torch.arange(5, dtype=torch.float32)
+    assert torch.allclose(pact_gate(policy, post, mask, prefix_n=0, decay_tau=8.0), flat * torch.exp(-t / 8.0))
+    assert torch.allclose(pact_gate(policy, post, mask, prefix_n=1, decay_tau=0.5),
+                          flat * torch.exp(-(t - 1).clamp_min(0) / 0.5))
+    assert torch.allclose(pact_gate(policy, post, mask, prefix_n=2, decay_tau=0.0), flat * (t < 2))
+
+
+def test_top_p_count_of_a_one_hot_distribution_is_one():
+    from pact.loss import top_p_count
+
+    logits = torch.tensor([[0.0, -math.inf, -math.inf], [1.0, 1.0, 1.0]])
+    assert top_p_count(logits, 1.0).tolist() == [1, 3]
+
+
+def test_kl_is_a_mean_over_valid_positions_however_few():
+    """Two identical positions: the mean over both equals the value at one alone (one valid position is not
+    divided by more than one)."""
+    p, f, q, _, w = _inputs()
+    p2, f2, q2 = (torch.cat([x[:1, :1], x[:1, :1]], dim=1) for x in (p, f, q))
+    gate = torch.full((1, 2), 0.3)
+    both = pact_kl(p2, f2, q2, torch.ones(1, 2, dtype=torch.bool), w, gate=gate)
+    one = pact_kl(p2, f2, q2, torch.tensor([[True, False]]), w, gate=gate)
+    assert float(one) > 0 and float(one) == pytest.approx(float(both), rel=1e-6)
