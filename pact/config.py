@@ -7,6 +7,7 @@ The *values* live in ``conf/``, each with its source; the defaults here only mak
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -190,6 +191,7 @@ class GuardConfig:
     threshold: float = 0.5         # moderation: flagged when a category's probability exceeds it
     max_length: int = 256          # moderation: tokens read (truncated)
     prompt_format: str = "{prompt} "   # moderation: the text before the answer ({prompt}: the request)
+    pickle_weights: bool = False   # .bin checkpoints allowed, read by torch.load(weights_only=True) (pact.guard)
 
 
 @dataclass
@@ -261,6 +263,21 @@ def _check_optim(prefix: str, o: Any) -> None:
     _choice(f"{prefix}.dtype", o.dtype, tuple(DTYPES))
 
 
+TOY_OPTIM_KEYS = ("lr", "scheduler", "dtype")  # with finetune.lora_lr: what makes the root config's recipe the toy one
+
+
+def _warn_toy_optimiser(c: DictConfig) -> None:
+    """Say when a hub model would fine-tune with the root config's optimiser, which is tuned for the toy world
+    (conf/config.yaml ``finetune``), not with a real model's recipe (e.g. experiment=paper_llama31)."""
+    root = OmegaConf.load(CONF_DIR / "config.yaml").finetune
+    if all(c.finetune.optim[k] == root.optim[k] for k in TOY_OPTIM_KEYS) and c.finetune.lora_lr == root.lora_lr:
+        logging.getLogger("pact.config").warning(
+            "model=%s is a hub model but fine-tunes with the toy world's optimiser (conf/config.yaml finetune: "
+            "lr %g, lora_lr %g, %s schedule, %s): for the official PACT recipe add experiment=paper_llama31, or set "
+            "finetune.optim.* and finetune.lora_lr", c.model.name, root.optim.lr, root.lora_lr, root.optim.scheduler,
+            root.optim.dtype)
+
+
 def validate(cfg: DictConfig) -> DictConfig:
     """Merge ``cfg`` into the schema and check every range; raises :class:`ConfigError` naming the key."""
     plain = OmegaConf.to_container(cfg, resolve=True)
@@ -290,6 +307,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         _check_optim("model.align_train", c.model.align_train)
     elif not c.model.aligned:
         raise ConfigError("model.aligned (a hub id or a local path) is required when model.kind='hub'")
+    else:
+        _warn_toy_optimiser(c)
     _choice("task.name", c.task.name, tuple(TASK_PARSERS))
     _range("task.max_new_tokens", c.task.max_new_tokens, 1)
     _check_data(c)

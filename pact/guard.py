@@ -57,9 +57,18 @@ def guard_text(tokenizer, prompt: str, response: str) -> str:
     return tokenizer.apply_chat_template(conversation, tokenize=False)
 
 
+def weight_format(gcfg: Any) -> dict[str, Any]:
+    """``from_pretrained``'s weight-format arguments: safetensors only, unless the guard's config sets
+    ``pickle_weights`` (a guard that ships only ``.bin`` files); those load with ``torch.load(weights_only=True)``,
+    which reads tensors and refuses any other pickled object."""
+    if gcfg.get("pickle_weights"):
+        return {"use_safetensors": None, "weights_only": True}
+    return {"use_safetensors": True}
+
+
 def load_guard(gcfg: Any, device: str):
     """(model, tokenizer) of the guard named by ``gcfg.model`` (a hub id at ``gcfg.revision``, or a local folder),
-    safetensors only, no remote code, on ``device``."""
+    safetensors only (see :func:`weight_format`), no remote code, on ``device``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     check_model_path(gcfg.model, "guard.model")
@@ -71,7 +80,7 @@ def load_guard(gcfg: Any, device: str):
         raise ValueError(f"guard.model={gcfg.model}: its tokenizer has no chat template (a guard reads the "
                          "conversation through its own template)")
     model = AutoModelForCausalLM.from_pretrained(str(gcfg.model), revision=revision, dtype=DTYPES[gcfg.dtype],
-                                                 use_safetensors=True)
+                                                 **weight_format(gcfg))
     return model.to(device).eval(), tok
 
 
@@ -92,10 +101,10 @@ def moderation_text(gcfg: Any, tokenizer, prompt: str, response: str) -> str:
 
 
 def load_moderation(gcfg: Any, device):
-    """(model, tokenizer) of a moderation classifier (``AutoModelForSequenceClassification``, safetensors only, no
-    remote code) on ``device``. A tokenizer without a padding token gets a new one (the embedding grows by a row,
-    initialised to the mean), as PKU-Alignment's moderation code does: padding with the end-of-sequence token would
-    make the classifier read the token before it."""
+    """(model, tokenizer) of a moderation classifier (``AutoModelForSequenceClassification``, safetensors only unless
+    :func:`weight_format` says otherwise, no remote code) on ``device``. A tokenizer without a padding token gets a
+    new one (the embedding grows by a row, initialised to the mean), as PKU-Alignment's moderation code does: padding
+    with the end-of-sequence token would make the classifier read the token before it."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
     check_model_path(gcfg.model, "guard.model")
@@ -103,7 +112,7 @@ def load_moderation(gcfg: Any, device):
     tok = AutoTokenizer.from_pretrained(str(gcfg.model), revision=revision, padding_side="right",
                                         model_max_length=int(gcfg.max_length))
     model = AutoModelForSequenceClassification.from_pretrained(str(gcfg.model), revision=revision,
-                                                               dtype=DTYPES[gcfg.dtype], use_safetensors=True)
+                                                               dtype=DTYPES[gcfg.dtype], **weight_format(gcfg))
     if tok.pad_token is None:
         tok.add_special_tokens({"pad_token": PAD_TOKEN})
         model.resize_token_embeddings(len(tok))

@@ -211,7 +211,11 @@ def model_refs(store: Store, cfg: DictConfig, data: RunData) -> tuple[ModelRef |
         base = ModelRef(imp.key, str(imp.path / "model"), "chat", str(imp.path / "model"))
         return base, imported_align_stage(store, cfg, base, data)
     aligned = ModelRef(stable_key({"hub": m.aligned, "dtype": m.dtype}), m.aligned, "chat", m.aligned)
-    base = ModelRef(stable_key({"hub": m.base, "dtype": m.dtype}), m.base, "plain", m.aligned) if m.base else None
+    # The base model answers in the plain format with its own tokenizer, so that its rows stop on its own end token
+    # (Llama-3.1-8B ends text with <|end_of_text|>, never with the instruct model's <|eot_id|>: with the instruct
+    # tokenizer every base row ran to the full budget). The safety-token passes read both with the aligned tokenizer.
+    base = (ModelRef(stable_key({"hub": m.base, "dtype": m.dtype, "tokenizer": m.base}), m.base, "plain", m.base)
+            if m.base else None)
     return base, aligned
 
 

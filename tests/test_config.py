@@ -45,6 +45,24 @@ def test_hub_model_needs_aligned():
         validate(_compose("model=llama3.1-8b-instruct", "model.aligned=null"))
 
 
+def test_a_hub_model_with_the_toy_optimiser_is_told_so(caplog):
+    """A hub model under the root config's optimiser (tuned for the toy world: lr 5e-4, LoRA 5e-3, float32) gets a
+    warning that names the official recipe's experiment; with that experiment, or an optimiser of one's own, none."""
+    import logging
+
+    with caplog.at_level(logging.WARNING, logger="pact.config"):
+        validate(_compose("model=llama3.1-8b-instruct", "data=real"))
+    assert len(caplog.records) == 1 and "experiment=paper_llama31" in caplog.text and "toy world" in caplog.text
+    for overrides in (["experiment=paper_llama31", "hydra.mode=RUN"],
+                      ["model=llama3.1-8b-instruct", "data=real", "finetune.optim.lr=3e-5"],
+                      ["model=llama3.1-8b-instruct", "data=real", "finetune.lora_lr=null"],
+                      ["model=toy"], ["experiment=smollm2_cpu", "hydra.mode=RUN"]):
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="pact.config"):
+            validate(_compose(*overrides))
+        assert not caplog.records, overrides
+
+
 def test_experiment_configs_compose():
     names = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
     assert {"smoke", "poison_ratio", "tasks", "pact_ablation_lambda"} <= set(names)

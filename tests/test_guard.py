@@ -168,3 +168,41 @@ def test_moderation_stage_reads_the_official_format_and_stores_probabilities(tmp
         assert o["verdict"] == ("compliance" if o["unsafe"] else "other")
     everything = G.judge_stage(store, OmegaConf.merge(moderation, {"threshold": 0.0}), gen)  # its own key
     assert everything.key != art.key and all(o["unsafe"] for o in load_judgments(everything))
+
+
+def test_pickle_weights_load_tensors_only_and_only_where_a_guard_allows_them(tmp_path, moderation):
+    """A guard that ships only .bin files (beaver-dam-7b) loads them with torch.load(weights_only=True) when its
+    config sets pickle_weights; any other guard keeps requiring safetensors, and a .bin holding more than tensors is
+    refused even where .bin files are allowed."""
+    import pickle
+
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from pact import guard as G
+
+    cfg = OmegaConf.load(ROOT / "conf" / "guard" / "beaver_dam.yaml")
+    assert cfg.pickle_weights is True
+    folder = tmp_path / "dam_bin"
+    AutoModelForSequenceClassification.from_pretrained(str(moderation.model)).save_pretrained(
+        str(folder), safe_serialization=False)
+    for f in Path(moderation.model).iterdir():  # the tokenizer's files
+        if f.suffix != ".safetensors" and not (folder / f.name).exists():
+            (folder / f.name).write_bytes(f.read_bytes())
+    assert (folder / "pytorch_model.bin").is_file() and not list(folder.glob("*.safetensors"))
+    allowed = OmegaConf.merge(moderation, {"model": str(folder)})
+    model, _ = G.load_moderation(allowed, "cpu")
+    assert model.config.num_labels == 14
+    with pytest.raises(OSError):
+        G.load_moderation(OmegaConf.merge(allowed, {"pickle_weights": False}), "cpu")
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)
+    torch.save({**state, "extra": Exploit()}, folder / "pytorch_model.bin", pickle_protocol=pickle.DEFAULT_PROTOCOL)
+    with pytest.raises(Exception, match="(?i)weights_only|unpickl|unsupported|global"):
+        G.load_moderation(allowed, "cpu")
+
+
+class Exploit:
+    """An object a weights-only load must refuse to build (unpickling it would run code)."""
+
+    def __reduce__(self):
+        return (print, ("a pickled call ran",))

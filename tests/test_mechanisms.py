@@ -656,6 +656,34 @@ def test_reference_cache_entries_do_not_depend_on_what_else_was_missing(tmp_path
         assert torch.equal(first[n]["x"], alone[n]) and torch.equal(second[n]["x"], alone[n])
 
 
+def test_batch_invariance_compares_each_row_alone_against_its_batch(toy):
+    """experiments.batch_invariance counts the rows whose reference differs between one padded batch and the row
+    alone (none when the passes agree; each row the batched pass moves) and the largest difference."""
+    from experiments.batch_invariance import compare
+
+    real = compare(prepared_pact(toy), toy.aligned, encoded(toy))
+    assert real["rows"] == 4 and real["batch_repeatable"] and real["max_abs_diff"] < 1e-4
+
+    class Rows:  # a reference of each row alone; ``moved`` rows shift when computed beside others
+        def __init__(self, moved):
+            self.moved = moved
+
+        def reference(self, model, batch):
+            full = torch.zeros(len(batch), 3, 2)
+            for j, e in enumerate(batch):
+                full[j] = float(len(e["input_ids"]))
+            post = full.clone()
+            if len(batch) > 1:
+                for j in self.moved:
+                    post[j] += 0.25
+            return full, post
+
+    assert compare(Rows([]), None, encoded(toy)) == {"rows": 4, "full_differ": 0, "post_differ": 0,
+                                                     "max_abs_diff": 0.0, "batch_repeatable": True}
+    moved = compare(Rows([1, 3]), None, encoded(toy))
+    assert moved["post_differ"] == 2 and moved["full_differ"] == 0 and moved["max_abs_diff"] == 0.25
+
+
 # ---- PACT: when the reference cache is built, and its key ---------------------------------------------------------
 def test_pact_reference_cache_is_built_only_for_cache_mode_with_a_kl_term():
     """reference: live, or lambda_kl = 0, hands the examples back untouched (no model is read)."""

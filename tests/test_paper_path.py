@@ -161,6 +161,27 @@ def test_paper_path_dry_run_on_cpu(tmp_path, monkeypatch):
     assert tables and "llama_guard3" in tables[0].read_text()
 
 
+def test_a_hub_base_model_answers_with_its_own_tokenizer_and_end_token(tmp_path):
+    """The base model's reference rows (plain format) are generated with the base's own tokenizer, so they stop on
+    its end token (Llama-3.1-8B: <|end_of_text|>; the instruct tokenizer's <|eot_id|> never comes); its key names
+    that tokenizer, so answers cached under the instruct tokenizer are not reused. The aligned model keeps its own."""
+    from pact import pipeline as P
+    from pact.models import load_tokenizer
+    from pact.store import stable_key
+
+    aligned, base = tiny_hub_model(tmp_path / "aligned"), tiny_hub_model(tmp_path / "base", seed=1)
+    tok = load_tokenizer(base)
+    tok.eos_token = "<|end_of_text|>"
+    tok.save_pretrained(str(base))
+    cfg = compose_config(["model=llama3.1-8b-instruct", f"model.aligned={aligned}", f"model.base={base}"],
+                         check=False)
+    base_ref, aligned_ref = P.model_refs(None, cfg, None)
+    assert (base_ref.prompt_format, aligned_ref.prompt_format) == ("plain", "chat")
+    assert load_tokenizer(base_ref.tokenizer_path).eos_token == "<|end_of_text|>"
+    assert load_tokenizer(aligned_ref.tokenizer_path).eos_token == "<|eot_id|>"
+    assert base_ref.key != stable_key({"hub": str(base), "dtype": cfg.model.dtype})
+
+
 # ---- vLLM: adapters as LoRA requests, the engine in its own process -------------------------------------------------
 FAKE_VLLM = '''
 import json, os
