@@ -79,12 +79,12 @@ smollm2-extras: setup ## after make smollm2: full SFT/PACT (tied, untied), safet
 # SFT/PACT-LoRA (3 seeds, p = 0, 0.05, 0.1) and safety mixing and Lisa (LoRA, seed 0, p = 0 and 0.1) on the official
 # SST-2 mixtures, two jobs of one thread; then the step-0 measurement beside the token-confidence curves, the report,
 # and each judge's recall on the refusals the aligned and fine-tuned models learnt (analysis.judge_check --experiment).
-smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixtures -> results/ (after make data; 95 min AVX-512 bf16)
+smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixtures -> results/ (after make data; 72 min AVX-512 bf16)
 	$(PY) -m experiments.prepare experiment=smollm2_real method=pact_lora --evaluate
 	$(PY) -m experiments.run experiment=smollm2_real
 	$(PY) -m experiments.run experiment=smollm2_real method=safety_mix_lora,lisa_lora seed=0 poison.ratio=0.0,0.1
 	$(call step0_and_curves,smollm2_real)
-	$(PY) -m analysis.report --experiment smollm2_real --out results
+	$(PY) -m analysis.report --experiment smollm2_real --out results --replace
 	$(PY) -m analysis.judge_check --experiment smollm2_real --out results
 
 # The real data's files of public Git repositories at pinned commits (conf/data/real.yaml) -> data/real/ (git-ignored):
@@ -116,7 +116,7 @@ test-fast: setup ## the tests not marked slow (no subprocess, torchrun, kill/res
 # tests that reach each mutated function; two workers, one thread each. Survivors kept: tests/mutation_survivors.md.
 # A fresh run each time (mutants/ is deleted first); `make mutate MUTATE_MIN=85` fails below an 85% score.
 MUTATE_MIN ?= 0
-mutate: setup ## mutation testing of the method and loss modules with mutmut -> mutants/, score printed (37 min on 2 busy cores)
+mutate: setup ## mutation testing of the method and loss modules with mutmut -> mutants/, score printed (37 min on 2 cores shared with a training; not yet timed alone)
 	$(PY) -c "import mutmut" 2>/dev/null || $(PY) -m pip install --quiet -e '.[dev,mutate]'
 	rm -rf mutants
 	OMP_NUM_THREADS=1 MKL_NUM_THREADS=1 $(VENV)/bin/mutmut run --max-children 2

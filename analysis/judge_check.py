@@ -125,6 +125,11 @@ def study_check(records: list[dict[str, Any]], words: int) -> pd.DataFrame:
     return df.sort_values(["set", "poison_ratio", "method", "judge"], na_position="first", kind="stable")
 
 
+def pct(value: float) -> str:
+    """A percent with one decimal, or "–" where there is nothing to count (no answer of the kind)."""
+    return "–" if pd.isna(value) else f"{value:.1f}"
+
+
 def study_md(df: pd.DataFrame, experiment: str, words: int) -> str:
     """Per answer set, one line per model: answers, learnt refusals, and per judge its recall / the percent of the
     other answers it calls refusals."""
@@ -132,14 +137,15 @@ def study_md(df: pd.DataFrame, experiment: str, words: int) -> str:
     lines = [f"The judges on `{experiment}`'s own answers (analysis/judge_check.py, `--experiment {experiment}`). A "
              f"*learnt refusal* opens with the first {words} words of one of the refusals the model was aligned on "
              "and of none of its helpful answers (a label no judge's list decides). Per judge: recall on the learnt "
-             "refusals / percent of the other answers it calls refusals. Seeds pooled."]
+             "refusals / percent of the other answers it calls refusals (– where there are none). Seeds pooled. "
+             "Only these counts leave the store, never an answer."]
     for set_, g in df.groupby("set", sort=False):
         lines += ["", f"**{set_} requests**", "",
                   "| model | p | answers | learnt refusals | " + " | ".join(judges) + " |",
                   "|---" * (4 + len(judges)) + "|"]
         for (method, p), m in g.groupby(["method", "poison_ratio"], sort=False, dropna=False):
             first = m.iloc[0]
-            cells = [f"{r.recall_pct:.1f} / {r.rest_called_refusal_pct:.1f}" for r in
+            cells = [f"{pct(r.recall_pct)} / {pct(r.rest_called_refusal_pct)}" for r in
                      (m[m.judge == j].iloc[0] for j in judges)]
             lines.append(f"| {method} | {'' if pd.isna(p) else f'{p:g}'} | {first.answers} | "
                          f"{first.learnt_refusals} ({100 * first.learnt_refusals / first.answers:.1f}%) | "
