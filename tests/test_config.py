@@ -51,11 +51,11 @@ def test_a_hub_model_with_the_toy_optimiser_is_told_so(caplog):
     import logging
 
     with caplog.at_level(logging.WARNING, logger="pact.config"):
-        validate(_compose("model=llama3.1-8b-instruct", "data=real"))
+        validate(_compose("model=llama3.1-8b-instruct", "data=real", "task=sst2"))
     assert len(caplog.records) == 1 and "experiment=paper_llama31" in caplog.text and "toy world" in caplog.text
     for overrides in (["experiment=paper_llama31", "hydra.mode=RUN"],
-                      ["model=llama3.1-8b-instruct", "data=real", "finetune.optim.lr=3e-5"],
-                      ["model=llama3.1-8b-instruct", "data=real", "finetune.lora_lr=null"],
+                      ["model=llama3.1-8b-instruct", "data=real", "task=sst2", "finetune.optim.lr=3e-5"],
+                      ["model=llama3.1-8b-instruct", "data=real", "task=sst2", "finetune.lora_lr=null"],
                       ["model=toy"], ["experiment=smollm2_cpu", "hydra.mode=RUN"]):
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="pact.config"):

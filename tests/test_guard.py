@@ -184,8 +184,10 @@ def test_pickle_weights_load_tensors_only_and_only_where_a_guard_allows_them(tmp
     cfg = OmegaConf.load(ROOT / "conf" / "guard" / "beaver_dam.yaml")
     assert cfg.pickle_weights is True
     folder = tmp_path / "dam_bin"
-    AutoModelForSequenceClassification.from_pretrained(str(moderation.model)).save_pretrained(
-        str(folder), safe_serialization=False)
+    folder.mkdir()
+    original = AutoModelForSequenceClassification.from_pretrained(str(moderation.model))
+    original.config.save_pretrained(str(folder))
+    torch.save(original.state_dict(), folder / "pytorch_model.bin")  # the .bin layout beaver-dam-7b ships
     for f in Path(moderation.model).iterdir():  # the tokenizer's files
         if f.suffix != ".safetensors" and not (folder / f.name).exists():
             (folder / f.name).write_bytes(f.read_bytes())
