@@ -1,7 +1,7 @@
 """Does a row's reference depend on its batch-mates? ``python -m experiments.batch_invariance [overrides] [--rows N]``.
 
 PACT's reference pass (the aligned model's safety-subset logits, full context and post-only) over the first ``N``
-training rows of the configured run (default 32), once in one padded batch and once row by row, compared bit for
+training rows of the configured run (default: conf/analysis.yaml pact_step0.batch_size, 32), once in one padded batch and once row by row, compared bit for
 bit; also the batch computed twice. A row whose logits move with its batch-mates would make any cache that computes
 rows in batches depend on which rows were computed together (pact/refcache.py therefore computes each row alone).
 Prints the rows that differ per pass and the largest absolute difference. Reads the store's aligned model and
@@ -15,14 +15,13 @@ from typing import Any
 
 import torch
 
-from pact import data as D
+from experiments.pact_step0 import SETTINGS, prepared_run
 from pact import pipeline as P
 from pact.cli import OVERRIDES, exit_on_help, fail, run_cli
-from pact.config import compose_config, validate
-from pact.methods import FinetuneContext, build_method
-from pact.models import load_model, load_tokenizer
+from pact.models import load_model
 
-DEFAULT_ROWS = 32  # the batch size the reference cache used before it computed rows alone
+DEFAULT_ROWS = int(SETTINGS.batch_size)  # one batch of the step-0 measurement (conf/analysis.yaml pact_step0),
+# the size of the batches the reference cache computed before it computed rows alone
 
 
 @torch.no_grad()
@@ -44,21 +43,10 @@ def compare(method, model, examples: list[dict[str, Any]]) -> dict[str, Any]:
 
 def measure(overrides: list[str], rows: int) -> dict[str, Any]:
     """:func:`compare` on the first ``rows`` training rows of the run that ``overrides`` configure."""
-    cfg = validate(compose_config(overrides))
-    if "tokens" not in cfg.method:
-        fail(f"method={cfg.method.id} is not a PACT method")
-    if int(cfg.threads) > 0:
-        torch.set_num_threads(int(cfg.threads))
-    up = P.start(cfg)
-    tok = load_tokenizer(up.aligned.tokenizer_path, cfg.model.trust_remote_code)
-    method = build_method(cfg.method)
-    method.prepare(FinetuneContext(aligned=up.aligned, base=up.base, data=up.data, tokenizer=tok,
-                                   prompt_format=up.aligned.prompt_format, max_len=int(cfg.model.max_len),
-                                   seed=int(cfg.seed), dtype=cfg.model.dtype, store=up.store))
-    examples = D.encode_sft(P.finetune_rows(cfg, up.data), tok, up.aligned.prompt_format,
-                            int(cfg.model.max_len))[:rows]
+    cfg, up, method, _, examples = prepared_run(overrides)
+    P.set_threads(cfg)
     model = load_model(up.aligned.path, cfg.model.dtype, cfg.model.trust_remote_code).eval()
-    return compare(method, model, examples)
+    return compare(method, model, examples[:rows])
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -74,12 +74,9 @@ def answer_ce(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Ten
     return (ce * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1)
 
 
-def measure(overrides: list[str]) -> pd.DataFrame:
-    """The step-0 table of the config made of ``overrides`` (method defaults to pact), a store artifact (stage
-    ``step0``) keyed by the training rows' tokens, the aligned model, the safety set, the loss's options and this
-    code: a rerun reads it instead of measuring again."""
-    if not any(o.startswith("method=") for o in overrides):
-        overrides = ["method=pact", *overrides]
+def prepared_run(overrides: list[str]):
+    """(config, started run, prepared PACT method, training rows, their encoded examples) of the run that
+    ``overrides`` configure; stops with one line when its method is not a PACT method."""
     cfg = validate(compose_config(overrides))
     if "tokens" not in cfg.method:
         fail(f"method={cfg.method.id} is not a PACT method")
@@ -90,7 +87,16 @@ def measure(overrides: list[str]) -> pd.DataFrame:
                                    prompt_format=up.aligned.prompt_format, max_len=int(cfg.model.max_len),
                                    seed=int(cfg.seed), dtype=cfg.model.dtype, store=up.store))
     rows = P.finetune_rows(cfg, up.data)
-    examples = D.encode_sft(rows, tok, up.aligned.prompt_format, int(cfg.model.max_len))
+    return cfg, up, method, rows, D.encode_sft(rows, tok, up.aligned.prompt_format, int(cfg.model.max_len))
+
+
+def measure(overrides: list[str]) -> pd.DataFrame:
+    """The step-0 table of the config made of ``overrides`` (method defaults to pact), a store artifact (stage
+    ``step0``) keyed by the training rows' tokens, the aligned model, the safety set, the loss's options and this
+    code: a rerun reads it instead of measuring again."""
+    if not any(o.startswith("method=") for o in overrides):
+        overrides = ["method=pact", *overrides]
+    cfg, up, method, rows, examples = prepared_run(overrides)
     labels = {"model": cfg.model.name, "task": cfg.task.name, "poison_ratio": float(cfg.poison.ratio),
               "seed": int(cfg.seed), "temperature": float(cfg.method.temperature)}
     slice_ = {"rows": stable_key([[e["input_ids"], e["labels"], bool(r.get("poison"))]
