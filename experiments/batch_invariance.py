@@ -2,10 +2,11 @@
 
 PACT's reference pass (the aligned model's safety-subset logits, full context and post-only) over the first ``N``
 training rows of the configured run (default: conf/analysis.yaml pact_step0.batch_size, 32), once in one padded
-batch and once row by row, compared bit for bit; also the batch computed twice. A row whose logits move with its batch-mates would make any cache that computes
-rows in batches depend on which rows were computed together (pact/refcache.py therefore computes each row alone).
-Prints the rows that differ per pass and the largest absolute difference. Reads the store's aligned model and
-safety set (built by ``experiments.prepare`` with the same overrides), trains nothing.
+batch and once row by row, compared bit for bit; also the batch computed twice. A row whose logits move with its
+batch-mates would make any cache that computes rows in batches depend on which rows were computed together
+(pact/refcache.py therefore computes each row alone). Prints the rows that differ per pass and the largest absolute
+difference. Reads the store's aligned model and safety set (built by ``experiments.prepare`` with the same
+overrides), trains nothing.
 """
 
 from __future__ import annotations
