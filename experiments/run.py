@@ -35,7 +35,7 @@ def run(cfg: DictConfig, variant: str = "") -> dict[str, Any]:
     that set this run apart beyond the summary's identity columns (part of its record's name)."""
     cfg = validate(cfg)
     start = time.time()
-    up = P.start(cfg)  # torchrun: all ranks run every stage, rank 0 writes (pact/dist.py)
+    up = P.start(cfg)  # torchrun: every rank trains, rank 0 alone generates, judges and writes (pact/store.py)
     store, data, base, aligned = up.store, up.data, up.base, up.aligned
     data_path = {f"{next(iter(data.upstream))}_path": str(data.path)}  # world_path (toy) or data_path (real)
     logger = start_logger(cfg, variant)

@@ -1,5 +1,6 @@
-"""Multi-process (``torchrun``) helpers: every rank runs the same stages and trains together through the HF
-Trainer's data parallelism; rank 0 alone publishes artifacts and run records.
+"""Multi-process (``torchrun``) helpers: every rank trains together through the HF Trainer's data parallelism;
+rank 0 alone builds the stages that do not train (generation, judging, safety tokens: pact.store) and publishes
+artifacts and run records.
 
 On one process every helper is a no-op, so single-process code paths never touch ``torch.distributed``.
 """

@@ -100,7 +100,7 @@ def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, data: RunDa
         return {"train": metrics, "rows": len(rows), "poison_rows": sum(bool(r.get("poison")) for r in rows),
                 "method_stats": method.stats}
 
-    art = store.build("finetune", slice_, upstream, build)
+    art = store.build("finetune", slice_, upstream, build, collective=True)
     return ModelRef(art.key, str(art.path / "model"), aligned.prompt_format, str(art.path / "model"))
 
 

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import gc
+import os
 from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
+
+from pact import dist
 
 
 class Engine(ABC):
@@ -83,14 +88,16 @@ class VLLMEngine(Engine):
     """vLLM offline engine (``pip install -e .[vllm]``; CUDA only) over a saved model folder, or over a saved LoRA
     adapter's base model with the adapter as a ``LoRARequest`` (pact.models.save_model keeps LoRA fine-tunes as
     adapters). The engine lives in a spawned process of its own for all the prompts of a stage
-    (:meth:`generate_sets`), so the GPU memory it takes is free when the stage ends (a judge loads next)."""
+    (:meth:`generate_sets`), so the GPU memory it takes is free when the stage ends (a judge loads next); a model the
+    caller still holds (``resident``) waits on the CPU meanwhile."""
 
     def __init__(self, model_path: str | Path, tokenizer, cfg: Any, dtype: str, seed: int,
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, resident=None):
         from pact.models import adapter_base
 
         base = adapter_base(model_path)
-        self.tokenizer = tokenizer
+        self.tokenizer, self.resident = tokenizer, resident
+        self.environment = engine_environment(int(cfg.tensor_parallel_size))
         self.adapter = str(model_path) if base is not None else None
         self.settings = {"model": str(base if base is not None else model_path), "dtype": dtype, "seed": seed,
                          "trust_remote_code": trust_remote_code,
@@ -107,17 +114,60 @@ class VLLMEngine(Engine):
         import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
-        release_gpu_memory()
-        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-            return pool.submit(vllm_generate, self.settings, self.adapter,
-                               [(p, n) for p, n, _ in jobs]).result()
+        with offloaded(self.resident):
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+                return pool.submit(vllm_generate, self.settings, self.adapter,
+                                   [(p, n) for p, n, _ in jobs], self.environment).result()
 
 
-def vllm_generate(settings: dict[str, Any], adapter: str | None,
-                  jobs: list[tuple[list[list[int]], int]]) -> list[list[str]]:
+# What torchrun tells its workers; a vLLM engine started from a worker must not take them for its own.
+LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                      "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT",
+                      "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS",
+                      "TORCHELASTIC_USE_AGENT_STORE", "TORCH_NCCL_ASYNC_ERROR_HANDLING")
+
+
+def engine_environment(tensor_parallel_size: int) -> dict[str, str | None]:
+    """The environment changes of a vLLM engine's process (value None: unset). One process: none (vLLM takes the
+    visible GPUs from 0). Under torchrun (only rank 0 generates: pact.store): the launcher's variables go, and the
+    engine sees this rank's own GPU alone, the one its process group gave it, never GPU 0 of every rank."""
+    if not dist.is_distributed():
+        return {}
+    if tensor_parallel_size != 1:
+        raise ValueError(f"engine.tensor_parallel_size={tensor_parallel_size} under torchrun: the engine would "
+                         "share GPUs that hold the other ranks' models; generate with tensor_parallel_size=1, or "
+                         "in a single-process run of the same config after training (the fine-tune is reused)")
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = visible.split(",")[local] if visible else str(local)
+    return {**{name: None for name in LAUNCHER_VARIABLES}, "CUDA_VISIBLE_DEVICES": device}
+
+
+@contextmanager
+def offloaded(model) -> Iterator[None]:
+    """``model`` (may be None) on the CPU inside the block and back on its device after it, the device's cache
+    released: a vLLM engine then gets the GPU memory a fine-tune's loaded model held (an 8B model: 16 GB)."""
+    device = None if model is None else next(model.parameters()).device
+    if device is not None and device.type != "cpu":
+        model.to("cpu")
+    release_gpu_memory()
+    try:
+        yield
+    finally:
+        if device is not None and device.type != "cpu":
+            model.to(device)
+
+
+def vllm_generate(settings: dict[str, Any], adapter: str | None, jobs: list[tuple[list[list[int]], int]],
+                  environment: dict[str, str | None] | None = None) -> list[list[str]]:
     """Greedy answers of each job's (token-id prompts, max new tokens) from one vLLM engine built with
     ``settings`` (the ``LLM`` keyword arguments), with the LoRA ``adapter`` folder when given. Runs in the
-    engine's own process."""
+    engine's own process, its ``environment`` (:func:`engine_environment`) set before vLLM is imported."""
+    for name, value in (environment or {}).items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
     try:
         from vllm import LLM, SamplingParams
         from vllm.inputs import TokensPrompt
@@ -152,7 +202,8 @@ def _hf(cfg: Any, model, tokenizer, model_path: Path | None, dtype: str, seed: i
 
 def _vllm(cfg: Any, model, tokenizer, model_path: Path | None, dtype: str, seed: int,
           trust_remote_code: bool) -> Engine:
-    return VLLMEngine(model_path, tokenizer, cfg, dtype, seed, trust_remote_code)
+    # a model the caller holds (a fine-tune's aligned model) leaves the GPU while the engine runs
+    return VLLMEngine(model_path, tokenizer, cfg, dtype, seed, trust_remote_code, resident=model)
 
 
 # engine.name -> how to build it (build_engine dispatches here; config validation reads the names).

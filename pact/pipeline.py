@@ -109,7 +109,7 @@ def _train_stage(store: Store, stage: str, mcfg: DictConfig, init: ModelRef | No
         return {"train": metrics, "n_params": sum(p.numel() for p in model.parameters()),
                 "rows": len(rows)}
 
-    art = store.build(stage, slice_, upstream, build)
+    art = store.build(stage, slice_, upstream, build, collective=True)
     return ModelRef(art.key, str(art.path / "model"), fmt, str(art.path / "model"))
 
 
@@ -149,7 +149,7 @@ def imported_align_stage(store: Store, cfg: DictConfig, base: ModelRef, data: Ru
         metrics = _sft_and_save(model, tok, rows, "chat", m.align_train, m, tmp, "align", "none", Method(None))
         return {"train": metrics, "rows": len(rows), "adapter": "lora" if lora else "full"}
 
-    art = store.build("align", slice_, {"init": base.key, **data.upstream}, build)
+    art = store.build("align", slice_, {"init": base.key, **data.upstream}, build, collective=True)
     return ModelRef(art.key, str(art.path / "model"), "chat", str(art.path / "model"))
 
 

@@ -29,6 +29,9 @@ from pact import dist
 log = logging.getLogger("pact.store")
 DONE = "DONE"
 KEY_CHARS = 16
+# How often a non-zero rank looks for the artifact rank 0 builds alone, and how often it says it still waits.
+WAIT_POLL_SECONDS = 0.5
+WAIT_LOG_SECONDS = 60.0
 REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout holding pact/, baselines/, conf/
 
 
@@ -147,14 +150,19 @@ class Store:
             yield
 
     def build(self, stage: str, config: Any, upstream: dict[str, str] | None,
-              builder: Callable[[Path], dict[str, Any] | None]) -> Artifact:
+              builder: Callable[[Path], dict[str, Any] | None], collective: bool = False) -> Artifact:
         """Return the artifact for (stage, config, upstream), running ``builder(tmp_dir)`` only if it is not
         already complete. ``builder`` writes its files into ``tmp_dir`` and may return metadata for
-        ``meta.json``."""
+        ``meta.json``. Under torchrun a ``collective`` stage (training: every rank takes part) runs on every rank;
+        any other (generation, judging, safety tokens, data) runs on rank 0 alone while the others wait for its
+        artifact on the store."""
         key = self.key(stage, config, upstream)
         final = self.path(stage, key)
         if dist.is_distributed():
-            return self._build_ranks(stage, key, config, upstream, builder)
+            if collective:
+                return self._build_ranks(stage, key, config, upstream, builder)
+            if not dist.is_main():
+                return self._wait_for(stage, key)
         if self.done(stage, key):
             log.info("stage %s: reusing %s", stage, final)
             return Artifact(stage, key, final)
@@ -176,9 +184,22 @@ class Store:
             if not done and dist.is_main():
                 self._clear_stale(final, key)
             if not dist.broadcast(done):
-                self._run_builder(stage, key, config, upstream, builder, publish=dist.is_main())
+                self._run_builder(stage, key, config, upstream, builder, publish=dist.is_main(), collective=True)
             dist.barrier()  # nobody reads the artifact before rank 0 has published it
         return Artifact(stage, key, final)
+
+    def _wait_for(self, stage: str, key: str) -> Artifact:
+        """A non-zero rank's share of a stage rank 0 builds alone: wait until its artifact is published (a failure
+        on rank 0 ends the launch, so this never outlives it); no collective call, so a build longer than the
+        process group's timeout (an 8B model's generation) does not break the group."""
+        start, said = time.monotonic(), 0.0
+        while not self.done(stage, key):
+            waited = time.monotonic() - start
+            if waited - said >= WAIT_LOG_SECONDS:
+                log.info("rank %d: waiting %.0f s for rank 0's stage %s %s", dist.rank(), waited, stage, key)
+                said = waited
+            time.sleep(WAIT_POLL_SECONDS)
+        return Artifact(stage, key, self.path(stage, key))
 
     @staticmethod
     def _clear_stale(final: Path, key: str) -> None:
@@ -189,8 +210,10 @@ class Store:
             shutil.rmtree(final)
 
     def _run_builder(self, stage: str, key: str, config: Any, upstream: dict[str, str] | None,
-                     builder: Callable[[Path], dict[str, Any] | None], publish: bool) -> None:
-        """Build into a private directory; with ``publish``, write meta.json and DONE and move it into place."""
+                     builder: Callable[[Path], dict[str, Any] | None], publish: bool,
+                     collective: bool = False) -> None:
+        """Build into a private directory; with ``publish``, write meta.json (``ranks``: how many processes ran
+        the builder) and DONE and move it into place."""
         final = self.path(stage, key)
         tmp = final.parent / f"{key}.partial-{os.getpid()}"
         tmp.mkdir(parents=True)
@@ -199,8 +222,9 @@ class Store:
         if not publish:
             shutil.rmtree(tmp, ignore_errors=True)
             return
+        ranks = dist.world_size() if collective else 1
         meta = {"stage": stage, "key": key, "config": config, "upstream": upstream or {},
-                "seconds": round(time.time() - start, 2), "world_size": dist.world_size(), **meta}
+                "seconds": round(time.time() - start, 2), "world_size": dist.world_size(), "ranks": ranks, **meta}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
         (tmp / DONE).write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
         os.replace(tmp, final)

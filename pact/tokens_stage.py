@@ -94,8 +94,9 @@ def tokens_stage(store, tcfg: Any, aligned, base, data, dtype: str = "float32", 
                  model=None, tokenizer=None):
     """The safety-token direction as a store artifact (``direction.safetensors``: v and r; ``meta.json``: S with
     each token decoded, its mean aligned probability r and its weight v). Needs the base model. The pairs:
-    ``tcfg.pairs_file`` when set, else the run's data (pact.rundata.RunData.safety_pairs; ``model`` and
-    ``tokenizer``, the aligned model already loaded, answer the safety prompts there instead of a second copy)."""
+    ``tcfg.pairs_file`` when set, else the run's data (pact.rundata.RunData.safety_pairs). ``model`` and ``tokenizer``,
+    the aligned model already loaded, answer the safety prompts and make the aligned passes, instead of a second
+    copy (with vLLM the model waits on the CPU while the engine runs)."""
     from safetensors.torch import save_file
 
     from pact import data as D
@@ -116,7 +117,8 @@ def tokens_stage(store, tcfg: Any, aligned, base, data, dtype: str = "float32", 
     def build(tmp):
         tok = load_tokenizer(aligned.tokenizer_path, trust_remote_code)
         pairs = D.read_jsonl(pairs_file, ("prompt", "refusal"))
-        m_aligned = load_model(aligned.path, dtype, trust_remote_code)
+        # the aligned model the caller holds (a fine-tune's, not yet trained) is reused: one copy fewer in memory
+        m_aligned = model if model is not None else load_model(aligned.path, dtype, trust_remote_code)
         m_base = load_model(base.path, dtype, trust_remote_code)
         v, r = direction_from_models(m_aligned, m_base, tok, pairs, top_k=int(tcfg.top_k),
                                      k_pairs=int(tcfg.k_pairs), max_resp_len=int(tcfg.max_resp_len),

@@ -44,8 +44,12 @@ def test_torchrun_two_processes_matches_one(tmp_path, method):
     one = _run(tmp_path, "one", method, 1)
     two = _run(tmp_path, "two", method, 2)
     meta = json.loads((Path(two["model_path"]).parent / "meta.json").read_text())
-    assert meta["world_size"] == 2  # really trained by two processes
+    assert meta["world_size"] == 2 and meta["ranks"] == 2  # really trained by two processes
     store = tmp_path / "two" / "store"
+    # generation, judging and the safety tokens ran once, on rank 0; the training stages on both ranks
+    ranks = {(m.parent.parent.name, json.loads(m.read_text())["ranks"]) for m in store.glob("*/*/meta.json")}
+    assert {s for s, n in ranks if n == 2} == {"base", "align", "finetune"}
+    assert {s for s, n in ranks if n == 1} >= {"world", "generate", "evaluate"} and len(ranks) == len(dict(ranks))
     assert not list(store.glob("*/*.partial-*"))  # the non-zero rank's private build dirs are cleaned up
     assert len(list((tmp_path / "two" / "runs" / "default").glob("*.json"))) == 3  # base, aligned, tuned: once
     a, b = _weights(one), _weights(two)

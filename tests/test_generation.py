@@ -61,3 +61,74 @@ def test_engine_settings_reach_the_hf_engine():
     assert (engine.batch_size, engine.drop_finished_every) == (100, 8)
     with pytest.raises(ConfigError, match=r"engine\.drop_finished_every"):
         validate(compose_config(["engine.drop_finished_every=-1"], check=False))
+
+
+# ---- vLLM under torchrun and beside a loaded model --------------------------------------------------------------
+def test_a_vllm_engine_under_torchrun_sees_its_ranks_gpu_alone_and_no_launcher_variables(monkeypatch):
+    from pact import dist
+    from pact.generation import LAUNCHER_VARIABLES, engine_environment
+
+    assert engine_environment(1) == {} and engine_environment(4) == {}  # one process: vLLM as it comes
+    monkeypatch.setattr(dist, "is_distributed", lambda: True)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,6")
+    env = engine_environment(1)
+    assert env["CUDA_VISIBLE_DEVICES"] == "6"  # rank 1's own GPU, not GPU 0
+    assert {k for k, v in env.items() if v is None} == set(LAUNCHER_VARIABLES) >= {"RANK", "WORLD_SIZE",
+                                                                                   "MASTER_PORT", "LOCAL_RANK"}
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert engine_environment(1)["CUDA_VISIBLE_DEVICES"] == "1"
+    with pytest.raises(ValueError, match="tensor_parallel_size=2 under torchrun"):
+        engine_environment(2)
+
+
+class ResidentModel(torch.nn.Module):
+    """A model that says it is on a GPU: records where ``to`` sends it."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.on = torch.device("cuda", 0)
+        self.moves: list[str] = []
+
+    def parameters(self, recurse: bool = True):
+        yield type("P", (), {"device": self.on})()
+
+    def to(self, device):
+        self.on = torch.device(device)
+        self.moves.append(str(device))
+        return self
+
+
+def test_a_vllm_engine_runs_while_the_callers_model_waits_on_the_cpu(monkeypatch, tmp_path):
+    """A fine-tune holds the aligned model when PACT's safety pairs start a vLLM engine: the model leaves the GPU
+    for the engine's lifetime and comes back after (on an 8B model, 16 GB the engine would otherwise lack)."""
+    import concurrent.futures
+
+    from omegaconf import OmegaConf
+
+    from pact import generation as G
+
+    model, seen = ResidentModel(), []
+
+    class InProcess:  # the engine's process, run here: records where the caller's model is meanwhile
+        def __init__(self, *a, **k):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def submit(self, fn, *args):
+            seen.append(str(model.on))
+            return type("F", (), {"result": lambda self: [["ok"]]})()
+
+    monkeypatch.setattr(concurrent.futures, "ProcessPoolExecutor", InProcess)
+    ecfg = OmegaConf.create({"name": "vllm", "batch_size": 8, "drop_finished_every": 0, "gpu_memory_utilization": 0.8,
+                             "tensor_parallel_size": 1, "max_model_len": 0, "max_lora_rank": 16})
+    engine = G.build_engine(ecfg, model, IdTokenizer(2), tmp_path, "bfloat16", 0)
+    assert engine.generate([[1, 2]], 4) == ["ok"]
+    assert seen == ["cpu"] and model.moves == ["cpu", "cuda:0"] and model.on == torch.device("cuda", 0)
+    assert G.build_engine(ecfg, None, IdTokenizer(2), tmp_path, "bfloat16", 0).generate([[1]], 4) == ["ok"]

@@ -217,6 +217,27 @@ def test_safety_set_does_not_depend_on_threads_or_chunks(toy, monkeypatch):
     assert torch.equal(v1, v2) and torch.equal(r1, r2) and int((v1 != 0).sum()) == 10
 
 
+def test_the_tokens_stage_reuses_the_aligned_model_it_is_given(toy, tmp_path, monkeypatch):
+    """A fine-tune's aligned model, already loaded, makes the aligned passes: only the base model is loaded (on an
+    8B model one copy, 16 GB, fewer), and the direction is the one a fresh copy gives, bit for bit."""
+    from pact import models as M
+    from pact.store import Store
+    from pact.tokens_stage import load_direction, tokens_stage
+
+    cfg, store, world, base, aligned = toy
+    tcfg = cfg.method.tokens.copy()
+    tcfg.top_k = 7  # a safety set no other test built
+    fresh = tokens_stage(Store(tmp_path / "fresh"), tcfg, aligned, base, world, cfg.model.dtype)
+    loaded, real_load = [], M.load_model
+    monkeypatch.setattr(M, "load_model", lambda path, *a, **k: loaded.append(str(path)) or real_load(path, *a, **k))
+    held = real_load(aligned.path, cfg.model.dtype)
+    reused = tokens_stage(Store(tmp_path / "reused"), tcfg, aligned, base, world, cfg.model.dtype,
+                          model=held, tokenizer=load_tokenizer(aligned.tokenizer_path))
+    assert loaded == [str(base.path)]
+    (v1, r1), (v2, r2) = load_direction(fresh), load_direction(reused)
+    assert torch.equal(v1, v2) and torch.equal(r1, r2) and int((v1 != 0).sum()) == 7
+
+
 def test_token_confidence_passes_do_not_depend_on_threads(toy, monkeypatch):
     """The curves' teacher-forced passes: on two threads, two at a time on one intra-op thread each, in row order,
     bit for bit the one-thread result; the thread count comes back after."""

@@ -201,7 +201,8 @@ class LLM:
     def __init__(self, **kw):
         self.kw = kw
         with open(os.environ["FAKE_VLLM_LOG"], "a") as fh:
-            fh.write(json.dumps({"pid": os.getpid(), "llm": kw}) + "\\n")
+            env = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "RANK", "WORLD_SIZE", "MASTER_PORT")}
+            fh.write(json.dumps({"pid": os.getpid(), "llm": kw, "env": env}) + "\\n")
 
     def generate(self, prompts, params, lora_request=None):
         with open(os.environ["FAKE_VLLM_LOG"], "a") as fh:
@@ -254,6 +255,26 @@ def test_vllm_engine_serves_an_adapter_over_its_base_in_its_own_process(tmp_path
     assert [c["max_tokens"] for c in calls[1:]] == [7, 9]
     full = build_engine(ecfg, None, tok, aligned, "bfloat16", 3)  # a plain model folder: no LoRA
     assert full.adapter is None and "enable_lora" not in full.settings and full.settings["model"] == str(aligned)
+
+
+@pytest.mark.slow
+def test_a_ranks_vllm_engine_gets_that_ranks_gpu_and_not_the_launchers_variables(tmp_path, fake_vllm, monkeypatch):
+    """Under torchrun (rank 1 of 2 here, GPUs 3 and 5 visible) the engine's process sees GPU 5 alone and none of
+    torchrun's variables: vLLM would otherwise start on GPU 0, beside rank 0's model, or join torchrun's group."""
+    from pact import dist
+    from pact.generation import build_engine
+    from pact.models import load_tokenizer
+
+    aligned = tiny_hub_model(tmp_path / "aligned")
+    for name, value in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_PORT": "29500",
+                        "CUDA_VISIBLE_DEVICES": "3,5"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(dist, "is_distributed", lambda: True)
+    ecfg = compose_config(["engine=vllm"], check=False).engine
+    assert build_engine(ecfg, None, load_tokenizer(aligned), aligned, "bfloat16", 0).generate([[1, 2]], 3) == \
+        ["2 tokens"]
+    env = json.loads(fake_vllm.read_text().splitlines()[0])["env"]
+    assert env == {"CUDA_VISIBLE_DEVICES": "5", "RANK": None, "WORLD_SIZE": None, "MASTER_PORT": None}
 
 
 @pytest.mark.slow

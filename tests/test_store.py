@@ -87,3 +87,86 @@ def test_seeded_run_copies_upstream_models_across_code_versions(micro_upstream, 
     Seeder(source, {}).install()
     with pytest.raises(SystemExit, match="--pick base=KEY"):
         P.start(validate(micro_cfg(tmp_path / "second")))
+
+
+# ---- torchrun: which rank builds what --------------------------------------------------------------------------
+def _ranks(monkeypatch, rank: int, collectives: list[str]):
+    """Pretend this process is ``rank`` of two under torchrun; collective calls are recorded, not made."""
+    from pact import dist
+
+    monkeypatch.setattr(dist, "is_distributed", lambda: True)
+    monkeypatch.setattr(dist, "rank", lambda: rank)
+    monkeypatch.setattr(dist, "is_main", lambda: rank == 0)
+    monkeypatch.setattr(dist, "world_size", lambda: 2)
+    monkeypatch.setattr(dist, "broadcast", lambda value: collectives.append("broadcast") or value)
+    monkeypatch.setattr(dist, "barrier", lambda: collectives.append("barrier"))
+
+
+def test_under_torchrun_rank_0_alone_builds_a_stage_that_is_not_collective(tmp_path, monkeypatch):
+    """Generation, judging, safety tokens: rank 0 builds and publishes with no collective call (an 8B model's
+    generation may outlast the process group's timeout); another rank never runs the builder and returns the
+    artifact once rank 0 has published it."""
+    import json
+    import threading
+    import time
+
+    from pact import store as S
+
+    collectives: list[str] = []
+    calls: list[int] = []
+    _ranks(monkeypatch, 0, collectives)
+    art = Store(tmp_path).build("generate", {"a": 1}, None, lambda d: calls.append(0) or {"n": 1})
+    assert calls == [0] and collectives == []
+    meta = json.loads(art.file("meta.json").read_text())
+    assert (meta["world_size"], meta["ranks"]) == (2, 1)
+
+    _ranks(monkeypatch, 1, collectives)
+    monkeypatch.setattr(S, "WAIT_POLL_SECONDS", 0.01)
+    store = Store(tmp_path / "other")
+    key = store.key("generate", {"a": 1}, None)
+
+    def publish_later():  # rank 0, in another process, finishes after a while
+        time.sleep(0.3)
+        (store.path("generate", key)).mkdir(parents=True)
+        (store.path("generate", key) / DONE).write_text("now")
+
+    rank0 = threading.Thread(target=publish_later)
+    rank0.start()
+    start = time.monotonic()
+    waited = store.build("generate", {"a": 1}, None, lambda d: calls.append(1))
+    rank0.join()
+    assert calls == [0] and collectives == []  # rank 1 ran nothing and made no collective call
+    assert time.monotonic() - start >= 0.25 and waited.path == store.path("generate", key)
+
+
+def test_under_torchrun_a_collective_stage_runs_on_every_rank_and_rank_0_publishes(tmp_path, monkeypatch):
+    import json
+
+    collectives: list[str] = []
+    calls: list[int] = []
+    _ranks(monkeypatch, 1, collectives)
+    art = Store(tmp_path).build("finetune", {"a": 1}, None, lambda d: calls.append(1), collective=True)
+    assert calls == [1] and collectives == ["broadcast", "barrier"] and not art.path.exists()
+    _ranks(monkeypatch, 0, collectives)
+    art = Store(tmp_path).build("finetune", {"a": 1}, None, lambda d: calls.append(0), collective=True)
+    meta = json.loads(art.file("meta.json").read_text())
+    assert calls == [1, 0] and (meta["world_size"], meta["ranks"]) == (2, 2)
+
+
+def test_the_training_stages_are_collective_and_the_others_are_not():
+    """Which call sites ask every rank: the stages that train (base, alignment, imported alignment, fine-tune)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    found = {}
+    for path in [*root.glob("pact/*.py"), *root.glob("baselines/*.py"), *root.glob("experiments/*.py"),
+                 *root.glob("analysis/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "build" and len(node.args) >= 4:
+                stage = node.args[0].value if isinstance(node.args[0], ast.Constant) else node.args[0].id
+                collective = any(k.arg == "collective" and k.value.value for k in node.keywords)
+                found[(path.name, stage)] = collective
+    assert {k for k, v in found.items() if v} == {("pipeline.py", "stage"), ("pipeline.py", "align"),
+                                                  ("finetune.py", "finetune")}
+    assert ("pipeline.py", "generate") in found and ("tokens_stage.py", "tokens") in found
