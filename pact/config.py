@@ -16,7 +16,7 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pact.generation import ENGINES
+from pact.generation import ENGINES, engine_environment
 from pact.guard import GUARD_KINDS
 from pact.judges import JUDGES
 from pact.methods import method_class
@@ -336,6 +336,11 @@ def validate(cfg: DictConfig) -> DictConfig:
     _range("engine.gpu_memory_utilization", c.engine.gpu_memory_utilization, 0, 1, lo_open=True)
     _range("engine.tensor_parallel_size", c.engine.tensor_parallel_size, 1)
     _range("engine.max_lora_rank", c.engine.max_lora_rank, 1)
+    if c.engine.name == "vllm":
+        try:  # under torchrun: refused here, before any work, rather than when the first engine starts
+            engine_environment(int(c.engine.tensor_parallel_size))
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
     lora = c.method.get("adapter", "full") == "lora"
     if c.engine.name == "vllm" and lora and c.finetune.lora.r > c.engine.max_lora_rank:
         raise ConfigError(f"finetune.lora.r={c.finetune.lora.r} exceeds engine.max_lora_rank="

@@ -103,7 +103,9 @@ class VLLMEngine(Engine):
                          "trust_remote_code": trust_remote_code,
                          "gpu_memory_utilization": float(cfg.gpu_memory_utilization),
                          "tensor_parallel_size": int(cfg.tensor_parallel_size),
-                         "max_model_len": cfg.max_model_len or None}
+                         "max_model_len": context_length(cfg.max_model_len or None,
+                                                         base if base is not None else model_path,
+                                                         trust_remote_code)}
         if self.adapter is not None:
             self.settings.update(enable_lora=True, max_lora_rank=int(cfg.max_lora_rank))
 
@@ -118,6 +120,18 @@ class VLLMEngine(Engine):
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 return pool.submit(vllm_generate, self.settings, self.adapter,
                                    [(p, n) for p, n, _ in jobs], self.environment).result()
+
+
+def context_length(asked: int | None, model: str | Path, trust_remote_code: bool = False) -> int | None:
+    """``engine.max_model_len``, capped at the model's own context (``max_position_embeddings``): vLLM refuses a
+    longer one (a small model, e.g. the toy world's 256 positions, under the 8B recipe's 4,096)."""
+    if asked is None:
+        return None
+    from transformers import AutoConfig
+
+    own = getattr(AutoConfig.from_pretrained(str(model), trust_remote_code=trust_remote_code),
+                  "max_position_embeddings", None)
+    return min(asked, int(own)) if own else asked
 
 
 # What torchrun tells its workers; a vLLM engine started from a worker must not take them for its own.

@@ -132,3 +132,14 @@ def test_a_vllm_engine_runs_while_the_callers_model_waits_on_the_cpu(monkeypatch
     assert engine.generate([[1, 2]], 4) == ["ok"]
     assert seen == ["cpu"] and model.moves == ["cpu", "cuda:0"] and model.on == torch.device("cuda", 0)
     assert G.build_engine(ecfg, None, IdTokenizer(2), tmp_path, "bfloat16", 0).generate([[1]], 4) == ["ok"]
+
+
+def test_validate_refuses_a_tensor_parallel_engine_under_torchrun_before_any_work(monkeypatch):
+    from pact import dist
+    from pact.config import ConfigError, compose_config, validate
+
+    cfg = compose_config(["engine=vllm", "engine.tensor_parallel_size=2"], check=False)
+    validate(cfg.copy())  # one process: vLLM may spread over the GPUs
+    monkeypatch.setattr(dist, "is_distributed", lambda: True)
+    with pytest.raises(ConfigError, match="tensor_parallel_size=2 under torchrun"):
+        validate(cfg)

@@ -303,3 +303,51 @@ def test_gpu_check_runs_on_cpu_with_a_tiny_shape(toy, tmp_path):
     gpu_check.main(["--shape", "tiny", "--skip-toy", "--out", str(tmp_path / "out")])
     report = (tmp_path / "out" / "gpu_check.md").read_text()
     assert "| SFT |" in report and "PACT, live reference (official)" in report
+    result = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    g, t = result["generation"], result["trainer_step"]
+    assert g["check"] == "ok" and g["answer_lengths"] == [gpu_check.SETTINGS.generation.tiny.new_tokens]
+    assert t["check"] == "ok" and t["answer_logits"] and t["bf16"] and t["kl"] > 0.1  # the gate's post-only part
+    assert result["memory"]["check"] == ("ok" if torch.cuda.is_available() else "skipped (no CUDA)")
+
+
+def test_gpu_check_fails_when_a_checked_number_is_wrong(tmp_path, monkeypatch):
+    """The trainer-step check reads numbers: with the output layer at every position, or a KL in the Trainer's step
+    that is not the plain forward's, it fails; answers that end early fail the generation check."""
+    from experiments import gpu_check
+    from pact import methods
+
+    monkeypatch.setattr(methods, "answers_only", lambda trainer, model: False)
+    assert "every position" in gpu_check.trainer_step("tiny", tmp_path)["check"]
+    monkeypatch.undo()
+    from pact import pact_method
+
+    real_kl = pact_method.pact_kl  # a KL that the answer-position path (the Trainer's) doubles
+    monkeypatch.setattr(pact_method, "pact_kl", lambda policy, *a, **k: real_kl(policy, *a, **k) *
+                        (2 if policy.requires_grad else 1))
+    failed = gpu_check.trainer_step("tiny", tmp_path)["check"]
+    assert failed.startswith("FAILED") and "step KL" in failed
+    from pact.generation import HFEngine
+
+    real_generate = HFEngine.generate  # one answer ends 2 tokens early
+    monkeypatch.setattr(HFEngine, "generate", lambda self, *a, **k: [str(int(x) - (i == 0) * 2) for i, x in
+                                                                     enumerate(real_generate(self, *a, **k))])
+    assert gpu_check.generation("tiny")["check"].startswith("FAILED: answer lengths")
+
+
+@pytest.mark.slow  # a subprocess
+def test_gpu_check_runs_without_hydra_or_omegaconf(tmp_path):
+    """A bare GPU box has torch, transformers and peft: the check's parts 2-5 run there, part 1 says what to
+    install."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import sys; sys.modules.update(hydra=None, omegaconf=None)\n"
+            "from experiments import gpu_check\n"
+            f"gpu_check.main(['--shape', 'tiny', '--out', {str(tmp_path)!r}])\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads((tmp_path / "gpu_check.json").read_text())
+    assert result["toy"]["skipped"].startswith("needs this package's dependencies")
+    assert result["trainer_step"]["check"] == "ok" and result["generation"]["check"] == "ok"
