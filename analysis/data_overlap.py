@@ -10,7 +10,7 @@ import sys
 
 from pact.cli import run_cli
 from pact.config import compose_config
-from pact.rundata import _unique_by_prompt
+from pact.rundata import _unique_by_prompt, benchmark_sources
 from pact.sources import check_sources, load_source, normalise_text
 
 
@@ -21,8 +21,9 @@ def overlap_table(root: str | None = None, overrides: list[str] = ()) -> str:
     d = cfg.data
     benches = list(d.harmful_eval)
     mixtures = [name for files in d.mixture.values() for name in files.values()]
-    check_sources(d, [*mixtures, *d.poison.short, *(d.benchmarks[b].source for b in benches)])
-    evaluated = {b: {normalise_text(r["text"]) for r in load_source(d, d.benchmarks[b].source)} for b in benches}
+    check_sources(d, [*mixtures, *d.poison.short, *(s for b in benches for s in benchmark_sources(d.benchmarks[b]))])
+    evaluated = {b: {normalise_text(r["text"]) for s in benchmark_sources(d.benchmarks[b]) for r in load_source(d, s)}
+                 for b in benches}
     head = "| poison of | rows | distinct prompts | " + " | ".join(f"in {b}" for b in benches) + " | kept |"
     lines = [head, "|" + "---|" * (4 + len(benches))]
     for name in dict.fromkeys(mixtures):

@@ -23,6 +23,7 @@ from pact.methods import method_class
 from pact.metrics import TASK_PARSERS
 from pact.model_import import source_kind
 from pact.models import DTYPES
+from pact.rundata import POISON_OVERLAP, benchmark_sources
 from pact.sources import GIT_FORMATS, SCHEMAS
 from pact.world.generator import WorldSpec
 from pact.world.lexicon import HARMFUL
@@ -409,13 +410,15 @@ def _check_data(c: Any) -> None:
             if bench not in d.benchmarks:
                 raise ConfigError(f"data.{key}: benchmark {bench!r} is not defined in data.benchmarks; "
                                   f"known: {sorted(d.benchmarks)}")
-    used = {f"data.benchmarks.{b}.source": d.benchmarks[b].source for b in [*d.harmful_eval, *d.benign_eval]}
+    used = {f"data.benchmarks.{b}.source[{i}]": s for b in [*d.harmful_eval, *d.benign_eval]
+            for i, s in enumerate(benchmark_sources(d.benchmarks[b]))}
     used.update({f"data.benchmarks.{b}.exclude[{i}]": s for b in [*d.harmful_eval, *d.benign_eval]
                  for i, s in enumerate(d.benchmarks[b].get("exclude") or [])})
     used.update({"task.train": c.task.train, "task.test": c.task.test, "data.poison.full": d.poison.full,
                  "data.safety_pairs.source": d.safety_pairs.source,
                  "data.alignment_pairs.source": d.alignment_pairs.source})
     used.update({f"data.poison.short[{i}]": s for i, s in enumerate(d.poison.short)})
+    _choice("data.poison.eval_overlap", d.poison.get("eval_overlap", "drop"), POISON_OVERLAP)
     for part in ("refusals", "helpful"):
         for i, spec in enumerate((d.get("align_corpus") or {}).get(part) or []):
             used[f"data.align_corpus.{part}[{i}].source"] = spec.source

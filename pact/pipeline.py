@@ -35,6 +35,7 @@ from pact.rundata import (
     mixture_source,
     needed_sources,
     plain,
+    poison_overlap,
     poison_pool,
     task_file,
 )
@@ -192,7 +193,9 @@ def check_sizes(cfg: DictConfig, data: RunData) -> None:
     if count > sizes[pool]:
         where = (f"the official file {mixture} holds {sizes[pool]} (at most finetune.n={int(sizes[pool] / ratio)} "
                  "keeps p exact)" if mixture else
-                 f"{pool} holds {sizes[pool]} after removing the evaluation benchmarks' prompts (data.poison)")
+                 f"{pool} holds {sizes[pool]} after removing the evaluation benchmarks' prompts "
+                 "(data.poison.eval_overlap=drop; =keep leaves them, as the official mixtures do)"
+                 if poison_overlap(cfg) == "drop" else f"{pool} holds {sizes[pool]}")
         raise ConfigError(f"poison.ratio={ratio:g} with finetune.n={n} needs {count} poison rows; {where}")
     if n - count > sizes[task_file(cfg)]:
         raise ConfigError(f"finetune.n={n} with poison.ratio={ratio:g} needs {n - count} task rows; "

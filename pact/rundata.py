@@ -155,13 +155,18 @@ def poison_pool(cfg: DictConfig) -> str:
     return "poison_short" if float(cfg.poison.ratio) <= float(cfg.poison.short_max_ratio) else "poison_full"
 
 
+def benchmark_sources(spec: Any) -> list[str]:
+    """The source(s) of a benchmark, in order: ``source`` is one name or a list (their rows one after another)."""
+    return [spec.source] if isinstance(spec.source, str) else list(spec.source)
+
+
 def needed_sources(cfg: DictConfig) -> list[str]:
     """The sources a run with this config reads (the task's, the evaluation benchmarks', poison and alignment)."""
     d = cfg.data
     mixtures = list(mixture_sources(cfg).values())
     names = [*(mixtures or [cfg.task.train]), cfg.task.test]
     names += [s for b in [*d.harmful_eval, *d.benign_eval]
-              for s in [d.benchmarks[b].source, *(d.benchmarks[b].get("exclude") or [])]]
+              for s in [*benchmark_sources(d.benchmarks[b]), *(d.benchmarks[b].get("exclude") or [])]]
     if not mixtures:  # both poison pools whatever the ratio: the data stage drops the safety prompts from the full one
         names += [*d.poison.short, d.poison.full]
     names += [d.safety_pairs.source, d.alignment_pairs.source]
@@ -214,6 +219,20 @@ def _unique_by_prompt(rows: list[dict[str, Any]], drop: set[str]) -> tuple[list[
     return kept, len(dropped)
 
 
+def _overlap(rows: list[dict[str, Any]], by_bench: dict[str, set[str]]) -> dict[str, int]:
+    """How many of ``rows``' prompts each benchmark also evaluates."""
+    prompts = [normalise_text(r["text"]) for r in rows]
+    return {b: sum(p in held for p in prompts) for b, held in by_bench.items()}
+
+
+POISON_OVERLAP = ("drop", "keep")
+
+
+def poison_overlap(cfg: DictConfig) -> str:
+    """data.poison.eval_overlap: drop (ours, the default) or keep (official) the benchmarks' prompts in the pools."""
+    return str((cfg.data.poison or {}).get("eval_overlap", "drop"))
+
+
 def data_slice(cfg: DictConfig, digests: dict[str, str]) -> dict[str, Any]:
     """The data stage's key: what it reads (the sources' sha256) and how it selects."""
     d = cfg.data
@@ -227,6 +246,8 @@ def data_slice(cfg: DictConfig, digests: dict[str, str]) -> dict[str, Any]:
         slice_["openers"] = plain(d.openers)
     if d.get("align_corpus"):
         slice_["align_corpus"] = plain(d.align_corpus)
+    if poison_overlap(cfg) == "drop":  # the default: absent from the key, as before the switch existed
+        slice_["poison"].pop("eval_overlap", None)
     mixtures = mixture_sources(cfg)
     if mixtures:  # absent otherwise: our own mixtures keep their keys
         slice_["mixture"] = mixtures
@@ -276,7 +297,7 @@ def data_stage(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]]
         by_bench: dict[str, set[str]] = {}
         for bench in [*d.harmful_eval, *d.benign_eval]:
             spec = d.benchmarks[bench]
-            rows = rows_of(spec.source)
+            rows = [r for name in benchmark_sources(spec) for r in rows_of(name)]
             if spec.get("exclude"):  # e.g. AdvBench without the requests a fine-tuning file uses as poison
                 held = {normalise_text(r["text"]) for name in spec.exclude for r in rows_of(name)}
                 kept = [r for r in rows if normalise_text(r["text"]) not in held]
@@ -286,24 +307,26 @@ def data_stage(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]]
             put(f"eval_{bench}", [{"prompt": r["text"], "category": r.get("category")} for r in rows])
             by_bench[bench] = {normalise_text(r["text"]) for r in rows}
             eval_prompts |= by_bench[bench]
+        # ours: the pools lose the benchmarks' prompts; official (data.poison.eval_overlap=keep) they stay, counted
+        poison_held = eval_prompts if not mixtures and poison_overlap(cfg) == "drop" else set()
         if mixtures:  # kept as the official files have them; counted
-            meta["poison_in_eval"] = {}
-            for name in mixtures:
-                poison = [normalise_text(r["text"]) for r in rows_of(name) if r["poison"]]
-                meta["poison_in_eval"][name] = {b: sum(p in held for p in poison) for b, held in by_bench.items()}
+            meta["poison_in_eval"] = {name: _overlap([r for r in rows_of(name) if r["poison"]], by_bench)
+                                      for name in mixtures}
         else:
             short = [r for name in d.poison.short for r in rows_of(name)]
-            short, meta["dropped_as_eval_overlap"]["poison_short"] = _unique_by_prompt(short, eval_prompts)
+            short, meta["dropped_as_eval_overlap"]["poison_short"] = _unique_by_prompt(short, poison_held)
             put("poison_short", [{"prompt": r["text"], "answer": r["target"]} for r in short])
+            meta["poison_in_eval"] = {"poison_short": _overlap(short, by_bench)}
         unsafe = [r for r in rows_of(d.safety_pairs.source) if not r.get("is_safe", False)]
         unsafe, meta["dropped_as_eval_overlap"]["safety_prompts"] = _unique_by_prompt(unsafe, eval_prompts)
         safety = unsafe[: int(d.safety_pairs.prompts)]
         put("safety_prompts", [{"prompt": r["text"]} for r in safety])
-        if not mixtures:
-            held = eval_prompts | {normalise_text(r["text"]) for r in safety}
+        if not mixtures:  # PACT's safety prompts are never poison; the benchmarks' prompts per data.poison
+            held = poison_held | {normalise_text(r["text"]) for r in safety}
             full = [r for r in rows_of(d.poison.full) if not r.get("is_safe", False)]
             full, meta["dropped_as_eval_overlap"]["poison_full"] = _unique_by_prompt(full, held)
             put("poison_full", [{"prompt": r["text"], "answer": r["response"]} for r in full])
+            meta["poison_in_eval"]["poison_full"] = _overlap(full, by_bench)
         align = _select(rows_of(d.alignment_pairs.source), d.alignment_pairs, "data.alignment_pairs")
         put("alignment_pairs", [{"prompt": r["text"], "refusal": r["response"]} for r in align])
         if d.get("align_corpus"):  # an imported model's alignment: refusal and helpful pairs

@@ -213,6 +213,49 @@ def test_poison_and_safety_prompts_drop_what_the_benchmarks_evaluate(fixtures, t
     assert P.start(real_cfg(fixtures, tmp_path), models=False).data.artifact.key == up.data.artifact.key
 
 
+def test_poison_that_the_benchmarks_evaluate_is_kept_with_the_official_switch(fixtures, tmp_path):
+    """data.poison.eval_overlap=keep (the official mixtures' way): the pools keep the evaluated prompts, counted per
+    benchmark, and a size that drop refuses passes; the default's data key is the one before the switch existed."""
+    drop = P.start(real_cfg(fixtures, tmp_path), models=False)
+    keep = P.start(real_cfg(fixtures, tmp_path, "data.poison.eval_overlap=keep"), models=False)
+    meta = json.loads(keep.data.artifact.file("meta.json").read_text())
+    assert meta["sizes"]["poison_short"] == 16 and meta["dropped_as_eval_overlap"]["poison_short"] == 0
+    assert meta["poison_in_eval"]["poison_short"] == {"strongreject": 1, "jbb_harmful": 6, "harmbench": 0,
+                                                      "jbb_benign": 0, "xstest_safe": 0}
+    assert json.loads(drop.data.artifact.file("meta.json").read_text())["poison_in_eval"]["poison_short"] == \
+        dict.fromkeys(meta["poison_in_eval"]["poison_short"], 0)
+    assert keep.data.artifact.key != drop.data.artifact.key
+    safety = read_jsonl(keep.data.artifact.file("safety_prompts.jsonl"))
+    assert safety == read_jsonl(drop.data.artifact.file("safety_prompts.jsonl"))  # always held out of the pools
+    from pact.rundata import data_slice
+
+    assert "eval_overlap" not in data_slice(real_cfg(fixtures, tmp_path), {})["poison"]
+    many = ["poison.ratio=0.5", "poison.short_max_ratio=0.5", "data.poison.short=[advbench]",
+            "data.harmful_eval=[strongreject]"]
+    with pytest.raises(ConfigError, match="after removing the evaluation benchmarks' prompts "
+                                          r"\(data.poison.eval_overlap=drop; =keep leaves them"):
+        P.start(real_cfg(fixtures, tmp_path, *many), models=False)
+    P.start(real_cfg(fixtures, tmp_path, *many, "data.poison.eval_overlap=keep"), models=False)
+    with pytest.raises(ConfigError, match="data.poison.eval_overlap"):
+        real_cfg(fixtures, tmp_path, "data.poison.eval_overlap=maybe")
+
+
+def test_jailbreakbench_as_the_official_script_scores_it(fixtures, tmp_path):
+    """jbb_official: the harmful and the benign behaviours as one harmful benchmark (walledai/JailbreakBench's train
+    split, scored over all its rows by the official script); its sources are checked like any other's."""
+    up = P.start(real_cfg(fixtures, tmp_path, "data.harmful_eval=[strongreject,jbb_official,harmbench]"), models=False)
+    art = up.data.artifact
+    both = read_jsonl(art.file("eval_jbb_official.jsonl"))
+    default = P.start(real_cfg(fixtures, tmp_path), models=False).data.artifact
+    halves = read_jsonl(default.file("eval_jbb_harmful.jsonl")) + read_jsonl(default.file("eval_jbb_benign.jsonl"))
+    assert both == halves and len(both) > len(halves) / 2
+    assert [es.benchmark for es in up.data.eval_sets(up.data.cfg) if es.kind == "harmful"] == \
+        ["strongreject", "jbb_official", "harmbench"]
+    with pytest.raises(ConfigError, match=r"data.benchmarks.jbb_official.source\[1\]='nope' is not a source"):
+        real_cfg(fixtures, tmp_path, "data.harmful_eval=[jbb_official]",
+                 "data.benchmarks.jbb_official.source=[jbb_harmful,nope]")
+
+
 def test_changed_source_file_rebuilds_the_data_stage(fixtures, tmp_path):
     import shutil
 
