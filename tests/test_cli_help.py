@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = [
     "experiments.prepare", "experiments.pact_step0", "experiments.safety_tokens", "experiments.seeded",
     "experiments.bench", "experiments.bench_variant", "experiments.judge", "experiments.check_vllm",
-    "experiments.gpu_check", "experiments.fetch_data", "experiments.batch_invariance",
+    "experiments.gpu_check", "experiments.fetch_data", "experiments.batch_invariance", "experiments.protocol_check",
     "analysis.compare", "analysis.report", "analysis.store_profile", "analysis.token_confidence",
     "analysis.world_stats", "analysis.data_overlap", "analysis.readme", "analysis.judge_check",
 ]
