@@ -78,8 +78,10 @@ class HFEngine(Engine):
             running = None if done >= max_new_tokens else (tail != eos).all(dim=1).nonzero().flatten()
             if running is None or len(running) == 0:
                 return [torch.cat(parts) for parts in new]
-            res.cache.batch_select_indices(running)
-            kwargs["cache"] = res.cache
+            # transformers 5.24 names the cache `cache`; 5.16-5.19 (vLLM's environment) `past_key_values`
+            name = "cache" if hasattr(res, "cache") else "past_key_values"
+            getattr(res, name).batch_select_indices(running)
+            kwargs[name] = getattr(res, name)
             mask = torch.cat([mask, torch.ones_like(tail)], dim=1)[running]
             ids, rows = res.sequences[running], rows[running.cpu()]
 
