@@ -48,6 +48,7 @@ import torch
 import yaml
 
 from pact.fileio import write_atomic
+from pact.generation import release_gpu_memory
 from pact.labels import IGNORE_INDEX
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
@@ -232,14 +233,6 @@ def where() -> tuple[str, torch.dtype]:
     return ("cuda", torch.bfloat16) if cuda() else ("cpu", torch.float32)
 
 
-def release() -> None:
-    import gc
-
-    gc.collect()
-    if cuda():
-        torch.cuda.empty_cache()
-
-
 def random_rows(rows: int, seq_len: int, answer_len: int, vocab: int, gen: torch.Generator):
     """(input_ids, labels) of random rows whose last ``answer_len`` tokens are the trained answer."""
     ids = torch.randint(vocab, (rows, seq_len), generator=gen)
@@ -289,7 +282,7 @@ def generation(shape_name: str) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     lengths = sorted({int(a) for a in answers})
     del model
-    release()
+    release_gpu_memory()
     ok = lengths == [int(g.new_tokens)]
     return {"prompts": int(g.prompts), "prompt_len": int(g.prompt_len), "new_tokens": int(g.new_tokens),
             "seconds": seconds, "tokens_per_s": int(g.prompts) * int(g.new_tokens) / seconds,
@@ -310,7 +303,7 @@ def memory_probe(shape_name: str) -> dict[str, Any]:
 
     m = SETTINGS.memory
     device, dtype = where()
-    release()
+    release_gpu_memory()
     start = allocated_mb()
     reset_peak()
     held = random_llama(SETTINGS.shapes[shape_name], device, dtype)  # the fine-tune's aligned model
@@ -322,7 +315,7 @@ def memory_probe(shape_name: str) -> dict[str, Any]:
     base = random_llama(SETTINGS.shapes[shape_name], device, dtype)  # the tokens stage: the base beside it
     peak = peak_mb() - start
     del held, base
-    release()
+    release_gpu_memory()
     row = {"copy_mb": copy, "offloaded_mb": during, "back_mb": back, "tokens_peak_mb": peak}
     if not cuda():
         return {**row, "check": "skipped (no CUDA)"}
@@ -373,7 +366,7 @@ def trainer_step(shape_name: str, out_dir: Path) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     kl = float(method.last_kl)
     del model, trainer
-    release()
+    release_gpu_memory()
     problems = []
     if not at_answers:
         problems.append("the output layer ran at every position (answer_logits off or the head trainable)")
@@ -450,7 +443,7 @@ def main(argv: list[str] | None = None) -> None:
         result["toy"] = toy_part(Path(tmp), args.skip_toy)
         for part, measure in (("timing", step_timing), ("generation", generation), ("memory", memory_probe)):
             result[part] = measure(args.shape)
-            release()
+            release_gpu_memory()
         result["trainer_step"] = trainer_step(args.shape, Path(tmp))
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "gpu_check.json", json.dumps(result, indent=2, default=str))

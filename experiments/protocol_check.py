@@ -26,12 +26,16 @@ from typing import Any
 
 import torch
 
+from experiments.gpu_check import read_conf
 from pact.data import SFTCollator, encode_sft, prompt_ids, read_jsonl
 from pact.fileio import write_atomic
 from pact.generation import HFEngine
 from pact.judges import JUDGES, REFUSAL
 from pact.labels import IGNORE_INDEX
 from pact.models import load_model, load_tokenizer
+
+# defaults of the command line (conf/analysis.yaml protocol_check); read without Hydra, as the GPU check
+SETTINGS = read_conf("analysis.yaml").protocol_check
 
 
 def official_mask(batch: dict[str, torch.Tensor], pad_id: int) -> torch.Tensor:
@@ -107,10 +111,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("model", help="a saved model folder (with its tokenizer), e.g. the store's aligned model")
     parser.add_argument("--rows", required=True, help="JSON lines with prompt and answer (fine-tuning rows)")
     parser.add_argument("--prompts", required=True, help="JSON lines with prompt (harmful requests)")
-    parser.add_argument("--limit", type=int, default=64, help="rows and prompts read from each file (default 64)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="greedy answer length (default 64)")
-    parser.add_argument("--max-len", type=int, default=512, help="token budget of a fine-tuning row (default 512)")
-    parser.add_argument("--batch-size", type=int, default=16, help="HF generate batch (default 16)")
+    d = SETTINGS
+    parser.add_argument("--limit", type=int, default=d.limit, help=f"rows and prompts read from each file ({d.limit})")
+    parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
+                        help=f"greedy answer length ({d.max_new_tokens})")
+    parser.add_argument("--max-len", type=int, default=d.max_len,
+                        help=f"token budget of a fine-tuning row ({d.max_len})")
+    parser.add_argument("--batch-size", type=int, default=d.batch_size, help=f"HF generate batch ({d.batch_size})")
     parser.add_argument("--out", default="outputs/protocol_check", help="where protocol_check.{json,md} go")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
