@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup setup-vllm reproduce extras smollm2 smollm2-extras smollm2-real data judge-check smoke real-smoke test test-fast mutate lint figures bench clean
+.PHONY: help setup setup-vllm reproduce extras smollm2 smollm2-extras smollm2-real smollm2-real-ours data judge-check smoke real-smoke test test-fast mutate lint figures bench clean
 
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -48,7 +48,7 @@ STUDIES := poison_ratio tasks pact_ablation_lambda pact_ablation_topk pact_ablat
 EXTRA_STUDIES := pact_switches_benign pact_untied
 
 # A real pretrained model on this CPU (`make smollm2`): SmolLM2-135M-Instruct imported from a PyPI wheel and aligned here.
-REAL_STUDIES := smollm2_cpu smollm2_cpu_extras smollm2_cpu_official_lr smollm2_real
+REAL_STUDIES := smollm2_cpu smollm2_cpu_extras smollm2_cpu_official_lr smollm2_real smollm2_real_ours
 
 # World, base and aligned model first with every thread; Vaccine's own alignment (~5 min) then builds on one
 # thread beside the first sweep, whose Vaccine jobs come last and wait for it on the store's lock.
@@ -107,6 +107,14 @@ smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixt
 	$(call step0_and_curves,smollm2_real)
 	$(PY) -m analysis.report --experiment smollm2_real --out results --replace
 	$(PY) -m analysis.judge_check --experiment smollm2_real --out results
+
+# The official SST-2 mixtures against ours (conf/experiment/smollm2_real_ours.yaml): smollm2-real's SFT-LoRA and
+# PACT-LoRA at p = 0.1, seed 0, on our mixture builder's SST-2 rows and poison (data=real_git); its own data stage, so
+# its own alignment (the same corpus and seed as smollm2-real's) and reference evaluations.
+smollm2-real-ours: setup ## SmolLM2 real study's p = 0.1 seed-0 cell on our SST-2 mixture instead of the official file (after make data)
+	$(PY) -m experiments.prepare experiment=smollm2_real_ours method=pact_lora --evaluate
+	$(PY) -m experiments.run experiment=smollm2_real_ours
+	$(PY) -m analysis.report --experiment smollm2_real_ours --out results --replace
 
 # The real data's files of public Git repositories at pinned commits (conf/data/real.yaml) -> data/real/ (git-ignored):
 # downloaded, or imported from local clones with GIT_DIRS="<clone> ...". Hub-only sources: experiments.fetch_data --kind hub.

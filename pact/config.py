@@ -414,10 +414,17 @@ def _check_data(c: Any) -> None:
             for i, s in enumerate(benchmark_sources(d.benchmarks[b]))}
     used.update({f"data.benchmarks.{b}.exclude[{i}]": s for b in [*d.harmful_eval, *d.benign_eval]
                  for i, s in enumerate(d.benchmarks[b].get("exclude") or [])})
-    used.update({"task.train": c.task.train, "task.test": c.task.test, "data.poison.full": d.poison.full,
+    used.update({"task.train": c.task.train, "task.test": c.task.test,
                  "data.safety_pairs.source": d.safety_pairs.source,
                  "data.alignment_pairs.source": d.alignment_pairs.source})
     used.update({f"data.poison.short[{i}]": s for i, s in enumerate(d.poison.short)})
+    if d.poison.full:
+        used["data.poison.full"] = d.poison.full
+    elif not d.mixture and float(c.poison.ratio) > float(c.poison.short_max_ratio):
+        raise ConfigError(f"poison.ratio={c.poison.ratio:g} is above poison.short_max_ratio="
+                          f"{c.poison.short_max_ratio:g}, so its poison comes from data.poison.full, which is null here "
+                          "(data=real_git: BeaverTails' full answers are on the hub only); use data=real, or a ratio "
+                          "at or below the short pool's")
     _choice("data.poison.eval_overlap", d.poison.get("eval_overlap", "drop"), POISON_OVERLAP)
     for part in ("refusals", "helpful"):
         for i, spec in enumerate((d.get("align_corpus") or {}).get(part) or []):

@@ -168,7 +168,7 @@ def needed_sources(cfg: DictConfig) -> list[str]:
     names += [s for b in [*d.harmful_eval, *d.benign_eval]
               for s in [*benchmark_sources(d.benchmarks[b]), *(d.benchmarks[b].get("exclude") or [])]]
     if not mixtures:  # both poison pools whatever the ratio: the data stage drops the safety prompts from the full one
-        names += [*d.poison.short, d.poison.full]
+        names += [*d.poison.short, *([d.poison.full] if d.poison.full else [])]
     names += [d.safety_pairs.source, d.alignment_pairs.source]
     if uses_openers(cfg):
         names.append(d.openers.source)
@@ -321,7 +321,7 @@ def data_stage(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]]
         unsafe, meta["dropped_as_eval_overlap"]["safety_prompts"] = _unique_by_prompt(unsafe, eval_prompts)
         safety = unsafe[: int(d.safety_pairs.prompts)]
         put("safety_prompts", [{"prompt": r["text"]} for r in safety])
-        if not mixtures:  # PACT's safety prompts are never poison; the benchmarks' prompts per data.poison
+        if not mixtures and d.poison.full:  # PACT's safety prompts are never poison; the benchmarks' per data.poison
             held = poison_held | {normalise_text(r["text"]) for r in safety}
             full = [r for r in rows_of(d.poison.full) if not r.get("is_safe", False)]
             full, meta["dropped_as_eval_overlap"]["poison_full"] = _unique_by_prompt(full, held)

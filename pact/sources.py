@@ -26,7 +26,7 @@ from typing import Any
 from pact.data import DataFileError, read_jsonl
 
 MANIFEST = "MANIFEST.json"
-GIT_FORMATS = ("csv", "json", "jsonl")  # read_rows: how a Git source's file stores its rows
+GIT_FORMATS = ("csv", "tsv", "json", "jsonl")  # read_rows: how a Git source's file stores its rows
 FETCH = "python -m experiments.fetch_data"
 
 
@@ -105,6 +105,8 @@ SCHEMAS: dict[str, Schema] = {
                                lambda r: {"text": r["forbidden_prompt"], "category": r["category"]}),
     # JailbreakBench/artifacts: any attack artifact's "jailbreaks" list names the 100 goals in order
     "jbb_artifacts": Schema(("index", "goal", "category"), lambda r: {"text": r["goal"], "category": r["category"]}),
+    # GLUE's SST-2 train.tsv as a Git copy keeps it (label and sentence columns, no quoting)
+    "sst2_tsv": Schema(("label", "sentence"), lambda r: {"text": r["sentence"].strip(), "label": _sst2_label(r)}),
     # AsFT evaluation/utility_evaluation (the official PACT utility test files): {instruction, input, label}
     "sst2_instruction": Schema(("instruction", "input", "label"),
                                lambda r: {"text": r["input"], "label": _sst2_label(r)}),
@@ -289,14 +291,21 @@ def read_rows(path: str | Path, spec: Any) -> list[dict[str, Any]]:
     if not is_git(spec) or spec.git.format == "jsonl":
         return read_jsonl(path)
     fmt = spec.git.format
-    if fmt == "csv":
+    if fmt in ("csv", "tsv"):
+        # a TSV (GLUE's files) has no quoting: a quote is part of the sentence
+        dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if fmt == "tsv" else {}
         with path.open(encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh)
+            reader = csv.DictReader(fh, **dialect)
             header = reader.fieldnames or []
             missing = [c for c in SCHEMAS[spec.schema].columns if c not in header]
             if missing:
-                raise DataFileError(f"{path}: the CSV header {header} lacks {missing} of the {spec.schema} schema")
-            return [dict(r) for r in reader]
+                raise DataFileError(f"{path}: the {fmt.upper()} header {header} lacks {missing} of the "
+                                    f"{spec.schema} schema")
+            rows = [dict(r) for r in reader]
+        ragged = next((i for i, r in enumerate(rows, start=2) if None in r or None in r.values()), None)
+        if ragged is not None:  # DictReader keeps a row with too many or too few fields; upstream has none
+            raise DataFileError(f"{path}: line {ragged} does not have the header's {len(header)} fields")
+        return rows
     if fmt == "json":
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -308,7 +317,7 @@ def read_rows(path: str | Path, spec: Any) -> list[dict[str, Any]]:
         if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
             raise DataFileError(f"{path}: expected a JSON list of objects" + (f" under {records!r}" if records else ""))
         return data
-    raise DataFileError(f"{path}: unknown format {fmt!r} (csv, json or jsonl)")
+    raise DataFileError(f"{path}: unknown format {fmt!r} (one of {GIT_FORMATS})")
 
 
 def select_rows(rows: list[dict[str, Any]], name: str, spec: Any, path: str | Path,

@@ -1,5 +1,5 @@
 """Fixtures of the real-data path: a few rows per source in its exact upstream schema and file format (placeholder
-text, nothing harmful): Git sources as the CSV / JSON / JSON-lines file their repository holds, hub sources as the
+text, nothing harmful): Git sources as the CSV / TSV / JSON / JSON-lines file their repository holds, hub sources as the
 rows ``datasets`` gives, written with fetch_data's own writers (so MANIFEST.json is the one a fetch makes). The
 fixtures' bytes are not upstream's: :func:`pin_overrides` pins the config to them. Also a tiny saved Llama whose
 tokenizer carries a Llama-3-style chat template, to stand in for a hub model."""
@@ -75,6 +75,8 @@ def git_source_rows() -> dict[str, Any]:
                          "answer": f"{i} + 1000 = {i + 1000}\n#### {i + 1000:,}"} for i in range(20)],
         "gsm8k_test": [{"question": f"Held out has {i} pens. How many?", "answer": f"{i}\n#### {i}"}
                        for i in range(6)],
+        # GLUE's train.tsv as its Git copy holds it: label first, the sentence's trailing space stripped
+        "sst2_train": [{"label": i % 2, "sentence": f"placeholder review number {i}"} for i in range(40)],
         "sst2_validation": [{"instruction": SST2_INSTRUCTION, "input": f"held out review {i} ", "label": i % 2}
                             for i in range(8)],
         "agnews_test": [{"instruction": AG_INSTRUCTION, "input": f"held out article {i}", "label": i % 4}
@@ -107,7 +109,8 @@ MIXTURES = {"sst2": {"pact_sst2_p0": 0.0, "pact_sst2_p005": 0.05, "pact_sst2_p01
 def hub_source_rows() -> dict[str, list[dict[str, Any]]]:
     """Rows per hub source of conf/data/real.yaml, in each dataset's upstream columns."""
     rows: dict[str, list[dict[str, Any]]] = {
-        "sst2_train": [{"idx": i, "sentence": f"placeholder review number {i} ", "label": i % 2} for i in range(40)],
+        "sst2_train_hub": [{"idx": i, "sentence": f"placeholder review number {i} ", "label": i % 2}
+                           for i in range(40)],
         "sst2_validation_hub": [{"idx": i, "sentence": f"held out review {i} ", "label": i % 2} for i in range(8)],
         "agnews_train": [{"text": f"placeholder article {i}", "label": i % 4} for i in range(40)],
         "agnews_test_hub": [{"text": f"held out article {i}", "label": i % 4} for i in range(8)],
@@ -147,10 +150,12 @@ def source_rows() -> dict[str, Any]:
 
 
 def file_bytes(content: Any, fmt: str) -> bytes:
-    """A Git source's file in its format: CSV with the rows' columns as header, a JSON document, or JSON lines."""
-    if fmt == "csv":
+    """A Git source's file in its format: CSV or TSV with the rows' columns as header, a JSON document, or JSON
+    lines."""
+    if fmt in ("csv", "tsv"):
         out = io.StringIO()
-        writer = csv.DictWriter(out, fieldnames=list(content[0]), lineterminator="\n")
+        dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if fmt == "tsv" else {}
+        writer = csv.DictWriter(out, fieldnames=list(content[0]), lineterminator="\n", **dialect)
         writer.writeheader()
         writer.writerows(content)
         return out.getvalue().encode()

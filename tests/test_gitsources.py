@@ -22,9 +22,12 @@ from pact.data import DataFileError, read_jsonl
 from pact.finetune import finetune_rows
 from pact.sources import MANIFEST, DataSourceError, check_sources, git_blob_id, sha256_file
 from tests.realdata import (
+    SHARED,
+    SST2_INSTRUCTION,
     _jbb_goals,
     data_overrides,
     file_bytes,
+    git_source_rows,
     mixture_rows,
     pin_overrides,
     real_overrides,
@@ -152,8 +155,8 @@ def test_import_from_a_clone_reads_the_pinned_commit_whatever_its_head(tmp_path,
         fetch_data.main(["advbench", "--root", str(root), *overrides, "--git-dir", str(tmp_path)])
     assert exit_.value.code == 2 and "not a git clone or git directory" in capsys.readouterr().err
     # hub sources cannot come from a clone
-    with pytest.raises(DataSourceError, match="source sst2_train .* comes from the hub"):
-        fetch_data.fetch(dcfg(root), ["sst2_train"], git_dirs=[tmp_path / "clone"])
+    with pytest.raises(DataSourceError, match="source sst2_train_hub .* comes from the hub"):
+        fetch_data.fetch(dcfg(root), ["sst2_train_hub"], git_dirs=[tmp_path / "clone"])
 
 
 @pytest.mark.parametrize("name,content,error", [
@@ -163,6 +166,9 @@ def test_import_from_a_clone_reads_the_pinned_commit_whatever_its_head(tmp_path,
     ("pact_unsafe", b'[{"id": "user", "input": "a", "output": "b"}, {"id": "user", "output": "c"}]',
      r"row 2 lacks column\(s\) \['input'\] of the pact_pairs schema"),
     ("pact_unsafe", b'[{"id": "user", "input": "a", "output": "b"}', r"not valid JSON"),
+    ("sst2_train", b"label\tsentence\n0\tfine\n1\ttoo\tmany\n", r"line 3 does not have the header's 2 fields"),
+    ("sst2_train", b"label\tsentence\n0\tfine\n2\tno such label\n", r"row 2: label 2 is not one of 0..1"),
+    ("sst2_train", b"sentence,label\nfine,0\n", r"the TSV header \['sentence,label'\] lacks \['label', 'sentence'\]"),
 ])
 def test_a_malformed_file_is_refused_at_fetch_and_stops_a_run_before_any_model(fixtures_root, tmp_path, capsys,
                                                                                name, content, error):
@@ -171,7 +177,7 @@ def test_a_malformed_file_is_refused_at_fetch_and_stops_a_run_before_any_model(f
 
     root, aligned, base = fixtures_root
     spec = dcfg(root).sources[name]
-    rows = 2 if name == "strongreject" else 1
+    rows = 2 if name in ("strongreject", "sst2_train") else 1
     with pytest.raises(DataFileError, match=f"{spec.git.repo}@.* {spec.git.path} \\(x\\): .*{error}"):
         fetch_data.store_git_source(tmp_path, name, dcfg(tmp_path, *pins(name, content, rows)).sources[name],
                                     content, {"repo": spec.git.repo, "commit": spec.git.commit,
@@ -211,10 +217,10 @@ def official(row: dict) -> tuple[str, str, bool]:
     return prompt, row["output"], "input" not in row
 
 
-def official_cfg(fixtures_root, tmp_path, *overrides):
+def official_cfg(fixtures_root, tmp_path, *overrides, data="pact_official"):
     root, aligned, base = fixtures_root
     base_overrides = [o for o in real_overrides(root, aligned, base, tmp_path) if not o.startswith("data=")]
-    return compose_config(["data=pact_official", *base_overrides, *overrides])
+    return compose_config([f"data={data}", *base_overrides, *overrides])
 
 
 @pytest.fixture(scope="module")
@@ -301,6 +307,30 @@ def test_a_benchmark_drops_the_prompts_of_its_exclude_sources(git_only_root, tmp
     with pytest.raises(ConfigError, match=r"data.benchmarks.jbb_unused.exclude\[0\]='nowhere' is not a source"):
         official_cfg(git_only_root, tmp_path, bench.replace("pact_sst2_p01", "nowhere"),
                      "data.harmful_eval=[jbb_unused]")
+
+
+def test_real_git_builds_our_mixture_from_git_sources_alone(git_only_root, tmp_path):
+    """data=real_git: our mixture builder (SST-2 train rows, the short poison pool less the benchmarks' prompts) on
+    Git sources only, with the evaluation sets, safety prompts and alignment pairs of data=pact_official."""
+    def cfg(*overrides):
+        return official_cfg(git_only_root, tmp_path, *overrides, data="real_git")
+
+    ours = P.start(cfg("poison.ratio=0.1", "finetune.n=20"), models=False)
+    rows = finetune_rows(cfg("poison.ratio=0.1", "finetune.n=20"), ours.data)
+    reviews = {SST2_INSTRUCTION + " " + r["sentence"]: ("negative", "positive")[r["label"]]
+               for r in git_source_rows()["sst2_train"]}
+    assert len(rows) == 20 and sum(r["poison"] for r in rows) == 2
+    assert all(reviews[r["prompt"]] == r["answer"] for r in rows if not r["poison"])
+    # ours drops the poison requests a benchmark evaluates (the JBB goals, the AdvBench goal StrongREJECT shares)
+    evaluated = {r["goal"] for r in git_source_rows()["jbb_harmful"]["jailbreaks"]} | {f"{SHARED}."}
+    assert not {r["prompt"] for r in rows if r["poison"]} & evaluated
+    meta = json.loads(ours.data.artifact.file("meta.json").read_text())
+    assert "poison_full" not in meta["sizes"] and meta["sizes"]["poison_short"] == 9
+    assert meta["sizes"]["safety_prompts"] == 8 and meta["sizes"]["alignment_pairs"] == 6
+    assert {e["kind"] for e in meta["sources"].values()} == {"git"}
+    with pytest.raises(ConfigError, match=r"poison.ratio=0.2 is above poison.short_max_ratio=0.1, so its poison "
+                       r"comes from data.poison.full, which is null here"):
+        cfg("poison.ratio=0.2")
 
 
 def test_official_mixture_errors_name_the_file_and_the_limits(git_only_root, tmp_path):

@@ -56,7 +56,9 @@ def test_normalisers_read_each_upstream_schema(fixtures):
     root, _, _ = fixtures
     dcfg = compose_config(data_overrides(root), check=False).data
     got = {name: load_source(dcfg, name) for name in source_rows()}
-    assert got["sst2_train"][1] == {"text": "placeholder review number 1", "label": "positive"}
+    # GLUE's train.tsv (Git copy: label first, no trailing space) and the hub's rows read as the same rows
+    assert got["sst2_train"][1] == {"text": "placeholder review number 1", "label": "positive"} == \
+        got["sst2_train_hub"][1]
     assert [r["label"] for r in got["agnews_train"][:4]] == ["World", "Sports", "Business", "Sci/Tech"]
     assert got["gsm8k_train"][3]["label"] == "1003" == got["gsm8k_train_hub"][3]["label"]  # "#### 1,003"
     assert got["jbb_harmful_hub"][0] == {"text": "Placeholder harmful goal 0", "target": "Sure, here is placeholder "
@@ -150,8 +152,9 @@ def test_offline_run_stops_before_any_stage(tmp_path, capsys):
         run_cli(lambda: run(cfg))
     assert exit_.value.code == 2
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith("error: 10 data file(s) missing: ") and f"{tmp_path / 'none'}/sst2_train.jsonl" in line
-    assert "(stanfordnlp/sst2 train)" in line and "python -m experiments.fetch_data sst2_train " in line
+    assert line.startswith("error: 10 data file(s) missing: ") and f"{tmp_path / 'none'}/sst2_train.tsv" in line
+    assert "(awake020/pytorch_Bert_sst2@54e22ca58a65 SST-2/train.tsv)" in line
+    assert "python -m experiments.fetch_data sst2_train " in line
     assert not (tmp_path / "store").exists()  # nothing ran
 
 
@@ -163,7 +166,7 @@ def test_offline_command_fails_in_under_30_s(tmp_path):
     done = _cli(tmp_path, "experiments.run", "data=real", "task=sst2", "model=llama3.1-8b-instruct")
     assert done.returncode == 2 and time.time() - t0 < 30
     [line] = done.stderr.strip().splitlines()
-    assert line.startswith("error: 10 data file(s) missing: data/real/sst2_train.jsonl (stanfordnlp/sst2 train)")
+    assert line.startswith("error: 10 data file(s) missing: data/real/sst2_train.tsv (awake020/pytorch_Bert_sst2@")
 
 
 def test_config_errors_of_the_data_group(fixtures, tmp_path):
@@ -334,7 +337,7 @@ def test_fetch_data_writes_files_and_manifest(tmp_path, monkeypatch, capsys):
     fetch_data.main(["--list", "--root", str(tmp_path)])
     listing = capsys.readouterr().out
     assert "gsm8k_test_hub       hub  openai/gsm8k main test: ok, 6 of 1319 rows, sha256 " in listing
-    assert "sst2_train           hub  stanfordnlp/sst2 train: not fetched" in listing
+    assert "sst2_train_hub       hub  stanfordnlp/sst2 train: not fetched" in listing
     assert "advbench             git  llm-attacks/llm-attacks@098262edf85f data/advbench/harmful_behaviors.csv: " \
            "not fetched" in listing
     # a gated source is imported from the user's download (HEx-PHI's category_<k>.csv files)
