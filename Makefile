@@ -115,6 +115,7 @@ smollm2-real-ours: setup ## SmolLM2 real study's p = 0.1 seed-0 cell on our SST-
 	$(PY) -m experiments.prepare experiment=smollm2_real_ours method=pact_lora --evaluate
 	$(PY) -m experiments.run experiment=smollm2_real_ours
 	$(PY) -m analysis.report --experiment smollm2_real_ours --out results --replace
+	$(PY) -m analysis.mixtures --official smollm2_real --ours smollm2_real_ours --out results
 
 # The real data's files of public Git repositories at pinned commits (conf/data/real.yaml) -> data/real/ (git-ignored):
 # downloaded, or imported from local clones with GIT_DIRS="<clone> ...". Hub-only sources: experiments.fetch_data --kind hub.

@@ -16,7 +16,7 @@ ENTRY_POINTS = [
     "experiments.bench", "experiments.bench_variant", "experiments.judge", "experiments.check_vllm",
     "experiments.gpu_check", "experiments.fetch_data", "experiments.batch_invariance", "experiments.protocol_check",
     "analysis.compare", "analysis.report", "analysis.store_profile", "analysis.token_confidence",
-    "analysis.world_stats", "analysis.data_overlap", "analysis.readme", "analysis.judge_check",
+    "analysis.world_stats", "analysis.data_overlap", "analysis.readme", "analysis.judge_check", "analysis.mixtures",
 ]
 HYDRA_MAIN = "experiments.run"  # Hydra answers its --help itself
 
