@@ -46,12 +46,10 @@ def results_table(summary: pd.DataFrame) -> str:
 
 def targets_list(makefile: Path) -> str:
     """One line per make target with a ``##`` help text, as ``make help`` prints them."""
-    out = []
-    for line in makefile.read_text().splitlines():
-        m = HELP_LINE.match(line)
-        if m and m.group(1) != "help":
-            out.append(f"make {m.group(1):<15s}# {m.group(2)}")
-    return "```\n" + "\n".join(out) + "\n```"
+    found = [m.groups() for m in map(HELP_LINE.match, makefile.read_text().splitlines())
+             if m and m.group(1) != "help"]
+    width = max(len(name) for name, _ in found) + 1   # the help texts start in one column
+    return "```\n" + "\n".join(f"make {name:<{width}s}# {text}" for name, text in found) + "\n```"
 
 
 def blocks(repo: Path = REPO) -> dict[str, str]:
