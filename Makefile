@@ -111,11 +111,12 @@ smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixt
 # The official SST-2 mixtures against ours (conf/experiment/smollm2_real_ours.yaml): smollm2-real's SFT-LoRA and
 # PACT-LoRA at p = 0.1, seed 0, on our mixture builder's SST-2 rows and poison (data=real_git); its own data stage, so
 # its own alignment (the same corpus and seed as smollm2-real's) and reference evaluations.
-smollm2-real-ours: setup ## SmolLM2 real study's p = 0.1 seed-0 cell on our SST-2 mixture instead of the official file (after make data)
+smollm2-real-ours: setup ## smollm2-real's p = 0.1 seed-0 SFT/PACT-LoRA cell on our SST-2 mixture, beside the official file's (after make data; 26 min AVX-512 bf16)
 	$(PY) -m experiments.prepare experiment=smollm2_real_ours method=pact_lora --evaluate
 	$(PY) -m experiments.run experiment=smollm2_real_ours
 	$(PY) -m analysis.report --experiment smollm2_real_ours --out results --replace
 	$(PY) -m analysis.mixtures --official smollm2_real --ours smollm2_real_ours --out results
+	$(PY) -m analysis.judge_check --experiment smollm2_real_ours --out results
 
 # The real data's files of public Git repositories at pinned commits (conf/data/real.yaml) -> data/real/ (git-ignored):
 # downloaded, or imported from local clones with GIT_DIRS="<clone> ...". Hub-only sources: experiments.fetch_data --kind hub.
@@ -159,6 +160,7 @@ lint: setup ## ruff (configured in pyproject.toml)
 figures: setup ## tables, figures and README's table from the run records (or the committed summary.csv) -> results/ (~1 min)
 	$(PY) -m analysis.report $(foreach s,$(STUDIES) $(EXTRA_STUDIES) $(REAL_STUDIES),--experiment $(s)) --out results
 	$(PY) -m analysis.token_confidence --out results
+	$(PY) -m analysis.mixtures --official smollm2_real --ours smollm2_real_ours --out results
 	$(PY) -m analysis.readme
 
 extras: setup ## beyond make reproduce: PACT switches on benign data (2.5 min), untied PACT (12 runs, not yet timed)

@@ -99,6 +99,17 @@ def judge_agreement(runs_dir: str | os.PathLike, out: Path, experiments: list[st
     return df
 
 
+def numeric(df: pd.DataFrame) -> pd.DataFrame:
+    """Object columns whose every value is a number or missing (a metric no run of a study has: None in its
+    records) as floats, so they are written in the same number format as the rest of the file."""
+    df = df.copy()
+    for col in df.columns[df.dtypes == object]:
+        values = pd.to_numeric(df[col], errors="coerce")
+        if values.notna().sum() == df[col].notna().sum():
+            df[col] = values.astype(float)
+    return df
+
+
 def sort_rows(df: pd.DataFrame) -> pd.DataFrame:
     """Rows by experiment, model, task; reference rows first, then methods in natural order, p, seed."""
     df = df.copy()
@@ -193,7 +204,9 @@ def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, experiments:
                 log.info("keeping %d rows of %s without a run record under %s: %s%s", len(kept), out / "summary.csv",
                          runs_dir, ", ".join(f"{exp} {n}" for exp, n in counts.items()),
                          "" if replace else " (--replace drops those of the experiments that have records)")
-                df = sort_rows(pd.concat([df, kept], ignore_index=True))
+                # the file's columns keep their order (new ones at the end) and their number format, so that
+                # adding one study's rows leaves every other line of the file as it was
+                df = sort_rows(numeric(pd.concat([kept, df], ignore_index=True)))
         # 6 significant digits: percentages of a few hundred prompts (e.g. 315/320 = 98.4375) survive exactly
         write_atomic(out / "summary.csv", df.to_csv(index=False, float_format="%.6g"))
     else:

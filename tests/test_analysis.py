@@ -188,6 +188,25 @@ def test_report_keeps_summary_rows_of_experiments_without_records(tmp_path):
 
 
 @pytest.mark.slow  # over ~3 s: kept out of `make test-fast`
+def test_a_new_study_with_other_columns_adds_its_lines_and_changes_no_other(tmp_path):
+    """A study whose records lack a metric (None: real data has no helpfulness judge) and add one (a benchmark's
+    column): summary.csv gains its lines, and every line already there, the header's columns included, stays."""
+    from analysis.report import report
+
+    rows = [{**r, "dtype": "float32", "judge": "oracle"} for r in _summary().to_dict("records")]
+    report(_write_runs(tmp_path / "first", rows, "toy"), tmp_path / "out")
+    before = (tmp_path / "out" / "summary.csv").read_text().splitlines()
+    # no helpfulness at all, a new column, and the other columns in another order
+    real = [{"harmful_score.harmbench": 12.5, "judge": "keyword_qi",
+             **{k: v for k, v in r.items() if k not in ("helpfulness", "judge")}} for r in rows[:3]]
+    report(_write_runs(tmp_path / "second", real, "real"), tmp_path / "out")
+    after = (tmp_path / "out" / "summary.csv").read_text().splitlines()
+    assert after[0] == before[0] + ",harmful_score.harmbench"
+    assert [line + "," for line in before[1:]] == [line for line in after if line.startswith("toy,")]
+    assert len(after) == len(before) + 3
+
+
+@pytest.mark.slow  # over ~3 s: kept out of `make test-fast`
 def test_report_of_a_partial_rerun_keeps_the_rows_it_did_not_redo(tmp_path):
     """Records of two of an experiment's runs (a partial rerun, here the aligned row and one seed) replace those
     two rows and leave the others of summary.csv as they were; ``replace`` drops the others."""
