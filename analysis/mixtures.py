@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> None:
     stem = out / "tables" / f"{args.official}_official_vs_ours"
     stem.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(stem.with_suffix(".csv"), table.to_csv(index=False))
-    write_atomic(stem.with_suffix(".md"), 
+    write_atomic(stem.with_suffix(".md"),
         f"The official mixtures ({args.official}) against ours ({args.ours}), cell by cell; percent, one seed per "
         "cell; HS = Harmful Score (primary judge), Ref = refusal rate, OverRef = refusals of benign requests, "
         "FA = Fine-tune Accuracy.\n\n" + to_markdown(table))

@@ -103,7 +103,7 @@ def numeric(df: pd.DataFrame) -> pd.DataFrame:
     """Object columns whose every value is a number or missing (a metric no run of a study has: None in its
     records) as floats, so they are written in the same number format as the rest of the file."""
     df = df.copy()
-    for col in df.columns[df.dtypes == object]:
+    for col in df.select_dtypes(include="object").columns:
         values = pd.to_numeric(df[col], errors="coerce")
         if values.notna().sum() == df[col].notna().sum():
             df[col] = values.astype(float)

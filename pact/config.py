@@ -422,9 +422,9 @@ def _check_data(c: Any) -> None:
         used["data.poison.full"] = d.poison.full
     elif not d.mixture and float(c.poison.ratio) > float(c.poison.short_max_ratio):
         raise ConfigError(f"poison.ratio={c.poison.ratio:g} is above poison.short_max_ratio="
-                          f"{c.poison.short_max_ratio:g}, so its poison comes from data.poison.full, which is null here "
-                          "(data=real_git: BeaverTails' full answers are on the hub only); use data=real, or a ratio "
-                          "at or below the short pool's")
+                          f"{c.poison.short_max_ratio:g}, so its poison comes from data.poison.full, which is null "
+                          "here (data=real_git: BeaverTails' full answers are on the hub only); use data=real, or a "
+                          "ratio at or below the short pool's")
     _choice("data.poison.eval_overlap", d.poison.get("eval_overlap", "drop"), POISON_OVERLAP)
     for part in ("refusals", "helpful"):
         for i, spec in enumerate((d.get("align_corpus") or {}).get(part) or []):
