@@ -14,19 +14,19 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.report import DEFAULT_OUT, load_summary, to_markdown
+from analysis.tables import REAL_COLUMNS
 from pact.fileio import write_atomic
 
 REFERENCES = ("base", "aligned")   # rows without a poison ratio: the models before fine-tuning
-# (column of summary.csv, label); per-benchmark columns are added for every benchmark the rows have
-HEAD = [("harmful_score", "HS"), ("refusal_rate", "Ref")]
-TAIL = [("benign_refusal_rate", "OverRef"), ("finetune_accuracy", "FA")]
 BENCH_PREFIX = "harmful_score."
 
 
 def columns(df: pd.DataFrame) -> list[tuple[str, str]]:
-    """The compared metrics: HS and refusal, HS per harmful benchmark, over-refusal and accuracy."""
+    """(column, label) of the compared metrics: the real-data paper table's HS and refusal, HS per harmful
+    benchmark, then its over-refusal and accuracy."""
+    main = [(metric, label) for metric, label, _ in REAL_COLUMNS]
     benches = sorted(c for c in df.columns if c.startswith(BENCH_PREFIX) and df[c].notna().any())
-    return [*HEAD, *((c, f"HS {c[len(BENCH_PREFIX):]}") for c in benches), *TAIL]
+    return [*main[:2], *((c, f"HS {c[len(BENCH_PREFIX):]}") for c in benches), *main[2:]]
 
 
 def cell_key(row: pd.Series) -> tuple[str, str, int]:

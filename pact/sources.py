@@ -27,6 +27,7 @@ from pact.data import DataFileError, read_jsonl
 
 MANIFEST = "MANIFEST.json"
 GIT_FORMATS = ("csv", "tsv", "json", "jsonl")  # read_rows: how a Git source's file stores its rows
+TSV_DIALECT = {"delimiter": "\t", "quoting": csv.QUOTE_NONE}  # GLUE's TSV files: no quoting, a quote is text
 FETCH = "python -m experiments.fetch_data"
 
 
@@ -292,8 +293,7 @@ def read_rows(path: str | Path, spec: Any) -> list[dict[str, Any]]:
         return read_jsonl(path)
     fmt = spec.git.format
     if fmt in ("csv", "tsv"):
-        # a TSV (GLUE's files) has no quoting: a quote is part of the sentence
-        dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if fmt == "tsv" else {}
+        dialect = TSV_DIALECT if fmt == "tsv" else {}
         with path.open(encoding="utf-8", newline="") as fh:
             reader = csv.DictReader(fh, **dialect)
             header = reader.fieldnames or []

@@ -154,7 +154,9 @@ def file_bytes(content: Any, fmt: str) -> bytes:
     lines."""
     if fmt in ("csv", "tsv"):
         out = io.StringIO()
-        dialect = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if fmt == "tsv" else {}
+        from pact.sources import TSV_DIALECT
+
+        dialect = TSV_DIALECT if fmt == "tsv" else {}
         writer = csv.DictWriter(out, fieldnames=list(content[0]), lineterminator="\n", **dialect)
         writer.writeheader()
         writer.writerows(content)
