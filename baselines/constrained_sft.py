@@ -55,7 +55,8 @@ class ConstrainedSFT(Method):
         def compute(batch: list[dict[str, Any]]) -> list[dict[str, torch.Tensor]]:
             nonlocal model
             model = model or (ctx.model or load_model(ctx.aligned.path, ctx.dtype)).eval()
-            b = SFTCollator(0)([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in batch])
+            keep = ("input_ids", "labels", "attention_mask")  # the example's own mask, if any
+            b = SFTCollator(0)([{k: e[k] for k in keep if k in e} for e in batch])
             b = {k: v.to(model.device) for k, v in b.items()}  # the model's device (the GPU when there is one)
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             logp, mask = token_logps(logits, b["labels"])

@@ -17,6 +17,7 @@ from typing import Any
 from pact.cli import fail, run_cli
 from pact.config import compose_config
 from pact.guard import generations_of, judge_stage, load_judgments
+from pact.hub import check_model
 from pact.records import read_records
 from pact.store import Store
 
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> None:
         records = read_records(args.runs, args.experiment)
         if not records:
             fail(f"no run records under {args.runs}" + (f" for {args.experiment}" if args.experiment else ""))
+        if gcfg.model:  # a missing, gated or unreachable guard: one line before any answer is read
+            check_model("guard.model", str(gcfg.model), gcfg.get("revision") or None)
         return judge_records(gcfg, records)
 
     for row in run_cli(go):

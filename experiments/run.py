@@ -11,8 +11,9 @@ import json
 import logging
 import math
 import os
+import sys
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, redirect_stderr
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 from pact import dist
 from pact import pipeline as P
 from pact.cli import run_cli, user_errors
-from pact.config import validate
+from pact.config import compose_config, toy_settings_warning, validate
 from pact.data import read_jsonl
 from pact.records import variant_of, write_record
 from pact.store import Artifact
@@ -123,8 +124,32 @@ def hydra_main(cfg: DictConfig) -> float:
     return hs if not math.isnan(hs) else 0.0
 
 
+SHOW_CONFIG_FLAGS = ("--cfg", "-c")  # Hydra's flags that print the composed config instead of running
+
+
+def warn_shown_config(argv: list[str]) -> None:
+    """Hydra's ``--cfg`` prints the composed config and exits without calling the task function, so validation's
+    warnings never run: the hub model's toy-settings warning (pact.config.toy_settings_warning) is printed here, to
+    stderr beside the config. Anything Hydra would refuse (a bad override, a sweep) is left for Hydra to report."""
+    if not any(a in SHOW_CONFIG_FLAGS or a.startswith("--cfg=") for a in argv):
+        return
+    from hydra._internal.utils import get_args_parser  # Hydra's own command line: the overrides, as it reads them
+
+    try:
+        with open(os.devnull, "w") as quiet, redirect_stderr(quiet):
+            args, _ = get_args_parser().parse_known_args(argv)
+        if args.config_path or args.config_name or args.config_dir:  # another config than conf/config.yaml
+            return
+        message = toy_settings_warning(compose_config(args.overrides, check=False))
+    except (Exception, SystemExit):  # noqa: BLE001 - Hydra reports it in its own words next
+        return
+    if message:
+        print(f"warning: {message}", file=sys.stderr)
+
+
 def main() -> None:
     """``python -m experiments.run [overrides]``: bad input ends in one line and exit status 2."""
+    warn_shown_config(sys.argv[1:])
     run_cli(hydra_main)
 
 

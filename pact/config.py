@@ -16,6 +16,7 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from pact.data import ATTENTION_MASKS
 from pact.generation import ENGINES, engine_environment
 from pact.guard import GUARD_KINDS
 from pact.judges import JUDGES
@@ -23,7 +24,7 @@ from pact.methods import method_class
 from pact.metrics import TASK_PARSERS
 from pact.model_import import source_kind
 from pact.models import DTYPES
-from pact.rundata import POISON_OVERLAP, benchmark_sources
+from pact.rundata import POISON_OVERLAP, SAFETY_ANSWERS, benchmark_sources
 from pact.sources import GIT_FORMATS, SCHEMAS
 from pact.world.generator import WorldSpec
 from pact.world.lexicon import HARMFUL
@@ -37,10 +38,12 @@ MODEL_KINDS = ("toy", "hub", "import")  # pact.pipeline.model_refs: trained here
 DATA_KINDS = ("toy", "real")       # pact.rundata: the toy world's files, or the real sources (conf/data/)
 TASK_ANSWERS = ("label", "solution")  # pact.rundata: a real task's training target
 ADAPTERS = ("full", "lora")        # pact.pipeline.finetune_stage
+LORA_DTYPES = ("float32", "model")  # pact.adapters.apply_lora: fp32 adapters under autocast, or the model's dtype
 LOGGERS = ("none", "wandb")        # experiments.run.start_logger
 NO_GUARD = "none"                  # guard.name of runs without a model judge (conf/guard/none.yaml)
 LOGGER_MODES = ("offline", "online", "disabled")  # wandb's modes
 # HF get_scheduler names we allow, and "step" (pact.training: lr *= step_gamma per epoch, the official PACT StepLR)
+STORED_REFUSALS = "pact_refusals"  # the schema whose answers are refusals (data.safety_pairs.answers=stored)
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "step")
 
 
@@ -117,6 +120,7 @@ class TaskConfig:
 
 @dataclass
 class DataConfig:
+    name: str = "toy"                   # the data group's option (conf/data/<name>.yaml); not part of any key
     kind: str = "toy"
     judges: list[str] = field(default_factory=lambda: ["oracle", "keyword"])
     primary_judge: str = "oracle"
@@ -155,11 +159,14 @@ class LoraConfig:
 
 @dataclass
 class FinetuneConfig:
-    n: int = 1000
+    n: Optional[int] = 1000          # None: every row of the official file (data.mixture; pact.rundata.finetune_counts)
     optim: OptimConfig = field(default_factory=OptimConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     lora_lr: Optional[float] = None  # replaces optim.lr when method.adapter=lora (None: optim.lr)
     untie_embeddings: bool = False   # full fine-tuning: the LM head gets its own copy of tied input embeddings
+    # LoRA: the adapter's weights (and so AdamW's states) in float32 (peft's autocast) or in the model's own dtype
+    lora_dtype: str = "float32"
+    attention_mask: str = "padding"  # padding (ours) or eos (official: every end-of-sequence id hidden; pact.data)
 
 
 @dataclass
@@ -171,6 +178,9 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     max_model_len: Optional[int] = None   # None: the model's own context length
     max_lora_rank: int = 16
+    # vLLM: serve a LoRA fine-tune merged into a copy of its base (official) instead of as a LoRARequest (ours).
+    # HF generate always runs the merged model (pact.models.load_model merges on load).
+    merge_lora: bool = False
 
 
 @dataclass
@@ -193,6 +203,7 @@ class GuardConfig:
     max_length: int = 256          # moderation: tokens read (truncated)
     prompt_format: str = "{prompt} "   # moderation: the text before the answer ({prompt}: the request)
     pickle_weights: bool = False   # .bin checkpoints allowed, read by torch.load(weights_only=True) (pact.guard)
+    chat_as_text: bool = False     # chat: the template's text tokenised again with special tokens (official: 2 BOS)
 
 
 @dataclass
@@ -210,6 +221,8 @@ class EvalConfig:
     harmful_max_new_tokens: int = 64
     benign_max_new_tokens: int = 64
     limit: int = 0  # 0 = every prompt of each evaluation set
+    # the chat template rendered as text and tokenised again (official: a second BOS) instead of its ids (ours)
+    chat_as_text: bool = False
 
 
 @dataclass
@@ -264,19 +277,51 @@ def _check_optim(prefix: str, o: Any) -> None:
     _choice(f"{prefix}.dtype", o.dtype, tuple(DTYPES))
 
 
-TOY_OPTIM_KEYS = ("lr", "scheduler", "dtype")  # with finetune.lora_lr: what makes the root config's recipe the toy one
+# The root config's values that its comments say are tuned for the toy world (conf/config.yaml): a hub model inherits
+# each one its experiment or the command line does not set
+TOY_TUNED = ("finetune.n", "finetune.optim.lr", "finetune.optim.scheduler", "finetune.optim.dtype", "finetune.lora_lr")
 
 
-def _warn_toy_optimiser(c: DictConfig) -> None:
-    """Say when a hub model would fine-tune with the root config's optimiser, which is tuned for the toy world
-    (conf/config.yaml ``finetune``), not with a real model's recipe (e.g. experiment=paper_llama31)."""
-    root = OmegaConf.load(CONF_DIR / "config.yaml").finetune
-    if all(c.finetune.optim[k] == root.optim[k] for k in TOY_OPTIM_KEYS) and c.finetune.lora_lr == root.lora_lr:
-        logging.getLogger("pact.config").warning(
-            "model=%s is a hub model but fine-tunes with the toy world's optimiser (conf/config.yaml finetune: "
-            "lr %g, lora_lr %g, %s schedule, %s): for the official PACT recipe add experiment=paper_llama31, or set "
-            "finetune.optim.* and finetune.lora_lr", c.model.name, root.optim.lr, root.lora_lr, root.optim.scheduler,
-            root.optim.dtype)
+def _root_default(group: str) -> tuple[str, DictConfig]:
+    """(option, its yaml) of config group ``group`` as conf/config.yaml's defaults list picks it."""
+    defaults = {k: v for d in OmegaConf.load(CONF_DIR / "config.yaml").defaults if isinstance(d, DictConfig)
+                for k, v in d.items()}
+    return defaults[group], OmegaConf.load(CONF_DIR / group / f"{defaults[group]}.yaml")
+
+
+def toy_settings_warning(cfg: Any) -> str | None:
+    """The warning for a hub model that inherits settings made for the toy world: each value of :data:`TOY_TUNED`
+    that ``cfg`` keeps and the toy data, by key, with the engine and the judge where they are the root defaults (the
+    HF engine; a rule judge, no guard); None for other models or when every tuned value is set (e.g.
+    experiment=paper_llama31). ``cfg``: a composed config, validated or not (``--cfg job`` shows it unvalidated)."""
+    if cfg.model.kind != "hub":
+        return None
+    root = OmegaConf.load(CONF_DIR / "config.yaml")
+    kept = [f"{key}={OmegaConf.select(cfg, key)}" for key in TOY_TUNED
+            if OmegaConf.select(cfg, key) == OmegaConf.select(root, key)]
+    data, toy_data = _root_default("data")
+    if cfg.data.kind == toy_data.kind:
+        kept.append(f"data={data} (the toy world's prompts)")
+    if not kept:
+        return None
+    defaults = []
+    engine, toy_engine = _root_default("engine")
+    if cfg.engine.name == toy_engine.name:
+        defaults.append(f"engine={engine}")
+    guard, no_guard = _root_default("guard")
+    if cfg.guard.name == no_guard.name:
+        defaults.append(f"judge={cfg.judge.name} with guard={guard}")
+    also = f"; and the root defaults {' and '.join(defaults)}" if defaults else ""
+    return (f"model={cfg.model.name} is a hub model but keeps settings tuned for the toy world (conf/config.yaml): "
+            f"{', '.join(kept)}{also}. For the official PACT recipe add experiment=paper_llama31, or set each of "
+            "these keys")
+
+
+def _warn_toy_settings(c: DictConfig) -> None:
+    """Log :func:`toy_settings_warning` when it applies."""
+    message = toy_settings_warning(c)
+    if message:
+        logging.getLogger("pact.config").warning("%s", message)
 
 
 def validate(cfg: DictConfig) -> DictConfig:
@@ -309,18 +354,25 @@ def validate(cfg: DictConfig) -> DictConfig:
     elif not c.model.aligned:
         raise ConfigError("model.aligned (a hub id or a local path) is required when model.kind='hub'")
     else:
-        _warn_toy_optimiser(c)
+        _warn_toy_settings(c)
     _choice("task.name", c.task.name, tuple(TASK_PARSERS))
     _range("task.max_new_tokens", c.task.max_new_tokens, 1)
     _check_data(c)
     _range("poison.ratio", c.poison.ratio, 0, 1)
     _range("poison.short_max_ratio", c.poison.short_max_ratio, 0, 1)
-    _range("finetune.n", c.finetune.n, 1)
+    if c.finetune.n is None:
+        if c.data.kind != "real" or not c.data.mixture:
+            raise ConfigError("finetune.n=null (every row of the official file) needs the official mixtures "
+                              "(data=pact_official); give finetune.n a number of rows")
+    else:
+        _range("finetune.n", c.finetune.n, 1)
     _check_optim("finetune.optim", c.finetune.optim)
     _range("finetune.lora.r", c.finetune.lora.r, 1)
     if c.finetune.lora_lr is not None:
         _range("finetune.lora_lr", c.finetune.lora_lr, 0, lo_open=True)
     _range("finetune.lora.dropout", c.finetune.lora.dropout, 0, 1)
+    _choice("finetune.lora_dtype", c.finetune.lora_dtype, LORA_DTYPES)
+    _choice("finetune.attention_mask", c.finetune.attention_mask, ATTENTION_MASKS)
     if c.finetune.untie_embeddings and c.method.get("adapter", "full") == "lora":
         raise ConfigError("finetune.untie_embeddings=true changes nothing under LoRA (the adapters leave the "
                           "embeddings frozen): use it with a full fine-tune (method.adapter=full)")
@@ -370,12 +422,36 @@ def validate(cfg: DictConfig) -> DictConfig:
             if name not in c.world[group]:
                 raise ConfigError(f"world.{group}.{name} is missing")
             _range(f"world.{group}.{name}", c.world[group][name], 1)
-    n_poison = round(c.poison.ratio * c.finetune.n)
+    n_poison = round(c.poison.ratio * (c.finetune.n or 0))
     poison_pool = c.world.items_per_category["poison"] * len(HARMFUL) * c.world.templates_per_split["poison"]
     if c.data.kind == "toy" and n_poison > poison_pool:  # real data: pact.pipeline.check_sizes
         raise ConfigError(f"poison.ratio={c.poison.ratio} needs {n_poison} poison rows; the world's poison "
                           "split is smaller (raise world.items_per_category.poison)")
     return merged
+
+
+def _data_kind(option: str) -> str | None:
+    """data.kind as conf/data/<option>.yaml sets it, or inherits it from the options its defaults list names; None
+    for an option outside conf/data/."""
+    path = CONF_DIR / "data" / f"{option}.yaml"
+    if not path.is_file():
+        return None
+    node = OmegaConf.load(path)
+    if "kind" in node:
+        return node.kind
+    parents = [p for p in node.get("defaults", []) if isinstance(p, str) and p != "_self_"]
+    return next((kind for kind in map(_data_kind, parents) if kind), None)
+
+
+def _data_option(d: Any) -> str:
+    """How messages name the data group a config chose: ``data=<option>`` (data.name), or, where no name is set or
+    its option is of another kind (a data yaml of one's own without ``name:``), ``data.kind=<kind>`` with the
+    options of conf/data/ of that kind."""
+    name = d.get("name")
+    if name and _data_kind(name) in (d.kind, None):
+        return f"data={name}"
+    options = sorted(p.stem for p in (CONF_DIR / "data").glob("*.yaml") if _data_kind(p.stem) == d.kind)
+    return f"data.kind={d.kind} (data={', '.join(options)})"
 
 
 def _check_data(c: Any) -> None:
@@ -384,12 +460,12 @@ def _check_data(c: Any) -> None:
     _choice("data.kind", d.kind, DATA_KINDS)
     _choice("task.kind", c.task.kind, DATA_KINDS)
     if c.task.kind != d.kind:
-        raise ConfigError(f"task={c.task.name} is a {c.task.kind}-data task but data={d.kind}: pick a task of "
+        raise ConfigError(f"task={c.task.name} is a {c.task.kind}-data task but {_data_option(d)}: pick a task of "
                           f"conf/task/ with kind: {d.kind} (or data={c.task.kind})")
     for j in d.judges:
         _choice("data.judges[]", j, tuple(JUDGES))
         if d.kind != "toy" and JUDGES[j].toy_only:
-            raise ConfigError(f"judge {j!r} reads the toy world's fields; data.judges for data={d.kind} may "
+            raise ConfigError(f"judge {j!r} reads the toy world's fields; data.judges for {_data_option(d)} may "
                               f"list {[n for n, x in JUDGES.items() if not x.toy_only]}")
         if JUDGES[j].markers and (d.kind != "real" or not d.get("openers")):
             raise ConfigError(f"judge {j!r} reads refusal markers from the real data's alignment answers "
@@ -399,8 +475,9 @@ def _check_data(c: Any) -> None:
     if d.kind != "real":
         return
     if c.model.kind == "toy":
-        raise ConfigError("data=real needs a model that reads text (model.kind=hub): the toy model is trained "
-                          "on the toy world's vocabulary; pick a model of conf/model/ with kind: hub")
+        raise ConfigError(f"{_data_option(d)} needs a model that reads text (model.kind=hub or import): the toy "
+                          "model is trained on the toy world's vocabulary; pick a model of conf/model/ with kind: hub "
+                          "or import")
     if not d.root:
         raise ConfigError("data.root (the folder of the real data's files) is missing")
     if not d.harmful_eval:
@@ -454,6 +531,13 @@ def _check_data(c: Any) -> None:
         raise ConfigError(f"task.prompt must contain {{text}} (where the source's input goes): {c.task.prompt!r}")
     _choice("data.safety_pairs.judge", d.safety_pairs.judge, tuple(n for n, j in JUDGES.items() if not j.toy_only))
     _range("data.safety_pairs.prompts", d.safety_pairs.prompts, 1)
+    answers = d.safety_pairs.get("answers", "generated")
+    _choice("data.safety_pairs.answers", answers, SAFETY_ANSWERS)
+    schema = d.sources[d.safety_pairs.source].schema
+    if answers == "stored" and schema != STORED_REFUSALS:
+        raise ConfigError(f"data.safety_pairs.answers=stored reads refusals stored with their prompts (schema "
+                          f"{STORED_REFUSALS}: safe_direction.json); source {d.safety_pairs.source} is schema "
+                          f"{schema}: use data.safety_pairs.answers=generated")
 
 
 def compose_config(overrides: Sequence[str] = (), check: bool = True) -> DictConfig:

@@ -52,9 +52,15 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[dict[str, Any]]) -> None
 
 
 # ---- prompt formats ----------------------------------------------------------------------------------------
-def prompt_ids(tokenizer, prompt: str, fmt: str) -> list[int]:
+def prompt_ids(tokenizer, prompt: str, fmt: str, as_text: bool = False) -> list[int]:
     """Token ids of the context that precedes an answer: the chat template with the generation prompt
-    (``fmt='chat'``) or the base model's plain ``User: ...\\n\\nAssistant: `` string (``fmt='plain'``)."""
+    (``fmt='chat'``) or the base model's plain ``User: ...\\n\\nAssistant: `` string (``fmt='plain'``). ``as_text``
+    (chat only): the template rendered as text and tokenised again with the tokenizer's special tokens, as the official
+    safety evaluation hands text to vLLM (a template that starts with BOS gets a second one)."""
+    if fmt == "chat" and as_text:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                             tokenize=False)
+        return tokenizer(text)["input_ids"]
     if fmt == "chat":
         enc = tokenizer.apply_chat_template([{"role": "user", "content": prompt}],
                                             add_generation_prompt=True, tokenize=True)
@@ -81,9 +87,21 @@ def encode_sft(rows: Sequence[dict[str, Any]], tokenizer, fmt: str, max_len: int
     return out
 
 
+# finetune.attention_mask: which positions a training forward attends to. padding (ours): every token of a row;
+# eos (official PACT: its datasets set pad = eos and mask ``input_ids != pad``): every end-of-sequence id is hidden too,
+# which for Llama 3 is every end-of-turn token inside the sequence.
+ATTENTION_MASKS = ("padding", "eos")
+
+
+def hide_tokens(examples: list[dict[str, Any]], token_id: int) -> list[dict[str, Any]]:
+    """``examples`` with an ``attention_mask`` that hides every position holding ``token_id`` (the official mask)."""
+    return [{**e, "attention_mask": [int(t != token_id) for t in e["input_ids"]]} for e in examples]
+
+
 class SFTCollator:
     """Right-pads ``input_ids`` with the pad id and ``labels`` with ``IGNORE_INDEX``; keeps extra per-example
-    tensors a method carries (e.g. cached reference logits) by padding them along their first axis."""
+    tensors a method carries (e.g. cached reference logits) by padding them along their first axis. An example's own
+    ``attention_mask`` (:func:`hide_tokens`) replaces the ones over its tokens."""
 
     def __init__(self, pad_id: int):
         self.pad_id = pad_id
@@ -97,7 +115,7 @@ class SFTCollator:
             n = len(x["input_ids"])
             ids[i, :n] = torch.as_tensor(x["input_ids"])
             labels[i, :n] = torch.as_tensor(x["labels"])
-            mask[i, :n] = 1
+            mask[i, :n] = torch.as_tensor(x["attention_mask"]) if "attention_mask" in x else 1  # hide_tokens
         out = {"input_ids": ids, "labels": labels, "attention_mask": mask}
         for key in batch[0]:
             if key not in out:  # per-example tensors of varying length: zero-pad along the first axis

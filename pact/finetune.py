@@ -18,7 +18,7 @@ from pact import data as D
 from pact.adapters import apply_lora
 from pact.methods import FinetuneContext, build_method, method_class
 from pact.models import ModelRef, load_model, load_tokenizer, untie_embeddings
-from pact.rundata import RunData, plain
+from pact.rundata import RunData, data_sizes, finetune_counts, plain
 from pact.store import Store, code_hash, module_sources
 from pact.training import train, training_arguments
 
@@ -40,11 +40,11 @@ def finetune_code(method_cfg: Any) -> str:
 
 
 def finetune_rows(cfg: DictConfig, data: RunData) -> list[dict[str, Any]]:
-    """The user's fine-tuning set: n task rows with round(p * n) poison rows at seeded positions."""
+    """The user's fine-tuning set: n task rows with round(p * n) poison rows at seeded positions (finetune.n null:
+    every row of the official file, its poison rows at seeded positions)."""
     rng = random.Random(int(cfg.seed))
     clean = data.task_rows(cfg.task.name)
-    n = int(cfg.finetune.n)
-    count = round(float(cfg.poison.ratio) * n)
+    n, count = finetune_counts(cfg, data_sizes(data.artifact) if data.kind == "real" else {})
     poison = data.poison_rows(count, float(cfg.poison.ratio), float(cfg.poison.short_max_ratio), rng)
     return D.mix_poison(clean, poison, n, rng)
 
@@ -54,9 +54,14 @@ def finetune_slice(cfg: DictConfig) -> dict[str, Any]:
     ft = plain(cfg.finetune)
     if not ft.get("untie_embeddings"):  # the default: absent from the key, as before the switch existed
         ft.pop("untie_embeddings", None)
+    if ft.get("lora_dtype", "float32") == "float32":  # the same
+        ft.pop("lora_dtype", None)
+    if ft.get("attention_mask", "padding") == "padding":  # the same
+        ft.pop("attention_mask", None)
     if cfg.method.get("adapter", "full") != "lora":
         ft.pop("lora")
         ft.pop("lora_lr")
+        ft.pop("lora_dtype", None)
     elif ft.get("lora_lr") is not None:
         ft["optim"]["lr"] = ft.pop("lora_lr")
     return {"method": plain(cfg.method), "task": cfg.task.name, "poison": plain(cfg.poison), "finetune": ft,
@@ -82,6 +87,8 @@ def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, data: RunDa
         rows = method.transform_data(finetune_rows(cfg, data), ctx)
         D.write_jsonl(tmp / "finetune_data.jsonl", rows)
         examples = D.encode_sft(rows, tok, aligned.prompt_format, int(cfg.model.max_len))
+        if cfg.finetune.get("attention_mask", "padding") == "eos":  # the official mask (pact.data.ATTENTION_MASKS)
+            examples = D.hide_tokens(examples, tok.eos_token_id)
         examples = method.prepare_examples(examples, ctx)
         # LoRA's initialisation draws from torch's global RNG before the Trainer seeds it: seed here, or the
         # adapter depends on whatever ran earlier in the process (e.g. previous jobs in a joblib worker).
@@ -90,7 +97,8 @@ def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, data: RunDa
             untie_embeddings(model)
         model = method.configure_model(model, ctx)
         if adapter == "lora":
-            model = apply_lora(model, cfg.finetune.lora, method.lora_layers(model.config.num_hidden_layers))
+            model = apply_lora(model, cfg.finetune.lora, method.lora_layers(model.config.num_hidden_layers),
+                               str(cfg.finetune.get("lora_dtype", "float32")))
         report_to = "wandb" if cfg.logger.name == "wandb" else "none"
         optim = OmegaConf.create(slice_["finetune"]["optim"])  # lora_lr applied
         args = training_arguments(optim, tmp / "trainer", int(cfg.seed), report_to,

@@ -91,7 +91,9 @@ class VLLMEngine(Engine):
     adapter's base model with the adapter as a ``LoRARequest`` (pact.models.save_model keeps LoRA fine-tunes as
     adapters). The engine lives in a spawned process of its own for all the prompts of a stage
     (:meth:`generate_sets`), so the GPU memory it takes is free when the stage ends (a judge loads next); a model the
-    caller still holds (``resident``) waits on the CPU meanwhile."""
+    caller still holds (``resident``) waits on the CPU meanwhile. ``engine.merge_lora``: the adapter is merged into
+    a copy of its base in the model's dtype first (in the engine's process, on the CPU; the copy is deleted after),
+    and vLLM serves that copy, as the official PACT evaluation serves merged bf16 weights."""
 
     def __init__(self, model_path: str | Path, tokenizer, cfg: Any, dtype: str, seed: int,
                  trust_remote_code: bool = False, resident=None):
@@ -108,7 +110,8 @@ class VLLMEngine(Engine):
                          "max_model_len": context_length(cfg.max_model_len or None,
                                                          base if base is not None else model_path,
                                                          trust_remote_code)}
-        if self.adapter is not None:
+        self.merge = bool(cfg.get("merge_lora", False)) and self.adapter is not None
+        if self.adapter is not None and not self.merge:
             self.settings.update(enable_lora=True, max_lora_rank=int(cfg.max_lora_rank))
 
     def generate(self, prompts: list[list[int]], max_new_tokens: int, desc: str = "generate") -> list[str]:
@@ -121,7 +124,7 @@ class VLLMEngine(Engine):
         with offloaded(self.resident):
             with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
                 return pool.submit(vllm_generate, self.settings, self.adapter,
-                                   [(p, n) for p, n, _ in jobs], self.environment).result()
+                                   [(p, n) for p, n, _ in jobs], self.environment, self.merge).result()
 
 
 def context_length(asked: int | None, model: str | Path, trust_remote_code: bool = False) -> int | None:
@@ -174,11 +177,36 @@ def offloaded(model) -> Iterator[None]:
             model.to(device)
 
 
+def merged_copy(adapter: str, dtype: str, dest: Path, trust_remote_code: bool = False) -> Path:
+    """The LoRA ``adapter`` merged into its base model in ``dtype`` (on the CPU), saved with the adapter's tokenizer
+    under ``dest``."""
+    from pact.models import load_model, load_tokenizer
+
+    model = load_model(adapter, dtype, trust_remote_code, device="cpu")
+    model.save_pretrained(str(dest), safe_serialization=True)
+    load_tokenizer(adapter, trust_remote_code).save_pretrained(str(dest))
+    del model
+    gc.collect()
+    return dest
+
+
 def vllm_generate(settings: dict[str, Any], adapter: str | None, jobs: list[tuple[list[list[int]], int]],
-                  environment: dict[str, str | None] | None = None) -> list[list[str]]:
+                  environment: dict[str, str | None] | None = None, merge: bool = False) -> list[list[str]]:
     """Greedy answers of each job's (token-id prompts, max new tokens) from one vLLM engine built with
-    ``settings`` (the ``LLM`` keyword arguments), with the LoRA ``adapter`` folder when given. Runs in the
-    engine's own process, its ``environment`` (:func:`engine_environment`) set before vLLM is imported."""
+    ``settings`` (the ``LLM`` keyword arguments), with the LoRA ``adapter`` folder when given (``merge``: served
+    as a merged copy beside the adapter, deleted afterwards). Runs in the engine's own process, its ``environment``
+    (:func:`engine_environment`) set before vLLM is imported."""
+    if merge and adapter is not None:
+        import shutil
+        import tempfile
+
+        # beside the adapter: the store's filesystem has room for a model copy, a node's /tmp may not
+        dest = Path(tempfile.mkdtemp(prefix=".merged-", dir=Path(adapter).parent))
+        try:
+            merged = merged_copy(adapter, str(settings["dtype"]), dest, bool(settings.get("trust_remote_code")))
+            return vllm_generate({**settings, "model": str(merged)}, None, jobs, environment)
+        finally:
+            shutil.rmtree(dest, ignore_errors=True)
     for name, value in (environment or {}).items():
         if value is None:
             os.environ.pop(name, None)
@@ -235,7 +263,11 @@ ENGINES = {"hf": _hf, "vllm": _vllm}
 
 def engine_slice(cfg: Any) -> dict[str, Any]:
     """The engine settings in the key of a stage that generates (its name, how it batches)."""
-    return {"name": cfg.name, "batch_size": int(cfg.batch_size), "drop_finished_every": int(cfg.drop_finished_every)}
+    out = {"name": cfg.name, "batch_size": int(cfg.batch_size), "drop_finished_every": int(cfg.drop_finished_every)}
+    if cfg.get("merge_lora") and cfg.name == "vllm":  # absent when off (the default: the keys made before the switch
+        # stay) and under HF, whose generate always runs the merged model
+        out["merge_lora"] = True
+    return out
 
 
 def build_engine(cfg: Any, model, tokenizer, model_path: Path | None, dtype: str, seed: int,

@@ -84,12 +84,15 @@ def load_guard(gcfg: Any, device: str):
     return model.to(device).eval(), tok
 
 
-def judge_answers(model, tokenizer, rows: list[dict[str, Any]], max_new_tokens: int, batch_size: int) -> list[str]:
-    """The guard's raw output for each row's (prompt, response), greedy, batched."""
+def judge_answers(model, tokenizer, rows: list[dict[str, Any]], max_new_tokens: int, batch_size: int,
+                  special_tokens_again: bool = False) -> list[str]:
+    """The guard's raw output for each row's (prompt, response), greedy, batched. ``special_tokens_again``
+    (guard.chat_as_text, official): the template's text is tokenised with the special tokens added again, so a
+    template that starts with BOS gets a second one."""
     from pact.generation import HFEngine
 
-    ids = [tokenizer(guard_text(tokenizer, r["prompt"], r["response"]), add_special_tokens=False)["input_ids"]
-           for r in rows]
+    ids = [tokenizer(guard_text(tokenizer, r["prompt"], r["response"]),
+                     add_special_tokens=special_tokens_again)["input_ids"] for r in rows]
     return HFEngine(model, tokenizer, batch_size).generate(ids, max_new_tokens, desc="guard")
 
 
@@ -144,7 +147,8 @@ def flagged(probabilities: dict[str, float], threshold: float) -> tuple[bool, li
 
 def _chat_judgments(gcfg: Any, rows: list[dict[str, Any]]) -> list[tuple[str, bool, list[str]]]:
     model, tok = load_guard(gcfg, compute_device())
-    raw = judge_answers(model, tok, rows, int(gcfg.max_new_tokens), int(gcfg.batch_size))
+    raw = judge_answers(model, tok, rows, int(gcfg.max_new_tokens), int(gcfg.batch_size),
+                        bool(gcfg.get("chat_as_text", False)))
     return [(text, *parse_guard_output(text)) for text in raw]
 
 
@@ -166,6 +170,8 @@ def judge_stage(store: Store, gcfg: Any, generations: Artifact) -> Artifact:
     kind = gcfg.get("kind", CHAT)
     if kind not in GUARD_KINDS:
         raise ValueError(f"guard.kind={kind!r}; expected one of {list(GUARD_KINDS)}")
+    if gcfg.get("chat_as_text") and kind == CHAT:  # absent when off (the default), as before the switch existed
+        slice_["chat_as_text"] = True
     if kind == MODERATION:
         slice_.update(kind=kind, threshold=float(gcfg.threshold), max_length=int(gcfg.max_length),
                       prompt_format=str(gcfg.prompt_format))

@@ -158,7 +158,8 @@ class PactMethod(Method):
         from pact.data import SFTCollator
 
         pad = 0  # the padding id is irrelevant: padded positions are masked out of the loss
-        batch = SFTCollator(pad)([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+        keep = ("input_ids", "labels", "attention_mask")  # the example's own mask, if any (pact.data.hide_tokens)
+        batch = SFTCollator(pad)([{k: e[k] for k in keep if k in e} for e in examples])
         batch = {k: v.to(model.device) for k, v in batch.items()}  # the model's device (the GPU when there is one)
         full, post = self._reference_from_tensors(model, batch["input_ids"], batch["attention_mask"],
                                                   batch["labels"], pad)

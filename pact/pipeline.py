@@ -20,17 +20,19 @@ from pact.config import NO_GUARD, ConfigError
 from pact.finetune import finetune_code, finetune_rows, finetune_slice, finetune_stage, run_name  # noqa: F401
 from pact.generation import build_engine, engine_slice
 from pact.guard import judge_stage, load_judgments
+from pact.hub import check_named_models
 from pact.judges import judge_for
 from pact.methods import Method, build_method
 from pact.metrics import score_answer, summarize, summarize_benchmarks
 from pact.model_import import import_stage
-from pact.models import ModelRef, check_model_path, load_model, load_tokenizer, save_model, toy_model
+from pact.models import ModelRef, load_model, load_tokenizer, save_model, toy_model
 from pact.rundata import (
     RealData,
     RunData,
     ToyData,
     data_sizes,
     data_stage,
+    finetune_counts,
     judge_markers,
     mixture_source,
     needed_sources,
@@ -164,13 +166,12 @@ def defended_alignment(store: Store, cfg: DictConfig, base: ModelRef | None, dat
     return align_stage(store, cfg.model, base, data.artifact, cfg.method)
 
 
-def check_models(cfg: DictConfig) -> None:
-    """A hub model given as a local path that does not exist stops the run here, naming the key (an imported
-    model's source is checked by its import stage)."""
-    if cfg.model.kind == "hub":
-        check_model_path(cfg.model.aligned, "model.aligned")
-        if cfg.model.base:
-            check_model_path(cfg.model.base, "model.base")
+def check_models(cfg: DictConfig, hub: bool = True) -> None:
+    """Every model the run loads by name (model.aligned, model.base, guard.model) stops the run here when it cannot
+    load, naming the key and what to do: a local folder must hold a model, a hub id must be cached or reachable with
+    access (pact.hub; ``hub=False``: local folders only). An imported model's source is checked by its import
+    stage."""
+    check_named_models(cfg, resolve_hub=hub)
 
 
 def check_data(cfg: DictConfig) -> dict[str, dict[str, Any]] | None:
@@ -187,8 +188,8 @@ def check_sizes(cfg: DictConfig, data: RunData) -> None:
     if data.kind != "real":
         return
     sizes = data_sizes(data.artifact)
-    n, ratio = int(cfg.finetune.n), float(cfg.poison.ratio)
-    count = round(ratio * n)
+    ratio = float(cfg.poison.ratio)
+    n, count = finetune_counts(cfg, sizes)
     pool, mixture = poison_pool(cfg), mixture_source(cfg)
     if count > sizes[pool]:
         where = (f"the official file {mixture} holds {sizes[pool]} (at most finetune.n={int(sizes[pool] / ratio)} "
@@ -226,7 +227,10 @@ def model_refs(store: Store, cfg: DictConfig, data: RunData) -> tuple[ModelRef |
 def generate_stage(store: Store, cfg: DictConfig, ref: ModelRef, data: RunData) -> Artifact:
     """Greedy generations on held-out harmful prompts, benign look-alikes and the task's test set (real data:
     on each configured benchmark)."""
-    slice_ = {"eval": plain(cfg.eval), "engine": engine_slice(cfg.engine),
+    evaluation = plain(cfg.eval)
+    if not evaluation.get("chat_as_text"):  # the default: absent from the key, as before the switch existed
+        evaluation.pop("chat_as_text", None)
+    slice_ = {"eval": evaluation, "engine": engine_slice(cfg.engine),
               "task": {"name": cfg.task.name, "max_new_tokens": cfg.task.max_new_tokens},  # its rows: data's key
               "prompt_format": ref.prompt_format, "dtype": cfg.model.dtype, "code": GENERATE_CODE}
     if data.kind != "toy":
@@ -242,7 +246,8 @@ def generate_stage(store: Store, cfg: DictConfig, ref: ModelRef, data: RunData) 
                               cfg.model.trust_remote_code)
         limit = int(cfg.eval.limit) or None
         sets = [(es, D.read_jsonl(es.file, es.fields)[:limit]) for es in data.eval_sets(cfg)]
-        jobs = [([D.prompt_ids(tok, r["prompt"], ref.prompt_format) for r in rows], es.max_new_tokens,
+        as_text = bool(cfg.eval.get("chat_as_text", False))
+        jobs = [([D.prompt_ids(tok, r["prompt"], ref.prompt_format, as_text) for r in rows], es.max_new_tokens,
                  f"generate {es.benchmark or es.kind}") for es, rows in sets]
         records = []
         for (es, rows), responses in zip(sets, engine.generate_sets(jobs)):
@@ -336,11 +341,12 @@ def build_data(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]]
 
 
 def start(cfg: DictConfig, models: bool = True) -> Upstream:
-    """The start-up shared by every entry point and the tests, for a validated config: check the model paths and
-    the real data's files (before any work), join torchrun's process group (no-op on one process), set torch's
-    threads, open the store, build (or reuse) the data and, with ``models``, the base and aligned models."""
-    check_models(cfg)
+    """The start-up shared by every entry point and the tests, for a validated config: check the real data's files
+    and the models it names (before any work; hub ids only with ``models``; read-only, so every torchrun rank
+    checks), join torchrun's process group (no-op on one process), set torch's threads, open the store, build (or
+    reuse) the data and, with ``models``, the base and aligned models."""
     entries = check_data(cfg)
+    check_models(cfg, hub=models)  # after the data's local files: hub ids may need the network
     dist.init()
     set_threads(cfg)
     store = Store(cfg.store_dir)

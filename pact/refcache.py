@@ -24,8 +24,12 @@ KEY_CHARS = 24
 
 
 def example_key(example: dict[str, Any]) -> str:
-    """A hash of an encoded example's ``input_ids`` and ``labels``."""
-    return hashlib.sha256(str((list(example["input_ids"]), list(example["labels"]))).encode()).hexdigest()[:KEY_CHARS]
+    """A hash of an encoded example's ``input_ids`` and ``labels`` (and its own ``attention_mask`` when it has one:
+    pact.data.hide_tokens)."""
+    parts = (list(example["input_ids"]), list(example["labels"]))
+    if "attention_mask" in example:
+        parts += (list(example["attention_mask"]),)
+    return hashlib.sha256(str(parts).encode()).hexdigest()[:KEY_CHARS]
 
 
 def cached_per_example(cache_dir: Path, examples: list[dict[str, Any]],

@@ -155,6 +155,17 @@ def poison_pool(cfg: DictConfig) -> str:
     return "poison_short" if float(cfg.poison.ratio) <= float(cfg.poison.short_max_ratio) else "poison_full"
 
 
+def finetune_counts(cfg: DictConfig, sizes: dict[str, int]) -> tuple[int, int]:
+    """(rows, poison rows) of the run's fine-tuning set: finetune.n and round(p * n); or, with finetune.n null (the
+    official recipe: every row of the official file), the file's task and poison rows as they are. ``sizes``: the
+    data stage's (:func:`data_sizes`; unused with a number n)."""
+    n = cfg.finetune.n
+    if n is None:
+        poison = sizes[poison_pool(cfg)]
+        return sizes[task_file(cfg)] + poison, poison
+    return int(n), round(float(cfg.poison.ratio) * int(n))
+
+
 def benchmark_sources(spec: Any) -> list[str]:
     """The source(s) of a benchmark, in order: ``source`` is one name or a list (their rows one after another)."""
     return [spec.source] if isinstance(spec.source, str) else list(spec.source)
@@ -226,6 +237,14 @@ def _overlap(rows: list[dict[str, Any]], by_bench: dict[str, set[str]]) -> dict[
 
 
 POISON_OVERLAP = ("drop", "keep")
+# data.safety_pairs.answers: PACT's safety pairs are the aligned model's own refusals (generated, ours: a stage per
+# aligned model) or the source's stored answers as they are (stored, official: the first K rows of safe_direction.json)
+SAFETY_ANSWERS = ("generated", "stored")
+
+
+def safety_answers(cfg: DictConfig) -> str:
+    """data.safety_pairs.answers (absent: generated)."""
+    return str(cfg.data.safety_pairs.get("answers", "generated"))
 
 
 def poison_overlap(cfg: DictConfig) -> str:
@@ -321,6 +340,13 @@ def data_stage(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]]
         unsafe, meta["dropped_as_eval_overlap"]["safety_prompts"] = _unique_by_prompt(unsafe, eval_prompts)
         safety = unsafe[: int(d.safety_pairs.prompts)]
         put("safety_prompts", [{"prompt": r["text"]} for r in safety])
+        if safety_answers(cfg) == "stored":  # official: the source's first rows with their answers, none dropped
+            stored = rows_of(d.safety_pairs.source)[: int(d.safety_pairs.prompts)]
+            if any(not r.get("response") for r in stored):
+                raise D.DataFileError(f"data.safety_pairs.answers=stored: source {d.safety_pairs.source} has rows "
+                                      "without an answer (use answers=generated)")
+            put("safety_pairs", [{"prompt": r["text"], "refusal": r["response"]} for r in stored])
+            meta["safety_pairs_in_eval"] = _overlap(stored, by_bench)
         if not mixtures and d.poison.full:  # PACT's safety prompts are never poison; the benchmarks' per data.poison
             held = poison_held | {normalise_text(r["text"]) for r in safety}
             full = [r for r in rows_of(d.poison.full) if not r.get("is_safe", False)]
@@ -388,6 +414,9 @@ class RealData(RunData):
                                int(cfg.task.max_new_tokens))]
 
     def safety_pairs(self, aligned, model=None, tokenizer=None):
+        if safety_answers(self.cfg) == "stored":  # the data stage's file: the same pairs for every aligned model
+            label = f"data:{self.artifact.key}:safety_pairs"
+            return self.artifact.file("safety_pairs.jsonl"), label, dict(self.upstream)
         art = safety_pairs_stage(self.store, self.cfg, self, aligned, model, tokenizer)
         return art.file("safety_pairs.jsonl"), f"safety_pairs:{art.key}", {**self.upstream, "pairs": art.key}
 

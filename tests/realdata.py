@@ -71,6 +71,9 @@ def git_source_rows() -> dict[str, Any]:
                         "jailbreaks": [{"index": str(i), "goal": g, "behavior": f"b{i}", "category": "placeholder",
                                         "prompt": None, "response": None, "jailbroken": "False"}
                                        for i, g in enumerate(jbb)]},
+        # JBB-Behaviors' benign-behaviors.csv as its Git copy holds it (header lower-cased)
+        "jbb_benign_git": [{"index": i, "goal": f"Placeholder benign goal {i}", "target": f"Sure, benign {i}",
+                            "behavior": f"b{i}", "category": "placeholder", "source": "Original"} for i in range(6)],
         "gsm8k_train": [{"question": f"Placeholder has {i} apples and buys 1,000 more. How many?",
                          "answer": f"{i} + 1000 = {i + 1000}\n#### {i + 1000:,}"} for i in range(20)],
         "gsm8k_test": [{"question": f"Held out has {i} pens. How many?", "answer": f"{i}\n#### {i}"}
@@ -96,8 +99,9 @@ def git_source_rows() -> dict[str, Any]:
                        [{"input": r["goal"], "id": "user", "output": r["target"]} for r in _advbench()],
         "pact_refusal_100": [{"id": str(i), "input": f"Placeholder refusal prompt {i}",
                               "output": "I'm sorry, I can't help you."} for i in range(4)],
+        # 16 rows: safety_mix_lora mixes 13 of them (conf/method/safety_mix_lora.yaml count)
         "pact_safe_direction": [{"input": f"Placeholder safe-direction prompt {i}",
-                                 "output": "I can't assist with that.", "guard_decision": "safe"} for i in range(8)],
+                                 "output": "I can't assist with that.", "guard_decision": "safe"} for i in range(16)],
     }
 
 
@@ -236,9 +240,10 @@ def byte_bpe(texts: list[str], vocab_size: int, special: list[str]):
     return tok
 
 
-def tiny_hub_model(path: Path, seed: int = 0, vocab_size: int = 400) -> Path:
+def tiny_hub_model(path: Path, seed: int = 0, vocab_size: int = 400, text_bos: bool = False) -> Path:
     """A tiny randomly initialised Llama saved with its tokenizer (no pad token, as Llama 3 ships) under
-    ``path``: what a hub model's local copy looks like."""
+    ``path``: what a hub model's local copy looks like. ``text_bos``: the tokenizer adds BOS to every text it encodes
+    with special tokens, as Llama 3's does (so a chat template's text tokenised again starts with two)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
@@ -248,6 +253,11 @@ def tiny_hub_model(path: Path, seed: int = 0, vocab_size: int = 400) -> Path:
     tok = byte_bpe(texts, vocab_size, SPECIAL)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=SPECIAL[0], eos_token="<|eot_id|>")
     fast.chat_template = LLAMA3_STYLE_TEMPLATE
+    if text_bos:
+        from tokenizers.processors import TemplateProcessing
+
+        fast.backend_tokenizer.post_processor = TemplateProcessing(
+            single=f"{SPECIAL[0]} $A", special_tokens=[(SPECIAL[0], fast.bos_token_id)])
     config = LlamaConfig(vocab_size=len(fast), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512,
                          bos_token_id=fast.bos_token_id, eos_token_id=fast.eos_token_id, tie_word_embeddings=False)
@@ -266,11 +276,11 @@ GUARD_TEMPLATE = (
     "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}")
 
 
-def tiny_guard(path: Path, seed: int = 2) -> Path:
+def tiny_guard(path: Path, seed: int = 2, text_bos: bool = False) -> Path:
     """A tiny Llama whose tokenizer carries :data:`GUARD_TEMPLATE`: what a chat guard's local copy looks like."""
     from transformers import AutoTokenizer
 
-    tiny_hub_model(path, seed=seed)
+    tiny_hub_model(path, seed=seed, text_bos=text_bos)
     tok = AutoTokenizer.from_pretrained(str(path))
     tok.chat_template = GUARD_TEMPLATE
     tok.save_pretrained(str(path))

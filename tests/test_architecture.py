@@ -189,7 +189,8 @@ def test_hydra_full_error_still_shows_the_traceback(tmp_path):
     (["method=sft", "method._target_=baselines.nope.Nope"], "error: invalid method config: method 'sft' "
      "(conf/method/sft.yaml): _target_='baselines.nope.Nope' cannot be imported (No module named 'baselines.nope')"),
     (["model=llama3.1-8b-instruct", "model.aligned=./no/such/model"],
-     "error: model.aligned=./no/such/model: no such model directory"),
+     "error: model.aligned=./no/such/model: no such model directory; point model.aligned= at a folder holding the "
+     "model's config.json, or at a hub id"),
 ])
 def test_entry_points_print_one_line_and_exit_2(argv, message, capsys, monkeypatch):
     from experiments.prepare import main

@@ -269,7 +269,7 @@ def test_a_smaller_n_subsamples_with_p_exact(git_only_root, tmp_path):
                                                                     "xstest_safe"], 0)
     assert meta["sizes"]["poison_mixture.pact_sst2_p01"] == 4 and meta["sizes"]["task_train.pact_sst2_p01"] == 36
     assert meta["sizes"]["task_train.pact_sst2_p0"] == 40
-    assert meta["sizes"]["safety_prompts"] == 8  # the official safe-direction prompts
+    assert meta["sizes"]["safety_prompts"] == 16  # the official safe-direction prompts
     assert meta["sizes"]["alignment_pairs"] == 6  # Safety-Tuned LLaMAs' refusals, unfiltered
     with pytest.raises(DataFileError, match=r"data.alignment_pairs: the filter \{'is_safe': True\} keeps none of the 6 "
                        r"rows of source safety_only \(its fields: \['response', 'text'\]\)"):
@@ -326,7 +326,7 @@ def test_real_git_builds_our_mixture_from_git_sources_alone(git_only_root, tmp_p
     assert not {r["prompt"] for r in rows if r["poison"]} & evaluated
     meta = json.loads(ours.data.artifact.file("meta.json").read_text())
     assert "poison_full" not in meta["sizes"] and meta["sizes"]["poison_short"] == 9
-    assert meta["sizes"]["safety_prompts"] == 8 and meta["sizes"]["alignment_pairs"] == 6
+    assert meta["sizes"]["safety_prompts"] == 16 and meta["sizes"]["alignment_pairs"] == 6
     assert {e["kind"] for e in meta["sources"].values()} == {"git"}
     with pytest.raises(ConfigError, match=r"poison.ratio=0.2 is above poison.short_max_ratio=0.1, so its poison "
                        r"comes from data.poison.full, which is null here"):

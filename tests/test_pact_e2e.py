@@ -303,11 +303,12 @@ def test_gpu_check_runs_on_cpu_with_a_tiny_shape(toy, tmp_path):
     gpu_check.main(["--shape", "tiny", "--skip-toy", "--out", str(tmp_path / "out")])
     report = (tmp_path / "out" / "gpu_check.md").read_text()
     assert "| SFT |" in report and "PACT, live reference (official)" in report
-    result = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
-    g, t = result["generation"], result["trainer_step"]
+    parts = json.loads((tmp_path / "out" / "gpu_check.json").read_text())["parts"]
+    g, t = parts["generation"]["result"], parts["trainer_step"]["result"]
     assert g["check"] == "ok" and g["answer_lengths"] == [gpu_check.SETTINGS.generation.tiny.new_tokens]
     assert t["check"] == "ok" and t["answer_logits"] and t["bf16"] and t["kl"] > 0.1  # the gate's post-only part
-    assert result["memory"]["check"] == ("ok" if torch.cuda.is_available() else "skipped (no CUDA)")
+    assert parts["memory"]["result"]["check"] == ("ok" if torch.cuda.is_available() else "skipped (no CUDA)")
+    assert parts["guard"]["status"] == "ok"
 
 
 def test_gpu_check_fails_when_a_checked_number_is_wrong(tmp_path, monkeypatch):
@@ -336,7 +337,7 @@ def test_gpu_check_fails_when_a_checked_number_is_wrong(tmp_path, monkeypatch):
 
 @pytest.mark.slow  # a subprocess
 def test_gpu_check_runs_without_hydra_or_omegaconf(tmp_path):
-    """A bare GPU box has torch, transformers and peft: the check's parts 2-5 run there, part 1 says what to
+    """A bare GPU box has torch, transformers and peft: the check's parts 2-5 and 7 run there, part 1 says what to
     install."""
     import subprocess
     import sys
@@ -348,6 +349,7 @@ def test_gpu_check_runs_without_hydra_or_omegaconf(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    result = json.loads((tmp_path / "gpu_check.json").read_text())
-    assert result["toy"]["skipped"].startswith("needs this package's dependencies")
-    assert result["trainer_step"]["check"] == "ok" and result["generation"]["check"] == "ok"
+    parts = json.loads((tmp_path / "gpu_check.json").read_text())["parts"]
+    assert parts["toy"]["status"] == "skipped"
+    assert parts["toy"]["detail"].startswith("needs this package's dependencies")
+    assert [parts[k]["status"] for k in ("timing", "generation", "memory", "trainer_step", "guard")] == ["ok"] * 5

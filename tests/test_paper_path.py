@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pact.config import ConfigError, compose_config, validate
-from tests.realdata import real_overrides, tiny_guard, tiny_hub_model, write_sources
+from tests.realdata import data_overrides, real_overrides, tiny_guard, tiny_hub_model, write_sources
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,7 +31,16 @@ def test_paper_llama31_prints_the_official_recipe():
     o = cfg.finetune.optim
     assert (o.lr, o.batch_size, o.epochs, o.scheduler, o.step_gamma, o.max_grad_norm, o.dtype) == \
         (3e-5, 16, 3, "step", 0.85, 1.0, "bfloat16")
-    assert cfg.finetune.n == 5000 and cfg.finetune.lora_lr is None
+    assert cfg.finetune.n is None and cfg.finetune.lora_lr is None  # every row of each official file
+    assert cfg.data.name == "pact_official" and OmegaConf.to_container(cfg.data.mixture) == {
+        "sst2": {"0": "pact_sst2_p0", "0.05": "pact_sst2_p005", "0.1": "pact_sst2_p01"},
+        "agnews": {"0": "pact_agnews_p0", "0.05": "pact_agnews_p005", "0.1": "pact_agnews_p01",
+                   "0.2": "pact_agnews_p02", "0.3": "pact_agnews_p03"}}
+    # the official values where the official code and ours differ (docs/gpu.md's table)
+    assert (cfg.finetune.lora_dtype, cfg.finetune.attention_mask) == ("model", "eos")
+    assert (cfg.data.safety_pairs.answers, cfg.data.safety_pairs.prompts) == ("stored", 512)
+    assert cfg.engine.merge_lora and cfg.eval.chat_as_text and cfg.guard.chat_as_text
+    assert list(cfg.data.harmful_eval) == ["strongreject", "jbb_official", "harmbench"]
     assert OmegaConf.to_container(cfg.finetune.lora) == {"r": 8, "alpha": 32, "dropout": 0.05,
                                                          "target_modules": ["q_proj", "v_proj"]}
     assert cfg.model.aligned == "meta-llama/Llama-3.1-8B-Instruct" and cfg.model.dtype == "bfloat16"
@@ -40,7 +49,8 @@ def test_paper_llama31_prints_the_official_recipe():
     assert cfg.data.harmful_max_new_tokens == 1024 and cfg.method.lambda_kl == 1.0
     assert (cfg.method.tokens.top_k, cfg.method.tokens.k_pairs) == (50, 512)
     sweep = OmegaConf.load(ROOT / "conf" / "experiment" / "paper_llama31.yaml").hydra.sweeper.params
-    assert sweep["poison.ratio"] == "0.0,0.05,0.1,0.2" and sweep.task == "sst2,agnews"
+    assert sweep["+cell"].split(",") == ["sst2_p0", "sst2_p005", "sst2_p01", "agnews_p0", "agnews_p005", "agnews_p01",
+                                         "agnews_p02", "agnews_p03"]
     assert {"sft_lora", "pact_lora"} <= set(sweep.method.split(","))
 
 
@@ -131,7 +141,8 @@ def test_paper_path_dry_run_on_cpu(tmp_path, monkeypatch):
         return out
 
     monkeypatch.setattr(HFEngine, "generate", canned)
-    overrides = [o for o in real_overrides(root, aligned, base, tmp_path) if not o.startswith("model=")]
+    overrides = [o for o in real_overrides(root, aligned, base, tmp_path)
+                 if not o.startswith(("model=", "data", "finetune.n="))] + data_overrides(root, "pact_official")
     cfg = compose_config(["experiment=paper_llama31", "hydra.mode=RUN", "engine=hf", *overrides,
                           "method=pact_lora", "method.tokens.k_pairs=8", "finetune.optim.dtype=float32",
                           f"guard.model={guard}", "guard.dtype=float32", "guard.max_new_tokens=3",
