@@ -267,6 +267,8 @@ def data_slice(cfg: DictConfig, digests: dict[str, str]) -> dict[str, Any]:
         slice_["align_corpus"] = plain(d.align_corpus)
     if poison_overlap(cfg) == "drop":  # the default: absent from the key, as before the switch existed
         slice_["poison"].pop("eval_overlap", None)
+    if safety_answers(cfg) == "generated":  # the same
+        slice_["safety_pairs"].pop("answers", None)
     mixtures = mixture_sources(cfg)
     if mixtures:  # absent otherwise: our own mixtures keep their keys
         slice_["mixture"] = mixtures
