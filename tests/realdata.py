@@ -287,6 +287,21 @@ def tiny_guard(path: Path, seed: int = 2, text_bos: bool = False) -> Path:
     return path
 
 
+def fake_vllm_package(root: Path, source: str) -> Path:
+    """A stand-in ``vllm`` package under ``root`` (add ``root`` to sys.path): ``vllm/__init__.py`` is ``source`` (its
+    LLM and SamplingParams); TokensPrompt and LoRARequest hold what they are given."""
+    pkg = root / "vllm"
+    (pkg / "lora").mkdir(parents=True)
+    (pkg / "__init__.py").write_text(source)
+    (pkg / "inputs.py").write_text("def TokensPrompt(prompt_token_ids):\n    return {'prompt_token_ids': "
+                                   "prompt_token_ids}\n")
+    (pkg / "lora" / "__init__.py").write_text("")
+    (pkg / "lora" / "request.py").write_text(
+        "class LoRARequest:\n    def __init__(self, lora_name, lora_int_id, lora_path):\n"
+        "        self.lora_name, self.lora_int_id, self.lora_path = lora_name, lora_int_id, lora_path\n")
+    return root
+
+
 def real_overrides(root: Path, aligned: Path, base: Path, tmp: Path) -> list[str]:
     """A real-data config on the fixtures and the tiny model, small enough to run end to end in seconds."""
     return [*data_overrides(root), "task=sst2", "model=llama3.1-8b-instruct", "model.name=tiny-llama",

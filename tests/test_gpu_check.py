@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from experiments import gpu_check
+from tests.realdata import fake_vllm_package
 
 ROOT = Path(__file__).resolve().parents[1]
 PART_FUNCTIONS = {"toy": "toy_part", "timing": "step_timing", "generation": "generation", "memory": "memory_probe",
@@ -215,15 +216,7 @@ class LLM:
 
 @pytest.fixture()
 def fake_vllm(tmp_path, monkeypatch):
-    pkg = tmp_path / "fake" / "vllm"
-    (pkg / "lora").mkdir(parents=True)
-    (pkg / "__init__.py").write_text(FAKE_VLLM)
-    (pkg / "inputs.py").write_text("def TokensPrompt(prompt_token_ids):\n    return {'prompt_token_ids': "
-                                   "prompt_token_ids}\n")
-    (pkg / "lora" / "__init__.py").write_text("")
-    (pkg / "lora" / "request.py").write_text(
-        "class LoRARequest:\n    def __init__(self, lora_name, lora_int_id, lora_path):\n"
-        "        self.lora_name, self.lora_int_id, self.lora_path = lora_name, lora_int_id, lora_path\n")
+    fake_vllm_package(tmp_path / "fake", FAKE_VLLM)
     monkeypatch.syspath_prepend(str(tmp_path / "fake"))  # the spawned engine process inherits sys.path
 
 

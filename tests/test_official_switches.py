@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from pact.config import ConfigError, compose_config
 from tests.realdata import data_overrides, tiny_guard, tiny_hub_model, write_sources
+from tests.test_paper_path import fake_vllm  # noqa: F401 - the stand-in vLLM fixture
 
 LORA = {"r": 8, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}
 
@@ -151,22 +152,12 @@ def test_finetune_n_null_takes_every_row_of_the_official_file(official_root, tmp
 
 # ---- vLLM serves a merged copy ---------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_merge_lora_serves_a_merged_copy_and_deletes_it(tmp_path, monkeypatch):
+def test_merge_lora_serves_a_merged_copy_and_deletes_it(tmp_path, fake_vllm):  # noqa: F811 - the fixture
     from pact.adapters import apply_lora
     from pact.generation import build_engine
     from pact.models import load_model, load_tokenizer, save_model
-    from tests.test_paper_path import FAKE_VLLM
 
-    pkg = tmp_path / "fake" / "vllm"
-    (pkg / "lora").mkdir(parents=True)
-    (pkg / "__init__.py").write_text(FAKE_VLLM)
-    (pkg / "inputs.py").write_text("def TokensPrompt(prompt_token_ids):\n    return {'prompt_token_ids': "
-                                   "prompt_token_ids}\n")
-    (pkg / "lora" / "__init__.py").write_text("")
-    (pkg / "lora" / "request.py").write_text("class LoRARequest:\n    pass\n")
-    monkeypatch.syspath_prepend(str(tmp_path / "fake"))
-    log = tmp_path / "vllm.jsonl"
-    monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
+    log = fake_vllm
     aligned = tiny_hub_model(tmp_path / "aligned")
     tok = load_tokenizer(aligned)
     save_model(apply_lora(load_model(aligned), OmegaConf.create(LORA)), tok, tmp_path / "ft" / "model",

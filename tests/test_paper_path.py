@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from pact.config import ConfigError, compose_config, validate
-from tests.realdata import data_overrides, real_overrides, tiny_guard, tiny_hub_model, write_sources
+from tests.realdata import data_overrides, fake_vllm_package, real_overrides, tiny_guard, tiny_hub_model, write_sources
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -225,15 +225,7 @@ class LLM:
 
 @pytest.fixture()
 def fake_vllm(tmp_path, monkeypatch):
-    pkg = tmp_path / "fake" / "vllm"
-    (pkg / "lora").mkdir(parents=True)
-    (pkg / "__init__.py").write_text(FAKE_VLLM)
-    (pkg / "inputs.py").write_text("def TokensPrompt(prompt_token_ids):\n    return {'prompt_token_ids': "
-                                   "prompt_token_ids}\n")
-    (pkg / "lora" / "__init__.py").write_text("")
-    (pkg / "lora" / "request.py").write_text(
-        "class LoRARequest:\n    def __init__(self, lora_name, lora_int_id, lora_path):\n"
-        "        self.lora_name, self.lora_int_id, self.lora_path = lora_name, lora_int_id, lora_path\n")
+    fake_vllm_package(tmp_path / "fake", FAKE_VLLM)
     monkeypatch.syspath_prepend(str(tmp_path / "fake"))  # the spawned engine process inherits sys.path
     log = tmp_path / "vllm.jsonl"
     monkeypatch.setenv("FAKE_VLLM_LOG", str(log))
