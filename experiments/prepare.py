@@ -31,7 +31,7 @@ def prepare(overrides: list[str], evaluate: bool = False) -> None:
     of the base and aligned model, the sweep's reference rows)."""
     cfg = compose_config(["threads=0", *overrides])  # threads=N still wins
     up = P.start(cfg)
-    P.defended_alignment(up.store, cfg, up.base, up.data)
+    P.defended_alignment(up.store, cfg, up.base, up.aligned, up.data)
     if "tokens" in cfg.method:  # PACT: the safety set (both models' passes side by side, one thread each)
         tokens_stage(up.store, cfg.method.tokens, up.aligned, up.base, up.data, cfg.model.dtype,
                      bool(cfg.model.trust_remote_code))

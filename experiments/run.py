@@ -47,7 +47,7 @@ def run(cfg: DictConfig, variant: str = "") -> dict[str, Any]:
         write_record(cfg, name, None, int(cfg.model.seed), P.load_metrics(evaluation),
                      {"model": ref.key, **data.upstream},
                      {"model_path": ref.path, "evaluation_path": evaluation.path, **data_path})
-    defended = P.defended_alignment(store, cfg, base, data)
+    defended = P.defended_alignment(store, cfg, base, aligned, data)
     if defended is not None:  # alignment-stage defence: its aligned model is a reference row too
         evaluation = P.evaluate_stage(store, cfg, defended, data)
         write_record(cfg, f"{cfg.method.id}_aligned", None, int(cfg.model.seed), P.load_metrics(evaluation),

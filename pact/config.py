@@ -277,6 +277,26 @@ def _check_optim(prefix: str, o: Any) -> None:
     _choice(f"{prefix}.dtype", o.dtype, tuple(DTYPES))
 
 
+def _check_defence_alignment(method: Any) -> None:
+    """``method.align``: how an alignment-stage defence (Vaccine) aligns a hub or imported model itself
+    (pact.pipeline.defence_align_stage)."""
+    a = method.get("align")
+    if a is None or any(key not in a for key in ("rows", "lora", "optim")):
+        raise ConfigError(f"method={method.id} aligns a hub or imported model itself and needs method.align with "
+                          "rows, lora and optim (conf/method/vaccine.yaml)")
+    merged = {}
+    for key, schema in (("optim", OptimConfig), ("lora", LoraConfig)):
+        try:
+            merged[key] = OmegaConf.merge(OmegaConf.structured(schema), a[key])
+        except OmegaConfBaseException as err:
+            raise ConfigError(f"method.align.{key}: {str(err).splitlines()[0]}") from None
+    optim, lora = merged["optim"], merged["lora"]
+    _range("method.align.rows", a.rows, 1)
+    _check_optim("method.align.optim", optim)
+    _range("method.align.lora.r", lora.r, 1)
+    _range("method.align.lora.dropout", lora.dropout, 0, 1)
+
+
 # The root config's values that its comments say are tuned for the toy world (conf/config.yaml): a hub model inherits
 # each one its experiment or the command line does not set
 TOY_TUNED = ("finetune.n", "finetune.optim.lr", "finetune.optim.scheduler", "finetune.optim.dtype", "finetune.lora_lr")
@@ -380,9 +400,11 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError("method.id (the method's label in records and tables) is missing")
     _choice("method.adapter", c.method.get("adapter", "full"), ADAPTERS)
     try:
-        method_class(c.method)(c.method)  # resolves _target_; each method checks its own keys
+        method = method_class(c.method)(c.method)  # resolves _target_; each method checks its own keys
     except (ValueError, KeyError, OmegaConfBaseException) as err:
         raise ConfigError(f"invalid method config: {err}") from None
+    if c.model.kind != "toy" and method.alignment_method() is not None:
+        _check_defence_alignment(c.method)
     _choice("engine.name", c.engine.name, tuple(ENGINES))
     _range("engine.batch_size", c.engine.batch_size, 1)
     _range("engine.drop_finished_every", c.engine.drop_finished_every, 0)

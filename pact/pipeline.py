@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 from transformers import set_seed
 
 from pact import data as D
 from pact import dist
 from pact.adapters import apply_lora
-from pact.config import NO_GUARD, ConfigError
+from pact.config import NO_GUARD, ConfigError, OptimConfig
 from pact.finetune import finetune_code, finetune_rows, finetune_slice, finetune_stage, run_name  # noqa: F401
 from pact.generation import build_engine, engine_slice
 from pact.guard import judge_stage, load_judgments
@@ -97,7 +97,8 @@ def _train_stage(store: Store, stage: str, mcfg: DictConfig, init: ModelRef | No
     slice_ = {"arch": plain(mcfg.arch), "optim": plain(optim), "seed": mcfg.seed, "max_len": mcfg.max_len,
               "dtype": mcfg.dtype, "code": TRAIN_CODE}
     if method_cfg is not None:  # an alignment-stage defence (e.g. Vaccine) makes its own aligned model
-        slice_.update(method=plain(method_cfg), method_code=finetune_code(method_cfg))
+        toy_method = {k: v for k, v in plain(method_cfg).items() if k != "align"}  # method.align: hub models only
+        slice_.update(method=toy_method, method_code=finetune_code(method_cfg))
     upstream = {"world": world.key, **({"init": init.key} if init else {})}
 
     def build(tmp: Path) -> dict[str, Any]:
@@ -156,14 +157,49 @@ def imported_align_stage(store: Store, cfg: DictConfig, base: ModelRef, data: Ru
     return ModelRef(art.key, str(art.path / "model"), "chat", str(art.path / "model"))
 
 
-def defended_alignment(store: Store, cfg: DictConfig, base: ModelRef | None, data: RunData) -> ModelRef | None:
-    """The aligned model of an alignment-stage defence (toy world only), or None for other methods."""
+def defence_align_stage(store: Store, cfg: DictConfig, init: ModelRef, data: RunData) -> ModelRef:
+    """An alignment-stage defence's own safety alignment of a hub or imported model, before the fine-tune: from
+    ``init`` (model.aligned: every method of a table starts from the same aligned model), the first
+    ``method.align.rows`` of the run's alignment pairs (real data: BeaverTails' safe pairs, data.alignment_pairs)
+    through the model's chat template, with the defence's training step, ``method.align.optim`` and a LoRA adapter
+    (``method.align.lora``) merged at save."""
+    m, a = cfg.model, cfg.method.align
+    optim = defence_optim(cfg.method)
+    slice_ = {"method": plain(cfg.method), "method_code": finetune_code(cfg.method), "optim": plain(optim),
+              "seed": int(m.seed), "max_len": int(m.max_len), "dtype": m.dtype, "code": IMPORT_ALIGN_CODE}
+
+    def build(tmp: Path) -> dict[str, Any]:
+        pairs = D.read_jsonl(data.alignment_pairs(), required=("prompt", "refusal"))
+        if len(pairs) < int(a.rows):
+            raise ConfigError(f"method.align.rows={a.rows}: the run's alignment pairs hold {len(pairs)} rows")
+        rows = [{"prompt": p["prompt"], "answer": p["refusal"]} for p in pairs[: int(a.rows)]]
+        tok = load_tokenizer(init.tokenizer_path, m.trust_remote_code)
+        model = load_model(init.path, m.dtype, m.trust_remote_code)
+        set_seed(int(m.seed))  # LoRA's initialisation draws from torch's global RNG
+        model = apply_lora(model, a.lora)
+        method = build_method(cfg.method).alignment_method()
+        metrics = _sft_and_save(model, tok, rows, init.prompt_format, optim, m, tmp, "align", "none", method)
+        return {"train": metrics, "rows": len(rows), "init": init.path}
+
+    art = store.build("align", slice_, {"init": init.key, **data.upstream}, build, collective=True)
+    return ModelRef(art.key, str(art.path / "model"), init.prompt_format, str(art.path / "model"))
+
+
+def defence_optim(method_cfg: DictConfig) -> DictConfig:
+    """``method.align.optim`` with the optimiser schema's defaults filled in (pact.config.OptimConfig)."""
+    return OmegaConf.merge(OmegaConf.structured(OptimConfig), method_cfg.align.optim)
+
+
+def defended_alignment(store: Store, cfg: DictConfig, base: ModelRef | None, aligned: ModelRef,
+                       data: RunData) -> ModelRef | None:
+    """The aligned model of an alignment-stage defence (Vaccine), or None for other methods. The toy world trains
+    its aligned model again from the base with the defence's step (model.align_train); a hub or imported model is
+    aligned further from ``aligned`` by :func:`defence_align_stage` (method.align)."""
     if build_method(cfg.method).alignment_method() is None:
         return None
-    if cfg.model.kind != "toy" or base is None or data.kind != "toy":
-        raise ConfigError(f"method={cfg.method.id} changes the alignment stage, which only the toy world trains "
-                          "here; for hub models align with the defence first and pass model.aligned=<its path>")
-    return align_stage(store, cfg.model, base, data.artifact, cfg.method)
+    if cfg.model.kind == "toy":
+        return align_stage(store, cfg.model, base, data.artifact, cfg.method)
+    return defence_align_stage(store, cfg, aligned, data)
 
 
 def check_models(cfg: DictConfig, hub: bool = True) -> None:
@@ -201,6 +237,11 @@ def check_sizes(cfg: DictConfig, data: RunData) -> None:
     if n - count > sizes[task_file(cfg)]:
         raise ConfigError(f"finetune.n={n} with poison.ratio={ratio:g} needs {n - count} task rows; "
                           f"{mixture or cfg.task.train} has {sizes[task_file(cfg)]}")
+    if cfg.model.kind != "toy" and build_method(cfg.method).alignment_method() is not None:
+        rows = int(cfg.method.align.rows)
+        if rows > sizes["alignment_pairs"]:
+            raise ConfigError(f"method.align.rows={rows}: data.alignment_pairs ({cfg.data.alignment_pairs.source}) "
+                              f"holds {sizes['alignment_pairs']} rows")
 
 
 def model_refs(store: Store, cfg: DictConfig, data: RunData) -> tuple[ModelRef | None, ModelRef]:

@@ -1,7 +1,8 @@
 """The paper's table dry-run on CPU: ``python -m tests.paper_dry_run OUT`` (``make paper-dry-run``).
 
 ``experiment=paper_llama31`` exactly as a GPU user runs it (its whole multirun: every cell of the official grid times
-every method it lists; then the full-parameter methods on one cell), with three changes that keep its code path and
+every method it lists; then the full-parameter methods and Vaccine's route, its own alignment of the aligned model
+then the fine-tune, on one cell), with three changes that keep its code path and
 make it run in minutes on a CPU: tiny random Llama-3-shaped models (Llama 3's BOS, added to text as Llama 3's
 tokenizer does, and a Llama-3-shaped chat template) stand in for the aligned, base and guard models; fixture files in
 the official schemas stand in for the data (tests/realdata.py); one optimiser step, two prompts per benchmark, a few
@@ -28,6 +29,10 @@ DRY_RUN = "paper_dry_run"   # experiment_name of the dry run's records
 # The full-parameter methods of the table (an FSDP launch on GPUs: docs/gpu.md), dry-run on one cell
 FULL_METHODS = ("constrained_sft", "pact", "sft")
 FULL_CELL = "sst2_p01"
+# Vaccine's route (method.align: its alignment of the aligned model, then the LoRA fine-tune), on the same cell, its
+# alignment as small as the fine-tunes: four alignment pairs, one step
+VACCINE = "vaccine_lora"
+VACCINE_SMALL = ["method.align.rows=4", "++method.align.optim.max_steps=1", "method.align.optim.batch_size=4"]
 # What makes the dry run small; everything else is the experiment's own
 SMALL = ["++finetune.optim.max_steps=1", "finetune.optim.batch_size=4", "model.max_len=128", "eval.limit=2",
          "eval.harmful_max_new_tokens=4", "eval.benign_max_new_tokens=4", "task.max_new_tokens=3",
@@ -89,7 +94,7 @@ def missing_records(out: Path) -> list[str]:
         if r["poison_ratio"] is not None:
             have.add((r["method"], r["task"], float(r["poison_ratio"])))
     want = [(m, *cell_identity(c)) for c, m in grid()]
-    want += [(m, *cell_identity(FULL_CELL)) for m in FULL_METHODS]
+    want += [(m, *cell_identity(FULL_CELL)) for m in (*FULL_METHODS, VACCINE)]
     return [f"{m} {t} p={p:g}" for m, t, p in want if (m, t, p) not in have]
 
 
@@ -104,6 +109,8 @@ def main(argv: list[str] | None = None) -> None:
     run(["experiment=paper_llama31", *overrides, f"hydra.sweep.dir={out / 'multirun'}"], out / "grid.log")
     run(["experiment=paper_llama31", *overrides, f"hydra.sweep.dir={out / 'multirun_full'}",
          f"+cell={FULL_CELL}", f"method={','.join(FULL_METHODS)}"], out / "full.log")
+    run(["experiment=paper_llama31", *overrides, f"hydra.sweep.dir={out / 'multirun_vaccine'}",
+         f"+cell={FULL_CELL}", f"method={VACCINE}", *VACCINE_SMALL], out / "vaccine.log")
     missing = missing_records(out)
     if missing:
         raise SystemExit(f"error: {len(missing)} cells have no record: {', '.join(missing)}")
@@ -111,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
                            str(out / "report")], cwd=ROOT)
     if done.returncode:
         raise SystemExit("error: analysis.report failed on the dry run's records")
-    cells = len(grid()) + len(FULL_METHODS)
+    cells = len(grid()) + len(FULL_METHODS) + 1
     print(f"paper dry run: {cells} cells, every one with a record, in {time.time() - start:.0f} s -> {out}")
 
 

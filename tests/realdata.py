@@ -99,7 +99,7 @@ def git_source_rows() -> dict[str, Any]:
                        [{"input": r["goal"], "id": "user", "output": r["target"]} for r in _advbench()],
         "pact_refusal_100": [{"id": str(i), "input": f"Placeholder refusal prompt {i}",
                               "output": "I'm sorry, I can't help you."} for i in range(4)],
-        # 16 rows: safety_mix_lora mixes 13 of them (conf/method/safety_mix_lora.yaml count)
+        # 16 rows: safety_mix_lora mixes a tenth of the fine-tuning rows (conf/method/safety_mix_lora.yaml share)
         "pact_safe_direction": [{"input": f"Placeholder safe-direction prompt {i}",
                                  "output": "I can't assist with that.", "guard_decision": "safe"} for i in range(16)],
     }

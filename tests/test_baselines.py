@@ -415,7 +415,8 @@ class MixingData:
         return self.path
 
 
-def mix(tmp_path, n_pairs: int, n_clean: int, n_poison: int, count: int, pairs_file: bool = False):
+def mix(tmp_path, n_pairs: int, n_clean: int, n_poison: int, count: int | None, pairs_file: bool = False,
+        share: float | None = None):
     from baselines.safety_mix import SafetyMix
     from pact.methods import FinetuneContext
 
@@ -424,7 +425,7 @@ def mix(tmp_path, n_pairs: int, n_clean: int, n_poison: int, count: int, pairs_f
     rows = [{"prompt": f"c{i}", "answer": "ok", "poison": False} for i in range(n_clean)]
     rows += [{"prompt": f"p{i}", "answer": "sure", "poison": True} for i in range(n_poison)]
     data = MixingData(tmp_path / "missing.jsonl" if pairs_file else path)
-    method = SafetyMix(OmegaConf.create({"id": "safety_mix", "count": count,
+    method = SafetyMix(OmegaConf.create({"id": "safety_mix", "count": count, "share": share,
                                          "pairs_file": str(path) if pairs_file else None}))
     ctx = FinetuneContext(aligned="ALIGNED", base=None, data=data, tokenizer="TOK", prompt_format="chat",
                           max_len=8, seed=0, model="MODEL")
@@ -443,6 +444,22 @@ def test_safety_mix_may_use_every_pair_and_every_clean_row(tmp_path):
 def test_safety_mix_refuses_more_pairs_than_either_supply(tmp_path, n_pairs, n_clean):
     with pytest.raises(ValueError, match="count=4"):
         mix(tmp_path, n_pairs=n_pairs, n_clean=n_clean, n_poison=0, count=4)
+
+
+@pytest.mark.parametrize("n_clean,n_poison,mixed", [(20, 0, 2), (24, 6, 3), (14, 0, 1)])
+def test_safety_mix_share_takes_a_fraction_of_the_fine_tuning_rows(tmp_path, n_clean, n_poison, mixed):
+    _, out, _ = mix(tmp_path, n_pairs=10, n_clean=n_clean, n_poison=n_poison, count=None, share=0.1)
+    assert sum(bool(r.get("safety")) for r in out) == mixed and len(out) == n_clean + n_poison
+    with pytest.raises(ValueError, match=r"method.share=0.1 of 40 rows: 4 safety pairs"):
+        mix(tmp_path, n_pairs=3, n_clean=40, n_poison=0, count=None, share=0.1)
+
+
+@pytest.mark.parametrize("count,share", [(None, None), (5, 0.1), (None, 1.5)])
+def test_safety_mix_needs_exactly_one_valid_size(count, share):
+    from baselines.safety_mix import SafetyMix
+
+    with pytest.raises(ValueError, match="method"):
+        SafetyMix(OmegaConf.create({"id": "safety_mix", "count": count, "share": share}))
 
 
 def test_safety_mix_reads_a_configured_pairs_file(tmp_path):

@@ -23,7 +23,7 @@ def test_the_paper_dry_run_gives_every_cell_a_record_and_a_report(tmp_path, caps
     assert "every one with a record" in capsys.readouterr().out
     records = [json.loads(p.read_text()) for p in (tmp_path / "runs" / DRY_RUN).glob("*.json")]
     tuned = [r for r in records if r["poison_ratio"] is not None]
-    assert len(tuned) == len(grid()) + 3 == 43
+    assert len(tuned) == len(grid()) + 4 == 44
     assert {r["task"] for r in tuned} == {"sst2", "agnews"} and max(r["poison_ratio"] for r in tuned) == 0.3
     assert all(r["engine"] == "hf" and r["judge"] == "llama_guard3" for r in tuned)
     tables = {p.name for p in (tmp_path / "report" / "tables").glob("*.md")}
@@ -37,3 +37,13 @@ def test_the_paper_dry_run_gives_every_cell_a_record_and_a_report(tmp_path, caps
     assert all(m["config"]["eval"]["chat_as_text"] for m in metas(store, "generate"))
     assert all(m["config"]["chat_as_text"] for m in metas(store, "judge"))
     assert not (store / "safety_pairs").exists()  # the stored pairs: nothing generated
+    # Vaccine's route: its alignment of the aligned model (the defence's step, LoRA merged), then the fine-tune from it
+    [vaccine] = [r for r in tuned if r["method"] == "vaccine_lora"]
+    [defended] = [r for r in records if r["method"] == "vaccine_lora_aligned"]
+    [align] = metas(store, "align")
+    assert vaccine["keys"]["aligned"] == defended["keys"]["model"] == align["key"]
+    assert align["rows"] == 4 and align["upstream"]["init"] != align["key"]
+    assert align["config"]["method"]["align"]["lora"]["alpha"] == 4  # the official Vaccine alignment adapter
+    # safety mixing keeps Vaccine's share of the official file's rows (a tenth), not the SmolLM2 study's count
+    mixed = [m for m in finetunes if m["config"]["method"]["id"] == "safety_mix_lora"]
+    assert mixed and all(m["method_stats"]["safety_rows"] == round(0.1 * MIXTURE_ROWS) for m in mixed)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from pact import pipeline as P
 from pact.config import ConfigError, compose_config
@@ -451,8 +452,6 @@ def test_methods_read_the_real_alignment_side_data(fixtures, tmp_path, monkeypat
     assert by_method["lisa"]["method_stats"]["k_align"] >= 1
     [layers] = [json.loads(p.read_text()) for p in (store / "safety_layers").glob("*/meta.json")]
     assert "data" in layers["upstream"] and "world" not in layers["upstream"]
-    with pytest.raises(ConfigError, match="method=vaccine changes the alignment stage"):
-        run(real_cfg(fixtures, tmp_path, "method=vaccine", check=False))
 
 
 def test_real_smoke_experiment_composes_on_the_fixtures(tmp_path, capsys):
@@ -464,3 +463,41 @@ def test_real_smoke_experiment_composes_on_the_fixtures(tmp_path, capsys):
     assert cfg.experiment_name == "real_smoke" and cfg.data.kind == "real" and cfg.task.name == "sst2"
     assert cfg.model.aligned == str(tmp_path / "smoke" / "aligned") and cfg.finetune.n == 20
     assert check_sources(cfg.data, ["sst2_train"])  # the fixtures and their manifest are in place
+
+
+def test_vaccine_aligns_a_hub_model_with_its_own_step_then_fine_tunes_from_it(fixtures, tmp_path, monkeypatch):
+    """method=vaccine on a hub model: an align stage from model.aligned on the first method.align.rows alignment
+    pairs, with Vaccine's perturbed second pass (rho = 0 gives other weights), evaluated as a reference row, and the
+    fine-tune starts from it; rows beyond the data's are refused before any stage."""
+    from safetensors.torch import load_file
+
+    from experiments.run import run
+    from pact import generation
+
+    monkeypatch.setitem(generation.ENGINES, "hf", lambda *a, **k: CannedEngine())
+    small = ("method.align.rows=3", "++method.align.optim.max_steps=2", "method.align.optim.batch_size=3",
+             "method.align.optim.dtype=float32")
+    run(real_cfg(fixtures, tmp_path, "method=vaccine", *small, check=False))
+    store = tmp_path / "store"
+    [align] = [json.loads(p.read_text()) for p in (store / "align").glob("*/meta.json")]
+    assert align["rows"] == 3 and align["init"] == str(fixtures[1]) and "data" in align["upstream"]
+    [tuned] = [json.loads(p.read_text()) for p in (store / "finetune").glob("*/meta.json")]
+    assert tuned["upstream"]["aligned"] == align["key"]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("*.json")]
+    assert {r["method"] for r in records} >= {"vaccine", "vaccine_aligned", "aligned"}
+    # the perturbation is applied: the same alignment with rho = 0 (plain SFT) ends elsewhere
+    run(real_cfg(fixtures, tmp_path, "method=vaccine", "method.rho=0", *small, check=False))
+    weights = [load_file(str(p)) for p in sorted((store / "align").glob("*/model/model.safetensors"))]
+    assert len(weights) == 2
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    with pytest.raises(ConfigError, match="method.align.rows=9999"):
+        run(real_cfg(fixtures, tmp_path, "method=vaccine", "method.align.rows=9999", check=False))
+
+
+def test_an_alignment_defence_on_a_hub_model_needs_its_alignment_config(fixtures, tmp_path):
+    with pytest.raises(ConfigError, match="method=vaccine aligns a hub or imported model itself"):
+        real_cfg(fixtures, tmp_path, "method=vaccine", "~method.align")
+    with pytest.raises(ConfigError, match="method.align.optim.lr"):
+        real_cfg(fixtures, tmp_path, "method=vaccine", "method.align.optim.lr=0")
+    with pytest.raises(ConfigError, match="method.align.optim"):
+        real_cfg(fixtures, tmp_path, "method=vaccine", "+method.align.optim.not_a_key=1")
