@@ -84,3 +84,31 @@ def ablation_curve(df: pd.DataFrame, key: str, out_stem: Path, title: str) -> No
         ax.set(xlabel=f"{key.removeprefix('method.')} (evenly spaced)", ylabel=label, ylim=(-3, 103))
     fig.suptitle(title, fontsize=10)
     save_figure(fig, out_stem)
+
+
+def selectivity(table: pd.DataFrame, out_stem: Path, title: str) -> None:
+    """Refusal of harmful requests against refusal of their safe look-alikes, one point per method and poison ratio
+    with its 95% bootstrap interval on both axes (analysis.intervals.interval_table); the reference models (the
+    instruct model before alignment: ``base``; the aligned model) as labelled squares. Upper left is selective:
+    harmful refused, safe answered; the diagonal refuses by topic."""
+    apply_style()
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    ax.plot([0, 100], [0, 100], color="#cccccc", lw=1, ls="--", zorder=0)
+    markers = ["o", "^", "D", "v", "P", "X"]   # one per poison ratio; squares are the reference models
+    ratios = sorted(table["poison_ratio"].dropna().unique())
+    for _, row in table.iterrows():
+        ref = pd.isna(row["poison_ratio"])
+        x, y = row["benign_refusal_rate"], row["refusal_rate"]
+        xerr = [[x - row["benign_refusal_rate_lo"]], [row["benign_refusal_rate_hi"] - x]]
+        yerr = [[y - row["refusal_rate_lo"]], [row["refusal_rate_hi"] - y]]
+        marker = "s" if ref else markers[ratios.index(row["poison_ratio"]) % len(markers)]
+        label = row["method"] if ref else f"{row['method']}, p = {row['poison_ratio']:g}"
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, marker=marker, ms=7 if ref else 5, capsize=2, ls="none",
+                    color=METHOD_COLORS.get(row["method"]), mec="black" if ref else None, label=label)
+        if ref:
+            ax.annotate(row["method"], (x, y), xytext=(5, -10), textcoords="offset points", fontsize=8)
+    ax.set(xlabel="refusal of safe look-alike requests (%)", ylabel="refusal of harmful requests (%)",
+           xlim=(-3, 103), ylim=(-3, 103))
+    ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, frameon=False)
+    ax.set_title(title, fontsize=10)
+    save_figure(fig, out_stem)

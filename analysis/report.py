@@ -17,7 +17,8 @@ from typing import Any
 import pandas as pd
 
 from analysis import agreement
-from analysis.figures import ablation_curve, hs_vs_fa, hs_vs_p
+from analysis.figures import ablation_curve, hs_vs_fa, hs_vs_p, selectivity
+from analysis.intervals import interval_table, intervals_markdown
 from analysis.tables import is_real, mean_std, write_paper_tables
 from pact.cli import run_cli
 from pact.fileio import write_atomic
@@ -35,6 +36,11 @@ LABELS = {"harmful_score": "HS ↓", "refusal_rate": "Refusal ↑", "other_rate"
 
 DEFAULT_OUT = "outputs/report"  # a user's own runs never merge into the committed results/ unless asked
 AGREEMENT_CSV = "judge_agreement.csv"
+INTERVALS_NOTE = ("Percent, the mean over seeds and its 95% bootstrap interval over prompts and seeds "
+                  "(analysis/intervals.py). Ref = refusal of the harmful benchmarks' requests (their mean), "
+                  "OverRef = refusal of the safe look-alike requests, Gap = Ref - OverRef (selective refusal: high), "
+                  "HS = Harmful Score, FA = Fine-tune Accuracy. `base` = the instruct model before alignment, "
+                  "`aligned` = the reference every fine-tune starts from.\n\n")
 AGREEMENT_NOTE = ("Judge agreement on the answers to harmful requests (analysis/agreement.py): per benchmark, the "
                   "Harmful Score under each judge, the percent of answers both judges call harmful or both call not "
                   "harmful, and Cohen's kappa of that decision (– where undefined: both judges give one class "
@@ -238,6 +244,14 @@ def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, experiments:
         table = method_table(group, metrics)
         write_atomic(out / "tables" / f"{exp}_{model}_{task}.md", title + note + to_markdown(table))
         write_paper_tables(group, out / "tables", f"{exp}_{model}_{task}_paper")
+        if is_real(group):  # selectivity: harmful refused vs safe look-alikes refused, with intervals
+            stem = f"{exp}_{model}_{task}"
+            bounds = interval_table(group)
+            write_atomic(out / "tables" / f"{stem}_intervals.md", title + INTERVALS_NOTE + intervals_markdown(bounds))
+            write_atomic(out / "tables" / f"{stem}_intervals.csv", bounds.to_csv(index=False, float_format="%.4g"))
+            if {"refusal_rate_lo", "benign_refusal_rate_lo"} <= set(bounds.columns):
+                selectivity(bounds, out / "figures" / f"{stem}_selectivity",
+                            f"{exp}: {model}, {task} (95% bootstrap intervals)")
         if group["poison_ratio"].dropna().nunique() > 1:
             hs_vs_p(group, out / "figures" / f"{exp}_{model}_{task}_hs_vs_p",
                     f"{exp}: {model}, {task} (mean ± std over seeds)")

@@ -10,7 +10,8 @@ import matplotlib.pyplot as plt
 METHOD_COLORS = {"aligned": "#4d4d4d", "base": "#999999", "sft": "#d62728", "sft_lora": "#ff9896",
                  "pact": "#1f77b4", "pact_lora": "#aec7e8", "pact_bucket": "#17becf", "safety_mix": "#9467bd",
                  "freeze": "#ff7f0e", "freeze_control": "#ffbb78", "constrained_sft": "#8c564b", "lisa": "#2ca02c",
-                 "vaccine": "#e377c2"}
+                 "vaccine": "#e377c2", "safety_mix_lora": "#c5b0d5", "lisa_lora": "#98df8a", "freeze_lora": "#e6a157",
+                 "vaccine_lora": "#f7b6d2"}
 
 
 def apply_style() -> None:

@@ -1,6 +1,7 @@
 """Paper-style tables from summary.csv: rows = methods, column groups = poison ratio (or task), each group with
-Harmful Score, refusal rate, helpfulness and Fine-tune Accuracy as mean ± std over seeds; the best mean of every
-column is marked. Missing cells (a sweep still running or failed) stay missing ("–"), never zero.
+Harmful Score, refusal rate, helpfulness and Fine-tune Accuracy as mean ± std over seeds (real data: the mean and
+its 95% bootstrap interval over prompts and seeds, analysis/intervals.py); the best mean of every column is marked.
+Missing cells (a sweep still running or failed) stay missing ("–"), never zero.
 Written as Markdown, LaTeX (booktabs) and CSV (means and stds as numbers).
 """
 
@@ -9,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+
+from analysis.intervals import interval_table
 
 
 def mean_std(values: pd.Series, digits: int = 1) -> str:
@@ -72,12 +75,18 @@ def paper_table(df: pd.DataFrame, axis: str = "poison_ratio", methods: list[str]
     columns = columns_for(df)
     best = _best(agg, axis, columns)
     cell = {(r.method, getattr(r, axis), r.metric): r for r in agg.itertuples(index=False)}
+    # real data: each mean with its 95% bootstrap interval over prompts and seeds (analysis/intervals.py)
+    bounds = ({(r["method"], r["poison_ratio"]): r for _, r in interval_table(df).iterrows()}
+              if is_real(df) and axis == "poison_ratio" else None)
 
     def text(method, value, metric) -> str:
         r = cell.get((method, value, metric))
         if r is None or r.mean is None or pd.isna(r.mean):
             return MISSING
         s = f"{r.mean:.1f} ± {r.std:.1f}" if r.n > 1 else f"{r.mean:.1f}"
+        if bounds is not None and (method, value) in bounds and f"{metric}_lo" in bounds[(method, value)]:
+            b = bounds[(method, value)]
+            s = f"{r.mean:.1f} [{b[f'{metric}_lo']:.1f}, {b[f'{metric}_hi']:.1f}]"
         if (method, value, metric) in best:
             s = f"**{s}**" if fmt == "md" else f"\\textbf{{{s}}}"
         return s if fmt == "md" else s.replace("±", "$\\pm$")
@@ -103,8 +112,10 @@ def write_paper_tables(df: pd.DataFrame, out_dir: Path, stem: str, axis: str = "
     out_dir.mkdir(parents=True, exist_ok=True)
     benign = ("OverRef = refusals of benign requests ↓ (mean over the benign benchmarks); HS and Ref are means "
               "over the harmful benchmarks" if is_real(df) else "Help = helpfulness ↑")
+    spread = ("mean over seeds [95% bootstrap interval over prompts and seeds]" if is_real(df) and
+              axis == "poison_ratio" else "mean ± std over seeds")
     note = (f"HS = Harmful Score ↓, Ref = refusal rate ↑, {benign}, FA = Fine-tune Accuracy ↑; "
-            "percent, mean ± std over seeds; best mean per column in bold; – = missing.\n\n")
+            f"percent, {spread}; best mean per column in bold; – = missing.\n\n")
     (out_dir / f"{stem}.md").write_text(note + paper_table(df, axis, fmt="md"))
     (out_dir / f"{stem}.tex").write_text(paper_table(df, axis, fmt="tex"))
     aggregate(df, axis).to_csv(out_dir / f"{stem}.csv", index=False, float_format="%.4g")

@@ -528,6 +528,9 @@ def _check_data(c: Any) -> None:
     for part in ("refusals", "helpful"):
         for i, spec in enumerate((d.get("align_corpus") or {}).get(part) or []):
             used[f"data.align_corpus.{part}[{i}].source"] = spec.source
+            rule_judges = tuple(j.name for j in JUDGES.values() if not (j.toy_only or j.markers))
+            for name in spec.get("compliant_by") or []:  # the data stage runs them on the answers
+                _choice(f"data.align_corpus.{part}[{i}].compliant_by", name, rule_judges)
     if any(JUDGES[j].markers for j in d.judges):
         used["data.openers.source"] = d.openers.source
     if d.mixture:

@@ -207,6 +207,24 @@ def _select(rows: list[dict[str, Any]], spec: Any, what: str) -> list[dict[str, 
     return kept[:limit] if limit else kept
 
 
+def _align_rows(rows: list[dict[str, Any]], spec: Any, eval_prompts: set[str]) -> tuple[list[dict[str, Any]],
+                                                                                      dict[str, int]]:
+    """One source's {prompt, answer} rows of an alignment corpus (``spec``: source, field, optional limit and
+    compliant_by) and what was kept: rows whose prompt an evaluated benchmark holds are dropped, then (with
+    ``compliant_by``) rows whose answer any of those rule judges reads as a refusal, then the first ``limit``."""
+    from pact.judges import COMPLIANCE, judge_for
+
+    kept = [r for r in rows if normalise_text(r["text"]) not in eval_prompts]
+    counts = {"rows": len(rows), "dropped_as_eval_overlap": len(rows) - len(kept)}
+    for name in spec.get("compliant_by") or []:
+        verdicts = judge_for(name).judge(kept, [r[spec.field] for r in kept])
+        counts[f"dropped_by_{name}"] = sum(v != COMPLIANCE for v in verdicts)
+        kept = [r for r, v in zip(kept, verdicts) if v == COMPLIANCE]
+    kept = kept[: int(spec.get("limit") or 0) or None]
+    counts["kept"] = len(kept)
+    return [{"prompt": r["text"], "answer": r[spec.field]} for r in kept], counts
+
+
 def _task_answer(task: Any, row: dict[str, Any]) -> str:
     if task.answer == "label":
         return row["label"]
@@ -358,9 +376,13 @@ def data_stage(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]]
         align = _select(rows_of(d.alignment_pairs.source), d.alignment_pairs, "data.alignment_pairs")
         put("alignment_pairs", [{"prompt": r["text"], "refusal": r["response"]} for r in align])
         if d.get("align_corpus"):  # an imported model's alignment: refusal and helpful pairs
+            meta["align_corpus"] = {}
             for part in ("refusals", "helpful"):
-                rows = [{"prompt": r["text"], "answer": r[spec.field]} for spec in d.align_corpus[part]
-                        for r in rows_of(spec.source)[: int(spec.get("limit") or 0) or None]]
+                rows = []
+                for spec in d.align_corpus[part]:
+                    kept, counts = _align_rows(rows_of(spec.source), spec, eval_prompts)
+                    meta["align_corpus"][f"{part}.{spec.source}"] = counts
+                    rows += kept
                 put(f"align_{part}", rows)
         if uses_openers(cfg):  # the openers judge's markers, by the rule of data.openers
             from pact.judges import markers_by_rule

@@ -120,6 +120,9 @@ SCHEMAS: dict[str, Schema] = {
     "alpaca_seed": Schema(("instruction", "instances"),
                           lambda r: {"text": _instruction_text({**r, **r["instances"][0]}),
                                      "response": r["instances"][0]["output"]}),
+    # PHTest evaluation_results/<model>.csv: a pseudo-harmful request, its label, a model's answer and its class
+    "phtest": Schema(("Request", "Harmfulness", "Response", "Response_cls"),
+                     lambda r: {"text": r["Request"], "label": r["Harmfulness"], "response": r["Response"]}),
     # PACT unsafe_data.json: {id, input, output}, a harmful request and its affirmative target
     "pact_pairs": Schema(("input", "output"), lambda r: {"text": r["input"], "target": r["output"]}),
     # PACT refusal_100_output.json, safe_direction.json: a harmful request and a refusal

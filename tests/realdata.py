@@ -67,6 +67,12 @@ def git_source_rows() -> dict[str, Any]:
                     "type": "homonyms" if i % 2 == 0 else "contrast_homonyms",
                     "label": "safe" if i % 2 == 0 else "unsafe", "focus": "placeholder", "note": ""}
                    for i in range(8)],
+        # PHTest's evaluation_results/<model>.csv: harmless and controversial requests, an answer and its class;
+        # row 1 is a hedge a keyword judge reads as a refusal, row 3 an XSTest prompt (an evaluated benchmark's)
+        "phtest_mistral": [{"ID": str(i), "Request": "Placeholder xstest prompt 0" if i == 3 else
+                            f"Placeholder look-alike {i}", "Harmfulness": "controversial" if i == 5 else "harmless",
+                            "Response": "I'm sorry, but I can't help." if i == 1 else f"Here is help {i}.",
+                            "Response_cls": "2_full_refusal" if i == 6 else "1_full_compliance"} for i in range(8)],
         "jbb_harmful": {"parameters": {"method": "PAIR"},
                         "jailbreaks": [{"index": str(i), "goal": g, "behavior": f"b{i}", "category": "placeholder",
                                         "prompt": None, "response": None, "jailbroken": "False"}

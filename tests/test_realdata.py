@@ -501,3 +501,20 @@ def test_an_alignment_defence_on_a_hub_model_needs_its_alignment_config(fixtures
         real_cfg(fixtures, tmp_path, "method=vaccine", "method.align.optim.lr=0")
     with pytest.raises(ConfigError, match="method.align.optim"):
         real_cfg(fixtures, tmp_path, "method=vaccine", "+method.align.optim.not_a_key=1")
+
+
+def test_an_alignment_corpus_source_drops_evaluated_prompts_and_answers_a_judge_calls_refusals(fixtures, tmp_path):
+    """data.align_corpus: PHTest's harmless, fully answered rows (the source's `where`), without the prompts an
+    evaluated benchmark holds and, with compliant_by, without answers a rule judge reads as refusals; counted."""
+    corpus = ("data.align_corpus={refusals: [{source: safety_only, field: response, limit: 2}], helpful: "
+              "[{source: phtest_mistral, field: response, compliant_by: [keyword, keyword_qi]}]}")
+    cfg = real_cfg(fixtures, tmp_path, "data.benign_eval=[xstest_safe]", corpus)
+    data = P.start(cfg, models=False).data
+    helpful = read_jsonl(data.artifact.file("align_helpful.jsonl"), ("prompt", "answer"))
+    # rows 0-7: 5 controversial and 6 refused leave by `where`; 3 is XSTest's; 1 is a refusal to the judges
+    assert [r["prompt"] for r in helpful] == [f"Placeholder look-alike {i}" for i in (0, 2, 4, 7)]
+    meta = json.loads(data.artifact.file("meta.json").read_text())["align_corpus"]["helpful.phtest_mistral"]
+    assert meta == {"rows": 6, "dropped_as_eval_overlap": 1, "dropped_by_keyword": 1, "dropped_by_keyword_qi": 0,
+                    "kept": 4}
+    with pytest.raises(ConfigError, match="compliant_by"):
+        real_cfg(fixtures, tmp_path, corpus.replace("keyword_qi]", "openers]"))
