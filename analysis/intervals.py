@@ -95,6 +95,8 @@ def interval_table(df: pd.DataFrame, metrics: Sequence[str] = ("refusal_rate", "
     rates = rates_of(df)
     rows = []
     keys = ["method", "poison_ratio"]
+    if "poison_ratio" not in df:  # reference rows alone, their empty column dropped
+        df = df.assign(poison_ratio=float("nan"))
     for (method, ratio), group in df.groupby(keys, sort=False, dropna=False):
         cell = cell_intervals(group, rates)
         row = {"method": method, "poison_ratio": ratio, "seeds": len(group)}

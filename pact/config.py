@@ -68,6 +68,8 @@ class OptimConfig:
     answer_logits: bool = False  # a frozen output layer at the answer positions only (pact.methods.answer_loss)
     # true: batches of rows of similar length (HF's length-grouped sampler, seeded by the run): less padding
     group_by_length: bool = False
+    # true: activations are recomputed in the backward pass instead of kept (less memory, ~1/3 more compute)
+    gradient_checkpointing: bool = False
 
 
 @dataclass

@@ -1,0 +1,36 @@
+"""optim.gradient_checkpointing: the same gradients as keeping the activations (fp32, CPU), a LoRA model included."""
+
+from __future__ import annotations
+
+import torch
+from omegaconf import OmegaConf
+
+from pact.adapters import apply_lora
+from pact.training import training_arguments
+from tests.realdata import tiny_hub_model
+
+
+def grads(path, checkpointing: bool) -> dict[str, torch.Tensor]:
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = apply_lora(AutoModelForCausalLM.from_pretrained(path), OmegaConf.create(
+        {"r": 4, "alpha": 8, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]}))
+    if checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    ids = torch.randint(3, 100, (2, 12))
+    model(input_ids=ids, labels=ids).loss.backward()
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def test_checkpointing_is_switched_on_by_the_optim_slice_and_changes_no_gradient(tmp_path):
+    args = training_arguments(OmegaConf.create({"lr": 1e-3, "batch_size": 2, "gradient_checkpointing": True}),
+                              tmp_path, 0, "none", None, 1)
+    assert args.activation_checkpointing and args.activation_checkpointing_kwargs == {"use_reentrant": False}
+    assert not training_arguments(OmegaConf.create({"lr": 1e-3, "batch_size": 2}), tmp_path, 0, "none", None,
+                                  1).activation_checkpointing
+    path = tiny_hub_model(tmp_path / "m", seed=0)
+    plain, recomputed = grads(path, False), grads(path, True)
+    assert plain.keys() == recomputed.keys() and len(plain) > 0
+    assert all(torch.equal(plain[k], recomputed[k]) for k in plain)
