@@ -2,9 +2,10 @@
 
 The data (toy world or real sources), base and aligned model (and, for an alignment-stage defence named by
 ``method=``, its aligned model; for a PACT method, its safety tokens; with ``--evaluate``, the base and aligned
-model's evaluations too), with all of torch's threads (unless ``threads=N`` is given): a parallel sweep runs one
-thread per job, and its first jobs would otherwise build these serial stages on one thread while the others wait on
-the lock. The two reference evaluations run side by side on a CPU, one thread each (:func:`evaluate_references`).
+model's evaluations and records too), with all of torch's threads (unless ``threads=N`` is given): a parallel sweep
+runs one thread per job, and its first jobs would otherwise build these serial stages on one thread while the others
+wait on the lock. The two reference evaluations run side by side on a CPU, one thread each
+(:func:`evaluate_references`).
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def prepare(overrides: list[str], evaluate: bool = False) -> None:
                      bool(cfg.model.trust_remote_code))
     if evaluate:
         evaluate_references(overrides, cfg, up)
+        from experiments.run import reference_records
+
+        reference_records(cfg, up)  # their records, as a sweep's first run writes them
     print(f"ready: {up.data.kind} data {up.data.artifact.key}, aligned {up.aligned.key}")
 
 

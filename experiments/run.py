@@ -40,13 +40,7 @@ def run(cfg: DictConfig, variant: str = "") -> dict[str, Any]:
     store, data, base, aligned = up.store, up.data, up.base, up.aligned
     data_path = {f"{next(iter(data.upstream))}_path": str(data.path)}  # world_path (toy) or data_path (real)
     logger = start_logger(cfg, variant)
-    for name, ref in (("base", base), ("aligned", aligned)):
-        if ref is None:
-            continue
-        evaluation = P.evaluate_stage(store, cfg, ref, data)
-        write_record(cfg, name, None, int(cfg.model.seed), P.load_metrics(evaluation),
-                     {"model": ref.key, **data.upstream},
-                     {"model_path": ref.path, "evaluation_path": evaluation.path, **data_path})
+    reference_records(cfg, up)
     defended = P.defended_alignment(store, cfg, base, aligned, data)
     if defended is not None:  # alignment-stage defence: its aligned model is a reference row too
         evaluation = P.evaluate_stage(store, cfg, defended, data)
@@ -73,6 +67,19 @@ def run(cfg: DictConfig, variant: str = "") -> dict[str, Any]:
     log.info("run %s done in %.1fs: HS %.1f  refusal %.1f  other %.1f  FA %.1f  helpful %.1f -> %s",
              P.run_name(cfg), time.time() - start, *(metrics.get(k, math.nan) for k in shown), path)
     return metrics
+
+
+def reference_records(cfg: DictConfig, up: P.Upstream) -> None:
+    """The records of the models before fine-tuning (base and aligned: the study's reference rows), from their
+    evaluations (built here when the store lacks them)."""
+    data_path = {f"{next(iter(up.data.upstream))}_path": str(up.data.path)}
+    for name, ref in (("base", up.base), ("aligned", up.aligned)):
+        if ref is None:
+            continue
+        evaluation = P.evaluate_stage(up.store, cfg, ref, up.data)
+        write_record(cfg, name, None, int(cfg.model.seed), P.load_metrics(evaluation),
+                     {"model": ref.key, **up.data.upstream},
+                     {"model_path": ref.path, "evaluation_path": evaluation.path, **data_path})
 
 
 def generations_table(cfg: DictConfig, evaluation: Artifact):

@@ -114,7 +114,7 @@ def training_arguments(cfg: Any, output_dir: Path, seed: int, report_to: str, ru
     if cfg.get("group_by_length"):
         kwargs["train_sampling_strategy"] = "group_by_length"
     if cfg.get("gradient_checkpointing"):  # non-reentrant: works with frozen inputs (LoRA) without input grads
-        kwargs.update(activation_checkpointing=True, activation_checkpointing_kwargs={"use_reentrant": False})
+        kwargs.update(gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False})
     kwargs.update(overrides)
     return MethodTrainingArguments(**kwargs)
 

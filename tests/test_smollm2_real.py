@@ -22,10 +22,19 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_the_study_composes_with_the_official_mixtures_and_its_benchmarks():
     cfg = validate(compose_config(["experiment=smollm2_real", "hydra.mode=RUN", "poison.ratio=0.05"]))
     assert cfg.data.mixture[cfg.task.name]["0.05"] == "pact_sst2_p005"
-    assert list(cfg.data.harmful_eval) == ["harmbench", "strongreject", "advbench_unused"]
-    assert list(cfg.data.benchmarks.advbench_unused.exclude) == ["pact_sst2_p005", "pact_sst2_p01"]
-    sources = [s.source for part in ("refusals", "helpful") for s in cfg.data.align_corpus[part]]
-    assert sources == ["safety_only", "alpaca_asft_1k", "alpaca_seed"]
+    assert list(cfg.data.harmful_eval) == ["harmbench", "strongreject"]
+    assert list(cfg.data.benign_eval) == ["xstest_safe"]
+    # at least 100 prompts per harmful benchmark, every XSTest safe prompt and every SST-2 test row
+    assert all(cfg.data.benchmarks[b].limit >= 100 for b in cfg.data.harmful_eval)
+    assert not cfg.data.benchmarks.xstest_safe.get("limit") and cfg.task.test_rows == 0
+    # the corpus: the experiment's default (conf/corpus/), one override away from every candidate
+    for corpus in ("lookalike_0", "lookalike_20", "lookalike_40"):
+        other = compose_config(["experiment=smollm2_real", f"corpus={corpus}"])
+        sources = [s.source for part in ("refusals", "helpful") for s in other.data.align_corpus[part]]
+        assert sources[0] == "safety_only" and ("phtest_mistral" in sources) == (corpus != "lookalike_0")
+        rows = sum(int(s.limit) for part in ("refusals", "helpful") for s in other.data.align_corpus[part])
+        assert rows == cfg.model.align_train.max_steps * cfg.model.align_train.batch_size * \
+            cfg.model.align_train.grad_accum == 1440  # one pass, as many rows in every corpus
     # p exact at every ratio of the sweep: round(p * n) = p * n
     n = int(cfg.finetune.n)
     for p in (0.0, 0.05, 0.1):
