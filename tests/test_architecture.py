@@ -306,6 +306,10 @@ def test_prepare_evaluate_builds_the_reference_rows_evaluations(micro, tmp_path,
         torch.set_num_threads(threads)
     new = set((tmp_path / "store" / "evaluate").iterdir()) - before
     assert len(new) == 2 and all((p / "DONE").is_file() for p in new)
+    # and their records, the study's reference rows, as its sweep's first run writes them
+    records = [json.loads(p.read_text()) for p in Path(cfg.runs_dir).rglob("*-ref-*.json")]
+    assert {r["method"] for r in records} == {"base", "aligned"}
+    assert {Path(r["evaluation_path"]).name for r in records} == {p.name for p in new}  # same keys either way
     for stage in ("generate", "evaluate"):
         side = {p.name for p in (tmp_path / "store" / stage).iterdir() if (p / "DONE").is_file()}
         seq = {p.name for p in (tmp_path / "store_seq" / stage).iterdir() if (p / "DONE").is_file()}
