@@ -118,7 +118,7 @@ smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixt
 # smollm2-real's alignment corpus, by the rule of conf/experiment/smollm2_real.yaml: each candidate corpus
 # (conf/corpus/) aligns the instruct model, which is evaluated with the study's benchmarks; the trade-off table and
 # the corpus the rule picks (analysis.corpus, conf/analysis.yaml `corpus`).
-smollm2-real-corpus: setup ## SmolLM2-135M aligned on each candidate corpus: harmful vs safe refusal -> results/smollm2_real_corpus.md (after make data)
+smollm2-real-corpus: setup ## SmolLM2-135M aligned on each candidate corpus: harmful vs safe refusal -> results/smollm2_real_corpus.md (after make data; 92 min AVX-512 bf16)
 	for c in $(CORPUS_SHARES); do $(PY) -m experiments.prepare experiment=smollm2_real corpus=lookalike_$$c \
 	    method=sft_lora experiment_name=smollm2_real_corpus_l$$c --evaluate || exit 1; done
 	$(PY) -m analysis.report $(foreach s,$(CORPUS_STUDIES),--experiment $(s)) --out results

@@ -225,7 +225,9 @@ def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, experiments:
             write_atomic(out / "tables" / f"{exp}_{model}_{task}_judges.md", title + AGREEMENT_NOTE +
                          agreement.table(pairs))
         if is_real(group):
-            group = group.dropna(axis=1, how="all")  # the toy world's columns (oracle, helpfulness) are empty
+            # the toy world's columns (oracle, helpfulness) are empty; the identity columns stay (a study of
+            # reference models alone has no poison ratio)
+            group = group.loc[:, group.notna().any() | group.columns.isin(ID_COLUMNS)]
             judge = "/".join(sorted(group["judge"].dropna().unique())) if "judge" in group else "?"
             metrics = ["harmful_score", "refusal_rate", "benign_refusal_rate", "finetune_accuracy"]
             metrics += [c for c in group.columns if c.startswith(("harmful_score.", "benign_refusal_rate."))]
@@ -243,7 +245,8 @@ def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, experiments:
                     "reference models before fine-tuning.\n\n")
         table = method_table(group, metrics)
         write_atomic(out / "tables" / f"{exp}_{model}_{task}.md", title + note + to_markdown(table))
-        write_paper_tables(group, out / "tables", f"{exp}_{model}_{task}_paper")
+        if group["poison_ratio"].notna().any():  # fine-tuned rows (a study of reference models alone has none)
+            write_paper_tables(group, out / "tables", f"{exp}_{model}_{task}_paper")
         if is_real(group):  # selectivity: harmful refused vs safe look-alikes refused, with intervals
             stem = f"{exp}_{model}_{task}"
             bounds = interval_table(group)

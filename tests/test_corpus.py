@@ -52,6 +52,6 @@ def test_the_study_uses_the_corpus_the_committed_rows_pick():
     df = pd.read_csv(ROOT / "results" / "summary.csv")
     if not set(SETTINGS.experiments.values()) <= set(df["experiment"]):
         pytest.skip("the candidates' rows are not committed")
-    defaults = OmegaConf.load(ROOT / "conf" / "experiment" / "smollm2_real.yaml").defaults
+    defaults = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "experiment" / "smollm2_real.yaml").defaults)
     [corpus] = [d["/corpus"] for d in defaults if isinstance(d, dict) and "/corpus" in d]
     assert corpus == pick(tradeoff(df))
