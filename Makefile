@@ -107,7 +107,7 @@ smollm2-extras: setup ## after make smollm2: full SFT/PACT (tied, untied), safet
 # SFT/PACT-LoRA (3 seeds, p = 0, 0.05, 0.1) and safety mixing and Lisa (LoRA, seed 0, p = 0 and 0.1) on the official
 # SST-2 mixtures, two jobs of one thread; then the step-0 measurement beside the token-confidence curves, the report,
 # and each judge's recall on the refusals the aligned and fine-tuned models learnt (analysis.judge_check --experiment).
-smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixtures -> results/ (after make data; 72 min AVX-512 bf16)
+smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixtures -> results/ (after make data; ~2 h AVX-512 bf16 projected from its stages, not yet measured whole)
 	$(PY) -m experiments.prepare experiment=smollm2_real method=pact_lora --evaluate
 	$(PY) -m experiments.run experiment=smollm2_real
 	$(PY) -m experiments.run experiment=smollm2_real method=safety_mix_lora,lisa_lora seed=0 poison.ratio=0.0,0.1
@@ -127,7 +127,7 @@ smollm2-real-corpus: setup ## SmolLM2-135M aligned on each candidate corpus: har
 # The official SST-2 mixtures against ours (conf/experiment/smollm2_real_ours.yaml): smollm2-real's SFT-LoRA and
 # PACT-LoRA at p = 0.1, seeds 0-2, on our mixture builder's SST-2 rows and poison (data=real_git); its own data stage, so
 # its own alignment (the same corpus and seed as smollm2-real's) and reference evaluations.
-smollm2-real-ours: setup ## smollm2-real's p = 0.1 SFT/PACT-LoRA cells (3 seeds) on our SST-2 mixture, beside the official file's (after make data; 36 min AVX-512 bf16)
+smollm2-real-ours: setup ## smollm2-real's p = 0.1 SFT/PACT-LoRA cells (3 seeds) on our SST-2 mixture, beside the official file's (after make data; ~1 h AVX-512 bf16 projected, not yet measured whole)
 	$(PY) -m experiments.prepare experiment=smollm2_real_ours method=pact_lora --evaluate
 	$(PY) -m experiments.run experiment=smollm2_real_ours
 	$(PY) -m analysis.report --experiment smollm2_real_ours --out results --replace
