@@ -245,11 +245,11 @@ def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, experiments:
                     "reference models before fine-tuning.\n\n")
         table = method_table(group, metrics)
         write_atomic(out / "tables" / f"{exp}_{model}_{task}.md", title + note + to_markdown(table))
+        bounds = interval_table(group) if is_real(group) else None  # 95% intervals, once per study
         if group["poison_ratio"].notna().any():  # fine-tuned rows (a study of reference models alone has none)
-            write_paper_tables(group, out / "tables", f"{exp}_{model}_{task}_paper")
-        if is_real(group):  # selectivity: harmful refused vs safe look-alikes refused, with intervals
+            write_paper_tables(group, out / "tables", f"{exp}_{model}_{task}_paper", intervals=bounds)
+        if bounds is not None:  # selectivity: harmful refused vs safe look-alikes refused, with intervals
             stem = f"{exp}_{model}_{task}"
-            bounds = interval_table(group)
             write_atomic(out / "tables" / f"{stem}_intervals.md", title + INTERVALS_NOTE + intervals_markdown(bounds))
             write_atomic(out / "tables" / f"{stem}_intervals.csv", bounds.to_csv(index=False, float_format="%.4g"))
             if {"refusal_rate_lo", "benign_refusal_rate_lo"} <= set(bounds.columns):

@@ -67,8 +67,9 @@ def _best(agg: pd.DataFrame, axis: str, columns: list[tuple[str, str, bool]]) ->
 
 
 def paper_table(df: pd.DataFrame, axis: str = "poison_ratio", methods: list[str] | None = None,
-                fmt: str = "md") -> str:
-    """The table as Markdown (``fmt='md'``) or LaTeX (``'tex'``)."""
+                fmt: str = "md", intervals: pd.DataFrame | None = None) -> str:
+    """The table as Markdown (``fmt='md'``) or LaTeX (``'tex'``); real data: ``intervals`` (analysis.intervals.
+    interval_table of ``df``, made here when not given)."""
     agg = aggregate(df, axis)
     values = sorted(agg[axis].dropna().unique().tolist()) if axis == "poison_ratio" else list(dict.fromkeys(agg[axis]))
     methods = methods or list(dict.fromkeys(agg["method"]))
@@ -76,8 +77,10 @@ def paper_table(df: pd.DataFrame, axis: str = "poison_ratio", methods: list[str]
     best = _best(agg, axis, columns)
     cell = {(r.method, getattr(r, axis), r.metric): r for r in agg.itertuples(index=False)}
     # real data: each mean with its 95% bootstrap interval over prompts and seeds (analysis/intervals.py)
-    bounds = ({(r["method"], r["poison_ratio"]): r for _, r in interval_table(df).iterrows()}
-              if is_real(df) and axis == "poison_ratio" else None)
+    with_intervals = is_real(df) and axis == "poison_ratio"
+    if with_intervals and intervals is None:
+        intervals = interval_table(df)
+    bounds = {(r["method"], r["poison_ratio"]): r for _, r in intervals.iterrows()} if with_intervals else None
 
     def text(method, value, metric) -> str:
         r = cell.get((method, value, metric))
@@ -107,8 +110,10 @@ def paper_table(df: pd.DataFrame, axis: str = "poison_ratio", methods: list[str]
     return "\n".join(lines) + "\n"
 
 
-def write_paper_tables(df: pd.DataFrame, out_dir: Path, stem: str, axis: str = "poison_ratio") -> None:
-    """``<stem>.md``, ``<stem>.tex`` and ``<stem>.csv`` under ``out_dir``."""
+def write_paper_tables(df: pd.DataFrame, out_dir: Path, stem: str, axis: str = "poison_ratio",
+                       intervals: pd.DataFrame | None = None) -> None:
+    """``<stem>.md``, ``<stem>.tex`` and ``<stem>.csv`` under ``out_dir`` (real data: with ``intervals``, made once
+    here when not given)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     benign = ("OverRef = refusals of benign requests ↓ (mean over the benign benchmarks); HS and Ref are means "
               "over the harmful benchmarks" if is_real(df) else "Help = helpfulness ↑")
@@ -116,6 +121,8 @@ def write_paper_tables(df: pd.DataFrame, out_dir: Path, stem: str, axis: str = "
               axis == "poison_ratio" else "mean ± std over seeds")
     note = (f"HS = Harmful Score ↓, Ref = refusal rate ↑, {benign}, FA = Fine-tune Accuracy ↑; "
             f"percent, {spread}; best mean per column in bold; – = missing.\n\n")
-    (out_dir / f"{stem}.md").write_text(note + paper_table(df, axis, fmt="md"))
-    (out_dir / f"{stem}.tex").write_text(paper_table(df, axis, fmt="tex"))
+    if is_real(df) and axis == "poison_ratio" and intervals is None:
+        intervals = interval_table(df)
+    (out_dir / f"{stem}.md").write_text(note + paper_table(df, axis, fmt="md", intervals=intervals))
+    (out_dir / f"{stem}.tex").write_text(paper_table(df, axis, fmt="tex", intervals=intervals))
     aggregate(df, axis).to_csv(out_dir / f"{stem}.csv", index=False, float_format="%.4g")

@@ -279,6 +279,12 @@ def _check_optim(prefix: str, o: Any) -> None:
     _choice(f"{prefix}.dtype", o.dtype, tuple(DTYPES))
 
 
+def defence_optim(method: Any) -> DictConfig:
+    """``method.align.optim`` with the optimiser schema's defaults filled in: what an alignment-stage defence trains
+    a hub or imported model with (pact.pipeline.defence_align_stage)."""
+    return OmegaConf.merge(OmegaConf.structured(OptimConfig), method.align.optim)
+
+
 def _check_defence_alignment(method: Any) -> None:
     """``method.align``: how an alignment-stage defence (Vaccine) aligns a hub or imported model itself
     (pact.pipeline.defence_align_stage)."""
@@ -286,13 +292,14 @@ def _check_defence_alignment(method: Any) -> None:
     if a is None or any(key not in a for key in ("rows", "lora", "optim")):
         raise ConfigError(f"method={method.id} aligns a hub or imported model itself and needs method.align with "
                           "rows, lora and optim (conf/method/vaccine.yaml)")
-    merged = {}
-    for key, schema in (("optim", OptimConfig), ("lora", LoraConfig)):
-        try:
-            merged[key] = OmegaConf.merge(OmegaConf.structured(schema), a[key])
-        except OmegaConfBaseException as err:
-            raise ConfigError(f"method.align.{key}: {str(err).splitlines()[0]}") from None
-    optim, lora = merged["optim"], merged["lora"]
+    try:
+        optim = defence_optim(method)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"method.align.optim: {str(err).splitlines()[0]}") from None
+    try:
+        lora = OmegaConf.merge(OmegaConf.structured(LoraConfig), a.lora)
+    except OmegaConfBaseException as err:
+        raise ConfigError(f"method.align.lora: {str(err).splitlines()[0]}") from None
     _range("method.align.rows", a.rows, 1)
     _check_optim("method.align.optim", optim)
     _range("method.align.lora.r", lora.r, 1)

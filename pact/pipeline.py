@@ -10,13 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from transformers import set_seed
 
 from pact import data as D
 from pact import dist
 from pact.adapters import apply_lora
-from pact.config import NO_GUARD, ConfigError, OptimConfig
+from pact.config import NO_GUARD, ConfigError, defence_optim
 from pact.finetune import finetune_code, finetune_rows, finetune_slice, finetune_stage, run_name  # noqa: F401
 from pact.generation import build_engine, engine_slice
 from pact.guard import judge_stage, load_judgments
@@ -144,17 +144,24 @@ def imported_align_stage(store: Store, cfg: DictConfig, base: ModelRef, data: Ru
               "dtype": m.dtype, "code": IMPORT_ALIGN_CODE}
 
     def build(tmp: Path) -> dict[str, Any]:
-        tok = load_tokenizer(base.tokenizer_path, m.trust_remote_code)
-        model = load_model(base.path, m.dtype, m.trust_remote_code)
         rows = data.alignment_corpus()
-        set_seed(int(m.seed))  # LoRA's initialisation draws from torch's global RNG
-        if lora is not None:
-            model = apply_lora(model, m.align_lora)
-        metrics = _sft_and_save(model, tok, rows, "chat", m.align_train, m, tmp, "align", "none", Method(None))
+        metrics = _align_from(base, rows, m.align_train, m.get("align_lora"), m, tmp, Method(None))
         return {"train": metrics, "rows": len(rows), "adapter": "lora" if lora else "full"}
 
     art = store.build("align", slice_, {"init": base.key, **data.upstream}, build, collective=True)
     return ModelRef(art.key, str(art.path / "model"), "chat", str(art.path / "model"))
+
+
+def _align_from(init: ModelRef, rows: list[dict[str, Any]], optim: DictConfig, lora: DictConfig | None,
+                mcfg: DictConfig, tmp: Path, method: Method) -> dict[str, float]:
+    """Safety SFT of the model ``init`` names on {prompt, answer} ``rows`` in its prompt format, with a LoRA adapter
+    (merged at save) when ``lora`` is given, saved under ``tmp/model``; the imported and defended align stages."""
+    tok = load_tokenizer(init.tokenizer_path, mcfg.trust_remote_code)
+    model = load_model(init.path, mcfg.dtype, mcfg.trust_remote_code)
+    set_seed(int(mcfg.seed))  # LoRA's initialisation draws from torch's global RNG
+    if lora is not None:
+        model = apply_lora(model, lora)
+    return _sft_and_save(model, tok, rows, init.prompt_format, optim, mcfg, tmp, "align", "none", method)
 
 
 def defence_align_stage(store: Store, cfg: DictConfig, init: ModelRef, data: RunData) -> ModelRef:
@@ -164,7 +171,7 @@ def defence_align_stage(store: Store, cfg: DictConfig, init: ModelRef, data: Run
     through the model's chat template, with the defence's training step, ``method.align.optim`` and a LoRA adapter
     (``method.align.lora``) merged at save."""
     m, a = cfg.model, cfg.method.align
-    optim = defence_optim(cfg.method)
+    optim = defence_optim(cfg.method)  # its defaults explicit in the key
     slice_ = {"method": plain(cfg.method), "method_code": finetune_code(cfg.method), "optim": plain(optim),
               "seed": int(m.seed), "max_len": int(m.max_len), "dtype": m.dtype, "code": IMPORT_ALIGN_CODE}
 
@@ -173,21 +180,11 @@ def defence_align_stage(store: Store, cfg: DictConfig, init: ModelRef, data: Run
         if len(pairs) < int(a.rows):
             raise ConfigError(f"method.align.rows={a.rows}: the run's alignment pairs hold {len(pairs)} rows")
         rows = [{"prompt": p["prompt"], "answer": p["refusal"]} for p in pairs[: int(a.rows)]]
-        tok = load_tokenizer(init.tokenizer_path, m.trust_remote_code)
-        model = load_model(init.path, m.dtype, m.trust_remote_code)
-        set_seed(int(m.seed))  # LoRA's initialisation draws from torch's global RNG
-        model = apply_lora(model, a.lora)
-        method = build_method(cfg.method).alignment_method()
-        metrics = _sft_and_save(model, tok, rows, init.prompt_format, optim, m, tmp, "align", "none", method)
+        metrics = _align_from(init, rows, optim, a.lora, m, tmp, build_method(cfg.method).alignment_method())
         return {"train": metrics, "rows": len(rows), "init": init.path}
 
     art = store.build("align", slice_, {"init": init.key, **data.upstream}, build, collective=True)
     return ModelRef(art.key, str(art.path / "model"), init.prompt_format, str(art.path / "model"))
-
-
-def defence_optim(method_cfg: DictConfig) -> DictConfig:
-    """``method.align.optim`` with the optimiser schema's defaults filled in (pact.config.OptimConfig)."""
-    return OmegaConf.merge(OmegaConf.structured(OptimConfig), method_cfg.align.optim)
 
 
 def defended_alignment(store: Store, cfg: DictConfig, base: ModelRef | None, aligned: ModelRef,
