@@ -110,6 +110,7 @@ smollm2-extras: setup ## after make smollm2: full SFT/PACT (tied, untied), safet
 smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixtures -> results/ (after make data; ~2 h AVX-512 bf16 projected from its stages, not yet measured whole)
 	$(PY) -m experiments.prepare experiment=smollm2_real method=pact_lora --evaluate
 	$(PY) -m experiments.run experiment=smollm2_real
+	$(PY) -m experiments.run experiment=smollm2_real poison.ratio=0.05 seed=0
 	$(PY) -m experiments.run experiment=smollm2_real method=safety_mix_lora,lisa_lora seed=0 poison.ratio=0.0,0.1
 	$(call step0_and_curves,smollm2_real)
 	$(PY) -m analysis.report --experiment smollm2_real --out results --replace

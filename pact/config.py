@@ -225,6 +225,8 @@ class EvalConfig:
     limit: int = 0  # 0 = every prompt of each evaluation set
     # the chat template rendered as text and tokenised again (official: a second BOS) instead of its ids (ours)
     chat_as_text: bool = False
+    # the answers' model in this dtype (None: model.dtype); the fine-tune, safety pairs and token passes keep model.dtype
+    dtype: Optional[str] = None
 
 
 @dataclass
@@ -366,6 +368,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     c = merged
     _choice("model.kind", c.model.kind, MODEL_KINDS)
     _choice("model.dtype", c.model.dtype, tuple(DTYPES))
+    if c.eval.dtype is not None:
+        _choice("eval.dtype", c.eval.dtype, tuple(DTYPES))
     _range("model.max_len", c.model.max_len, 8)
     if c.model.kind == "toy":
         for stage in ("base_train", "align_train"):

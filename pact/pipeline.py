@@ -268,9 +268,10 @@ def generate_stage(store: Store, cfg: DictConfig, ref: ModelRef, data: RunData) 
     evaluation = plain(cfg.eval)
     if not evaluation.get("chat_as_text"):  # the default: absent from the key, as before the switch existed
         evaluation.pop("chat_as_text", None)
+    dtype = evaluation.pop("dtype", None) or cfg.model.dtype  # in the key as "dtype" below, as before eval.dtype
     slice_ = {"eval": evaluation, "engine": engine_slice(cfg.engine),
               "task": {"name": cfg.task.name, "max_new_tokens": cfg.task.max_new_tokens},  # its rows: data's key
-              "prompt_format": ref.prompt_format, "dtype": cfg.model.dtype, "code": GENERATE_CODE}
+              "prompt_format": ref.prompt_format, "dtype": dtype, "code": GENERATE_CODE}
     if data.kind != "toy":
         slice_["benchmarks"] = [*cfg.data.harmful_eval, *cfg.data.benign_eval]
     upstream = {"model": ref.key, **data.upstream}
@@ -279,8 +280,15 @@ def generate_stage(store: Store, cfg: DictConfig, ref: ModelRef, data: RunData) 
         tok = load_tokenizer(ref.tokenizer_path, cfg.model.trust_remote_code)
         model = None
         if cfg.engine.name == "hf":
-            model = load_model(ref.path, cfg.model.dtype, cfg.model.trust_remote_code)
-        engine = build_engine(cfg.engine, model, tok, Path(ref.path), cfg.model.dtype, int(cfg.seed),
+            model = load_model(ref.path, dtype, cfg.model.trust_remote_code)
+            if dtype != "float32" and model.device.type == "cpu":
+                # a merged LoRA fine-tune loads frozen (peft), and for frozen weights PyTorch's matmul runs the LM head
+                # on the last position's hidden states (a strided slice) as a batched product with the head copied
+                # per row, which a CPU does in half precision: 2x the generation time and ~5 GB more at batch 100
+                # (docs/reproducibility.md). Trainable, it is one mm, as for any model from_pretrained loads. The
+                # answers are the same; no gradient is taken (the engines generate under no_grad).
+                model.requires_grad_(True)
+        engine = build_engine(cfg.engine, model, tok, Path(ref.path), dtype, int(cfg.seed),
                               cfg.model.trust_remote_code)
         limit = int(cfg.eval.limit) or None
         sets = [(es, D.read_jsonl(es.file, es.fields)[:limit]) for es in data.eval_sets(cfg)]

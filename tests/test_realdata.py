@@ -391,6 +391,42 @@ def test_safety_pairs_are_the_aligned_models_refusals(fixtures, tmp_path, monkey
     assert meta["n_pairs"] == len(pairs) and meta["upstream"]["pairs"] == keys["pairs"]
 
 
+def test_eval_dtype_switches_the_evaluated_models_dtype_only(fixtures, tmp_path, monkeypatch):
+    """eval.dtype loads the evaluated model in that dtype and keys its answers by it; null keeps model.dtype and the
+    key the answers had before the switch existed; the safety pairs (training data) keep model.dtype; a wrong value
+    names the key. A frozen model (a merged LoRA fine-tune loads so) is made trainable for half-precision answers on
+    a CPU (PyTorch's matmul then runs the LM head as one mm instead of copying it per row)."""
+    from pact import generation
+
+    seen = []
+
+    def recording(cfg, model, tokenizer, model_path, dtype, seed, trust_remote_code):
+        seen.append((dtype, model.dtype, model.lm_head.weight.requires_grad))
+        return CannedEngine()
+
+    monkeypatch.setitem(generation.ENGINES, "hf", recording)
+    load = P.load_model
+    monkeypatch.setattr(P, "load_model", lambda *a, **k: load(*a, **k).requires_grad_(False))
+    keys, evals = {}, {}
+    for dtype in ("null", "bfloat16"):
+        cfg = real_cfg(fixtures, tmp_path / dtype, "method=pact", f"eval.dtype={dtype}")
+        up = P.start(cfg)
+        up.data.safety_pairs(up.aligned)
+        art = P.generate_stage(up.store, cfg, up.aligned, up.data)
+        meta = json.loads(art.file("meta.json").read_text())
+        evals[dtype] = meta["config"]["eval"]
+        keys[dtype] = (art.key, meta["config"]["dtype"])
+    # per config: the safety pairs (rundata's own loader: trainable), then the answers; (the engine's dtype, the
+    # loaded model's, whether its LM head is trainable)
+    assert seen == [("float32", torch.float32, True), ("float32", torch.float32, False),
+                    ("float32", torch.float32, True), ("bfloat16", torch.bfloat16, True)]
+    assert keys["null"][1] == "float32" and keys["bfloat16"][1] == "bfloat16" and keys["null"][0] != keys["bfloat16"][0]
+    # eval.dtype=null keys the answers as before the field existed (the committed stores' answers stay found)
+    assert set(evals["null"]) == {"harmful_max_new_tokens", "benign_max_new_tokens", "limit"}
+    with pytest.raises(ConfigError, match="eval.dtype"):
+        real_cfg(fixtures, tmp_path, "eval.dtype=half")
+
+
 def test_real_data_run_end_to_end_on_a_tiny_hub_model(fixtures, tmp_path):
     from analysis.report import report
     from experiments.run import run

@@ -24,9 +24,12 @@ def test_the_study_composes_with_the_official_mixtures_and_its_benchmarks():
     assert cfg.data.mixture[cfg.task.name]["0.05"] == "pact_sst2_p005"
     assert list(cfg.data.harmful_eval) == ["harmbench", "strongreject"]
     assert list(cfg.data.benign_eval) == ["xstest_safe"]
-    # at least 100 prompts per harmful benchmark, every XSTest safe prompt and every SST-2 test row
+    # at least 100 prompts per harmful benchmark, every XSTest safe prompt, and SST-2 rows enough for a 95% interval
+    # of accuracy under +-4 points at any accuracy (the normal approximation at 50%)
     assert all(cfg.data.benchmarks[b].limit >= 100 for b in cfg.data.harmful_eval)
-    assert not cfg.data.benchmarks.xstest_safe.get("limit") and cfg.task.test_rows == 0
+    assert not cfg.data.benchmarks.xstest_safe.get("limit")
+    assert 1.96 * (0.25 / (cfg.task.test_rows or 872)) ** 0.5 < 0.04
+    assert cfg.eval.dtype == "bfloat16" and cfg.model.dtype == "float32"   # the answers only
     # the corpus: the experiment's default (conf/corpus/), one override away from every candidate
     for corpus in ("lookalike_0", "lookalike_20", "lookalike_40"):
         other = compose_config(["experiment=smollm2_real", f"corpus={corpus}"])
