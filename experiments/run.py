@@ -49,6 +49,7 @@ def run(cfg: DictConfig, variant: str = "") -> dict[str, Any]:
                      {"model_path": defended.path, "evaluation_path": evaluation.path, **data_path})
         aligned = defended
     tuned = P.finetune_stage(store, cfg, aligned, data, base)
+    dist.release_host_memory()  # the fine-tune's memory is not the evaluation's
     evaluation = P.evaluate_stage(store, cfg, tuned, data)
     metrics = P.load_metrics(evaluation)
     paths = {"model_path": tuned.path, "evaluation_path": evaluation.path, **data_path}

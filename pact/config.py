@@ -225,7 +225,7 @@ class EvalConfig:
     limit: int = 0  # 0 = every prompt of each evaluation set
     # the chat template rendered as text and tokenised again (official: a second BOS) instead of its ids (ours)
     chat_as_text: bool = False
-    # the answers' model in this dtype (None: model.dtype); the fine-tune, safety pairs and token passes keep model.dtype
+    # the evaluated model in this dtype (None: model.dtype); training, safety pairs and token passes keep model.dtype
     dtype: Optional[str] = None
 
 
