@@ -107,7 +107,7 @@ smollm2-extras: setup ## after make smollm2: full SFT/PACT (tied, untied), safet
 # SFT/PACT-LoRA (3 seeds, p = 0, 0.05, 0.1) and safety mixing and Lisa (LoRA, seed 0, p = 0 and 0.1) on the official
 # SST-2 mixtures, two jobs of one thread; then the step-0 measurement beside the token-confidence curves, the report,
 # and each judge's recall on the refusals the aligned and fine-tuned models learnt (analysis.judge_check --experiment).
-smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixtures -> results/ (after make data; ~2 h AVX-512 bf16 projected from its stages, not yet measured whole)
+smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixtures -> results/ (after make data; 79 min AVX-512 bf16)
 	$(PY) -m experiments.prepare experiment=smollm2_real method=pact_lora --evaluate
 	$(PY) -m experiments.run experiment=smollm2_real
 	$(PY) -m experiments.run experiment=smollm2_real poison.ratio=0.05 seed=0
