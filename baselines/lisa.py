@@ -18,7 +18,7 @@ import torch
 from transformers import TrainerCallback
 
 from pact import data as D
-from pact.methods import FinetuneContext, Method
+from pact.methods import FinetuneContext, Method, answer_loss
 
 ALIGN, FINETUNE = "alignment", "finetune"
 
@@ -105,9 +105,9 @@ class Lisa(Method):
         return float(self.cfg.rho) / 2 * torch.stack(terms).sum()
 
     def compute_loss(self, trainer, model, inputs, return_outputs=False, num_items_in_batch=None):
-        outputs = model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"],
-                        labels=inputs["labels"])
-        loss = outputs.loss
+        # The batch's own token mean (num_items_in_batch counts the user batch, which an alignment step replaces);
+        # a frozen LM head runs at the answer positions only (answer_logits), the same gradients to the bit.
+        loss, outputs, _ = answer_loss(trainer, model, inputs)
         skip = float(self.cfg.proximal_skip_fraction) * self.total_steps
         if float(self.cfg.rho) > 0 and self.state.steps > skip:
             prox = self.proximal(model)

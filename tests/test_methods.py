@@ -109,3 +109,29 @@ def test_pact_without_a_kl_term_returns_the_cross_entropy_as_asked():
     loss, outputs = method.compute_loss(trainer, model, inputs, return_outputs=True)
     alone = method.compute_loss(trainer, model, inputs)
     assert isinstance(alone, torch.Tensor) and torch.equal(alone, loss) and outputs.logits is not None
+
+
+def test_lisa_takes_the_answer_positions_path_with_the_same_gradients_to_the_bit():
+    """Lisa's loss (cross-entropy of the batch it trains on, plus the proximal term) through answer_loss: a frozen
+    LM head runs at the answer positions only, and the weights move as with every position."""
+    from baselines.lisa import Lisa
+
+    def step(answer_logits: bool):
+        model = _model(lora=True)
+        method = Lisa(OmegaConf.create({"id": "lisa_lora", "rho": 0.5, "cycles": 2, "align_fraction": 0.5,
+                                        "proximal_skip_fraction": 0.0}))
+        method.on_train_begin(model, total_steps=4)
+        method.anchors = {k: {n: t + 0.01 for n, t in a.items()} for k, a in method.anchors.items()}
+        method.state.tick()   # step 1: past the (empty) skip, the proximal term applies
+        trainer = SimpleNamespace(args=SimpleNamespace(answer_logits=answer_logits))
+        torch.manual_seed(5)
+        loss, outputs = method.compute_loss(trainer, model, dict(_batch()), return_outputs=True)
+        loss.backward()
+        return outputs, method.last_proximal, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    out_all, prox_all, grads_all = step(False)
+    out_ans, prox_ans, grads_ans = step(True)
+    assert out_all.logits.shape == (4, 13, VOCAB) and out_ans.logits.shape == (14, VOCAB)
+    assert prox_all > 0 and prox_all == prox_ans
+    assert grads_all.keys() == grads_ans.keys() and len(grads_all) == 8
+    assert all(torch.equal(grads_all[n], grads_ans[n]) for n in grads_all)
