@@ -107,7 +107,7 @@ smollm2-extras: setup ## after make smollm2: full SFT/PACT (tied, untied), safet
 # SFT/PACT-LoRA (3 seeds, p = 0, 0.05, 0.1) and safety mixing and Lisa (LoRA, seed 0, p = 0 and 0.1) on the official
 # SST-2 mixtures, two jobs of one thread; then the step-0 measurement beside the token-confidence curves, the report,
 # and each judge's recall on the refusals the aligned and fine-tuned models learnt (analysis.judge_check --experiment).
-smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixtures -> results/ (after make data; 79 min AVX-512 bf16)
+smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixtures -> results/ (after make data; 74-79 min AVX-512 bf16)
 	$(PY) -m experiments.prepare experiment=smollm2_real method=pact_lora --evaluate
 	$(PY) -m experiments.run experiment=smollm2_real
 	$(PY) -m experiments.run experiment=smollm2_real poison.ratio=0.05 seed=0
@@ -138,7 +138,7 @@ smollm2-real-ours: setup ## smollm2-real's p = 0.1 SFT/PACT-LoRA cells (3 seeds)
 # The real data's files of public Git repositories at pinned commits (conf/data/real.yaml) -> data/real/ (git-ignored):
 # downloaded, or imported from local clones with GIT_DIRS="<clone> ...". Hub-only sources: experiments.fetch_data --kind hub.
 data: setup ## the real data's Git sources -> data/real/ (download; GIT_DIRS="<clones>" imports from local clones)
-	$(PY) -m experiments.fetch_data --kind git $(if $(GIT_DIRS),--git-dir $(GIT_DIRS))
+	$(PY) -m experiments.fetch_data --kind git $(if $(GIT_DIRS),--git-dir $(strip $(GIT_DIRS)))
 
 judge-check: setup ## each refusal judge on real answers whose label is known -> results/judge_check.{csv,md} (after make data; seconds)
 	$(PY) -m analysis.judge_check --out results
@@ -156,7 +156,7 @@ real-smoke: setup ## the real-data path on fixture files and a tiny Llama (~20 s
 paper-dry-run: setup ## experiment=paper_llama31's whole grid (40 runs + 3 full-parameter + Vaccine's route) on CPU: fixtures, tiny Llama-3 stand-ins, 1 step (~1.5 min) -> outputs/paper_dry_run/
 	$(PY) -m tests.paper_dry_run outputs/paper_dry_run
 
-test: setup ## every test (~5.5 min with AVX-512 bf16, longer without; + ~1 min creating .venv)
+test: setup ## every test (~8-9 min with AVX-512 bf16, longer without; + ~1 min creating .venv)
 	$(PY) -m pytest -q
 
 test-fast: setup ## the tests not marked slow (no subprocess, torchrun, kill/restart, none over ~3 s): ~1-1.5 min

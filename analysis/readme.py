@@ -1,7 +1,8 @@
-"""The README's generated parts: its results table, from ``results/summary.csv``, and its list of make targets with
-their times, from the Makefile's ``##`` help lines (the one place those times are written). Each part sits between
-``<!-- name:begin -->`` and ``<!-- name:end -->`` markers. ``python -m analysis.readme`` rewrites them (``make
-figures`` runs it); ``--check`` exits 1 when README.md differs from what the sources give (a fast test runs it).
+"""The docs' generated parts: README's results table, from ``results/summary.csv``, and its list of make targets with
+their times, from the Makefile's ``##`` help lines (the one place those times are written); docs/usage.md's list of
+config groups and their options, from ``conf/``. Each part sits between ``<!-- name:begin -->`` and
+``<!-- name:end -->`` markers. ``python -m analysis.readme`` rewrites them (``make figures`` runs it); ``--check``
+exits 1 when a doc differs from what the sources give (a fast test runs it).
 """
 
 from __future__ import annotations
@@ -52,10 +53,35 @@ def targets_list(makefile: Path) -> str:
     return "```\n" + "\n".join(f"make {name:<{width}s}# {text}" for name, text in found) + "\n```"
 
 
+def config_groups(conf: Path) -> str:
+    """One line per config group of ``conf/`` (nested groups as ``hydra/launcher``): its options, the root config's
+    default first and marked."""
+    defaults = {}
+    for entry in OmegaConf.load(conf / "config.yaml").defaults:
+        if isinstance(entry, dict) or OmegaConf.is_dict(entry):
+            defaults.update({str(k): v for k, v in entry.items()})
+    groups = sorted({str(f.parent.relative_to(conf)) for f in conf.rglob("*.yaml")
+                     if f.parent != conf and f.parent.name not in SETTINGS.not_groups})
+    width = max(map(len, groups)) + 1
+    lines = []
+    for group in groups:
+        options = sorted(f.stem for f in (conf / group).glob("*.yaml"))
+        default = defaults.get(group)
+        if default in options:
+            options = [f"{default} (default)", *(o for o in options if o != default)]
+        lines.append(f"{group:<{width}s}{' · '.join(options)}")
+    return "```\n" + "\n".join(lines) + "\n```"
+
+
 def blocks(repo: Path = REPO) -> dict[str, str]:
-    """The generated parts by marker name."""
+    """README's generated parts by marker name."""
     return {"results": results_table(pd.read_csv(repo / "results" / "summary.csv")),
             "targets": targets_list(repo / "Makefile")}
+
+
+def doc_blocks(repo: Path = REPO) -> dict[str, dict[str, str]]:
+    """Every doc's generated parts: {path relative to the repository: {marker name: body}}."""
+    return {"README.md": blocks(repo), "docs/usage.md": {"groups": config_groups(repo / "conf")}}
 
 
 def render(text: str, parts: dict[str, str]) -> str:
@@ -63,7 +89,7 @@ def render(text: str, parts: dict[str, str]) -> str:
     for name, body in parts.items():
         begin, end = f"<!-- {name}:begin -->\n", f"\n<!-- {name}:end -->"
         if begin not in text or end not in text:
-            raise ValueError(f"README.md lacks the markers of its {name!r} part ({begin.strip()} ... {end.strip()})")
+            raise ValueError(f"the doc lacks the markers of its {name!r} part ({begin.strip()} ... {end.strip()})")
         head, rest = text.split(begin, 1)
         text = head + begin + body + end + rest.split(end, 1)[1]
     return text
@@ -71,20 +97,23 @@ def render(text: str, parts: dict[str, str]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m analysis.readme", description=__doc__)
-    parser.add_argument("--check", action="store_true", help="exit 1 if README.md differs from its sources")
+    parser.add_argument("--check", action="store_true", help="exit 1 if a doc differs from its sources")
     args = parser.parse_args(argv)
-    path = REPO / "README.md"
-    text = path.read_text()
-    new = render(text, blocks())
-    if args.check:
-        if new != text:
-            print("README.md: a generated part differs from its source; run python -m analysis.readme",
-                  file=sys.stderr)
-            sys.exit(1)
-        return
-    if new != text:
-        path.write_text(new)
-        print(f"rewrote the generated parts of {path}")
+    stale = []
+    for name, parts in doc_blocks().items():
+        path = REPO / name
+        text = path.read_text()
+        new = render(text, parts)
+        if new == text:
+            continue
+        stale.append(name)
+        if not args.check:
+            path.write_text(new)
+            print(f"rewrote the generated parts of {name}")
+    if args.check and stale:
+        print(f"{', '.join(stale)}: a generated part differs from its source; run python -m analysis.readme",
+              file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -79,7 +79,7 @@ def local_csv_rows(folder: Path) -> list[dict[str, Any]]:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
 
 
 def _write_manifest_entry(root: Path, name: str, entry: dict[str, Any]) -> None:

@@ -5,17 +5,42 @@ and they speak to users (no development diary words)."""
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
-from analysis.readme import blocks, render
+from analysis.readme import blocks, config_groups, doc_blocks, render
 
 REPO = Path(__file__).resolve().parents[1]
 USER_DOCS = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), REPO / "results" / "README.md"]
 
 
-def test_readme_generated_parts_equal_their_sources():
-    text = (REPO / "README.md").read_text()
-    assert render(text, blocks()) == text, "run python -m analysis.readme (make figures does)"
+def test_docs_generated_parts_equal_their_sources():
+    for name, parts in doc_blocks().items():
+        text = (REPO / name).read_text()
+        assert render(text, parts) == text, f"{name}: run python -m analysis.readme (make figures does)"
+
+
+def test_a_new_config_option_or_group_reaches_the_list(tmp_path):
+    conf = tmp_path / "conf"
+    shutil.copytree(REPO / "conf", conf)
+    before = config_groups(conf)
+    (conf / "method" / "mymethod.yaml").write_text("id: mymethod\n")
+    (conf / "newgroup").mkdir()
+    (conf / "newgroup" / "a.yaml").write_text("x: 1\n")
+    after = config_groups(conf)
+    assert "mymethod" not in before and " · mymethod" in after and "newgroup" in after
+    assert "sft (default)" in after and "accelerate" not in after   # launch configs are not a group
+
+
+MODULE_PACKAGES = ("pact", "pact/world", "baselines", "experiments", "analysis")
+
+
+def test_the_module_map_names_every_module():
+    text = (REPO / "docs" / "architecture.md").read_text()
+    block = text.split("**Where things live.**", 1)[1].split("```")[1]
+    missing = [f"{pkg}/{f.name}" for pkg in MODULE_PACKAGES for f in sorted((REPO / pkg).glob("*.py"))
+               if f.stem != "__init__" and not re.search(rf"\b{f.stem}\b", block)]
+    assert not missing, f"docs/architecture.md's module map lacks {missing}"
 
 
 def test_a_number_edited_by_hand_is_caught():
@@ -26,10 +51,51 @@ def test_a_number_edited_by_hand_is_caught():
     assert slower != text and render(slower, blocks()) != slower  # a time category lives in the Makefile
 
 
+# Words of a development diary: the history (dates of work, machines, what changed) belongs in the reproducibility log.
+DIARY = re.compile(r"session|issue #|this machine|this environment|\blent\b|\bearlier\b|was cut|\breplaced\b|"
+                   r"measured and|\bbefore,|not spent|\b20\d\d-[01]\d-[0-3]\d\b", re.I)
+LOG = REPO / "docs" / "reproducibility.md"
+README_MAX_LINES = 150   # the front door fits a few screens; details live in docs/
+
+
+def diary_lines(text: str) -> list[str]:
+    """The lines of a doc that speak of its making instead of to its user."""
+    return [line for line in text.splitlines() if DIARY.search(line)]
+
+
 def test_user_docs_name_no_sessions_or_issues():
     for path in USER_DOCS:
         hits = [line for line in path.read_text().splitlines() if re.search(r"session|issue #", line, re.I)]
         assert not hits, f"{path.relative_to(REPO)}: {hits[:3]}"
+
+
+def test_user_docs_keep_no_diary():
+    for path in USER_DOCS:
+        if path != LOG:
+            hits = diary_lines(path.read_text())
+            assert not hits, f"{path.relative_to(REPO)} (history goes to docs/reproducibility.md): {hits[:3]}"
+
+
+def test_the_diary_words_are_caught():
+    for line in ("Measured on this machine.", "n was cut to 120", "the earlier run", "checked on 2026-12-05",
+                 "Before, the copy stayed", "two recipes were measured and replaced", "no GPU has been lent"):
+        assert diary_lines(line), line
+    assert not diary_lines("the reference before fine-tuning; Lisa's rows; a replacement for")
+
+
+def test_the_front_door_is_short_and_names_the_paper_and_its_code():
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= README_MAX_LINES
+    first = text.split("\n\n")[1]   # the paragraph under the title
+    assert "https://arxiv.org/abs/2603.07445" in first and "https://github.com/Glresearch1/PACT" in first
+    assert "**Scope.**" in text.split("\n## ")[0]   # what ran, before any result
+
+
+def test_make_commands_in_the_docs_name_real_targets():
+    targets = set(re.findall(r"^([a-z0-9-]+):", (REPO / "Makefile").read_text(), re.M))
+    for path in USER_DOCS:
+        named = set(re.findall(r"(?:^|`)make ([a-z][a-z0-9-]*)", path.read_text(), re.M))   # commands, not prose
+        assert named <= targets, f"{path.relative_to(REPO)} names missing make targets {sorted(named - targets)}"
 
 
 def test_relative_links_resolve():
@@ -37,3 +103,11 @@ def test_relative_links_resolve():
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", path.read_text()):
             if "://" not in target:
                 assert (path.parent / target).exists(), f"{path.relative_to(REPO)} links to a missing {target}"
+
+
+def test_the_methods_table_names_every_method():
+    text = (REPO / "docs" / "usage.md").read_text()
+    table = text.split("## Methods", 1)[1].split("\n\n", 1)[0]
+    named = set(re.findall(r"`([a-z0-9_]+)`", table))
+    missing = sorted(f.stem for f in (REPO / "conf" / "method").glob("*.yaml") if f.stem not in named)
+    assert not missing, f"docs/usage.md's methods table lacks {missing}"
