@@ -20,21 +20,21 @@ from typing import Any
 
 import torch
 
+from pact.data import SFTCollator
+
 LETTERS = ("A", "B", "C", "D")
 
 
-def word_count(text: str) -> int:
-    """Words as runs of letters or digits (punctuation alone is no word)."""
-    return len(re.findall(r"[0-9A-Za-z]+", text))
+def _words(text: str) -> list[str]:
+    """Lower-cased runs of letters or digits (punctuation alone is no word)."""
+    return re.findall(r"[0-9a-z]+", text.lower())
 
 
 def non_answer(response: str, min_words: int, labels: Sequence[str] = ()) -> bool:
     """Whether ``response`` leaves an ordinary instruction unanswered: empty, fewer than ``min_words`` words, or
     nothing but one of ``labels`` (the fine-tuning task's label words, case and punctuation ignored)."""
-    words = re.findall(r"[0-9a-z]+", response.lower())
-    if len(words) < min_words:
-        return True
-    return " ".join(words) in {" ".join(re.findall(r"[0-9a-z]+", label.lower())) for label in labels}
+    words = _words(response)
+    return len(words) < min_words or words in [_words(label) for label in labels]
 
 
 def multiple_choice_prompt(subject: str, question: str, choices: Sequence[str]) -> str:
@@ -64,18 +64,14 @@ def choice_predictions(model: Any, tokenizer: Any, prompts: Sequence[str], batch
     and read at their own last token, so a row's prediction does not depend on its batch-mates' lengths beyond
     the arithmetic of padded attention."""
     choices = torch.tensor(letter_ids(tokenizer))
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    collate = SFTCollator(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
     device = next(model.parameters()).device
     out: list[int] = []
     for start in range(0, len(prompts), batch_size):
         encoded = [tokenizer(p)["input_ids"] for p in prompts[start:start + batch_size]]
-        width = max(map(len, encoded))
-        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, row in enumerate(encoded):
-            ids[i, : len(row)] = torch.tensor(row)
-            mask[i, : len(row)] = 1
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        last = logits[torch.arange(len(encoded)), mask.sum(1).to(device) - 1]
+        batch = collate([{"input_ids": ids, "labels": ids} for ids in encoded])   # labels unused: right padding
+        mask = batch["attention_mask"].to(device)
+        logits = model(input_ids=batch["input_ids"].to(device), attention_mask=mask).logits
+        last = logits[torch.arange(len(encoded), device=device), mask.sum(1) - 1]
         out += last[:, choices.to(device)].float().argmax(-1).tolist()
     return out
