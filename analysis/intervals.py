@@ -42,11 +42,22 @@ def benchmarks(df: pd.DataFrame, metric: str, count: str) -> Rate:
     return Rate(metric, (metric,), (count,))
 
 
+# The utility measures (pact.utility, utility=assistant): each a rate over its own items, pooled
+UTILITY = {"instruction_refusal_rate": "n_instructions", "non_answer_rate": "n_instructions",
+           "knowledge_accuracy": "n_knowledge"}
+
+
 def rates_of(df: pd.DataFrame) -> dict[str, Rate]:
-    """The rates a real-data table shows, each with the prompt counts behind it."""
+    """The rates a table shows, each with the prompt counts behind it."""
     harmful = {m: benchmarks(df, m, "n_harmful") for m in ("harmful_score", "refusal_rate")}
+    utility = {m: Rate(m, (m,), (n,)) for m, n in UTILITY.items() if m in df.columns}
     return {**harmful, "benign_refusal_rate": benchmarks(df, "benign_refusal_rate", "n_benign"),
-            "finetune_accuracy": Rate("finetune_accuracy", ("finetune_accuracy",), ("n_task",))}
+            "finetune_accuracy": Rate("finetune_accuracy", ("finetune_accuracy",), ("n_task",)), **utility}
+
+
+def has_utility(df: pd.DataFrame) -> bool:
+    """Whether some rows carry the utility measures."""
+    return any(m in df.columns and df[m].notna().any() for m in UTILITY)
 
 
 def _draws(rows: pd.DataFrame, rate: Rate, picks: np.ndarray, rng: np.random.Generator) -> np.ndarray | None:
@@ -89,7 +100,8 @@ def cell_intervals(rows: pd.DataFrame, rates: dict[str, Rate], resamples: int | 
 
 
 def interval_table(df: pd.DataFrame, metrics: Sequence[str] = ("refusal_rate", "benign_refusal_rate", GAP,
-                                                                 "harmful_score", "finetune_accuracy")) -> pd.DataFrame:
+                                                                 "harmful_score", "finetune_accuracy", *UTILITY)
+                   ) -> pd.DataFrame:
     """One row per (method, poison ratio) of a real-data study's rows (reference models first, no ratio): seeds,
     and per metric its mean and interval (columns ``<metric>``, ``<metric>_lo``, ``<metric>_hi``)."""
     rates = rates_of(df)
@@ -117,7 +129,8 @@ def cell_text(row: pd.Series, metric: str) -> str:
 
 
 SHOWN = (("refusal_rate", "Ref (harmful) ↑"), ("benign_refusal_rate", "OverRef (safe) ↓"), (GAP, "Gap ↑"),
-         ("harmful_score", "HS ↓"), ("finetune_accuracy", "FA ↑"))
+         ("harmful_score", "HS ↓"), ("finetune_accuracy", "FA ↑"), ("instruction_refusal_rate", "InstrRef ↓"),
+         ("non_answer_rate", "NoAnswer ↓"), ("knowledge_accuracy", "MMLU ↑"))
 
 
 def intervals_markdown(table: pd.DataFrame) -> str:

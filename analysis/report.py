@@ -17,8 +17,8 @@ from typing import Any
 import pandas as pd
 
 from analysis import agreement
-from analysis.figures import ablation_curve, hs_vs_fa, hs_vs_p, selectivity
-from analysis.intervals import interval_table, intervals_markdown
+from analysis.figures import ablation_curve, hs_vs_fa, hs_vs_p, safety_utility, selectivity
+from analysis.intervals import UTILITY, has_utility, interval_table, intervals_markdown
 from analysis.tables import is_real, mean_std, write_paper_tables
 from pact.cli import run_cli
 from pact.fileio import write_atomic
@@ -29,9 +29,11 @@ log = logging.getLogger("analysis.report")
 ID_COLUMNS = list(IDENTITY)
 METRICS = ["harmful_score", "refusal_rate", "other_rate", "finetune_accuracy", "helpfulness"]
 EXTRA_METRICS = ["harmful_score_keyword", "harmful_steps_rate", "benign_refusal_rate"]
+UTILITY_METRICS = list(UTILITY)   # pact.utility's measures, where the runs had utility=assistant
 LABELS = {"harmful_score": "HS ↓", "refusal_rate": "Refusal ↑", "other_rate": "Other",
           "finetune_accuracy": "FA ↑", "helpfulness": "Helpful ↑", "harmful_score_keyword": "HS (keyword)",
-          "harmful_steps_rate": "Steps", "benign_refusal_rate": "Benign refusal"}
+          "harmful_steps_rate": "Steps", "benign_refusal_rate": "Benign refusal",
+          "instruction_refusal_rate": "InstrRef ↓", "non_answer_rate": "NoAnswer ↓", "knowledge_accuracy": "MMLU ↑"}
 
 
 DEFAULT_OUT = "outputs/report"  # a user's own runs never merge into the committed results/ unless asked
@@ -57,8 +59,8 @@ def label(metric: str) -> str:
     if name.startswith("harmful_score_"):
         name = f"HS ({name.removeprefix('harmful_score_')})"
     else:
-        name = {"harmful_score": "HS", "benign_refusal_rate": "Benign refusal", "refusal_rate": "Refusal"}.get(name,
-                                                                                                               name)
+        name = {"harmful_score": "HS", "benign_refusal_rate": "Benign refusal", "refusal_rate": "Refusal",
+                "instruction_refusal_rate": "InstrRef", "knowledge_accuracy": "MMLU"}.get(name, name)
     return f"{name}.{bench}" if bench else name
 
 
@@ -232,20 +234,24 @@ def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, experiments:
             metrics = ["harmful_score", "refusal_rate", "benign_refusal_rate", "finetune_accuracy"]
             metrics += [c for c in group.columns if c.startswith(("harmful_score.", "benign_refusal_rate."))]
             metrics += [c for c in group.columns if c.startswith("harmful_score_") and "." not in c]
+            metrics += [m for m in UTILITY_METRICS if m in group]
             note = (f"Percent, mean ± std over seeds. HS = Harmful Score ({judge} judge) and Refusal, each the mean "
                     "over the harmful benchmarks (each benchmark weighs the same; `HS.<benchmark>` columns per "
                     "benchmark, `HS (<judge>)` by every judge that ran); Benign refusal = over-refusal on the benign "
                     "benchmarks; FA = Fine-tune Accuracy on the task's test set. `base`/`aligned` rows are the "
                     "reference models before fine-tuning.\n\n")
         else:
-            metrics = METRICS + [m for m in EXTRA_METRICS if m in group]
+            metrics = METRICS + [m for m in EXTRA_METRICS + UTILITY_METRICS if m in group]
             note = ("Percent, mean ± std over seeds. HS = Harmful Score (oracle judge) on held-out harmful prompts; "
                     "Refusal/Other = the oracle's other two classes; FA = Fine-tune Accuracy on the task's test set; "
                     "Helpful = helpful answers to held-out benign look-alike requests. `base`/`aligned` rows are the "
                     "reference models before fine-tuning.\n\n")
         table = method_table(group, metrics)
         write_atomic(out / "tables" / f"{exp}_{model}_{task}.md", title + note + to_markdown(table))
-        bounds = interval_table(group) if is_real(group) else None  # 95% intervals, once per study
+        # 95% intervals, once per study: every rate of a real-data study; the utility measures (and the harmful
+        # refusal they are set against) of a toy-prompt study that has them
+        bounds = (interval_table(group) if is_real(group) else
+                  interval_table(group, ("refusal_rate", *UTILITY_METRICS)) if has_utility(group) else None)
         if group["poison_ratio"].notna().any():  # fine-tuned rows (a study of reference models alone has none)
             write_paper_tables(group, out / "tables", f"{exp}_{model}_{task}_paper", intervals=bounds)
         if bounds is not None:  # selectivity: harmful refused vs safe look-alikes refused, with intervals
@@ -255,6 +261,9 @@ def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, experiments:
             if {"refusal_rate_lo", "benign_refusal_rate_lo"} <= set(bounds.columns):
                 selectivity(bounds, out / "figures" / f"{stem}_selectivity",
                             f"{exp}: {model}, {task} (95% bootstrap intervals)")
+            if {"refusal_rate_lo", *(f"{m}_lo" for m in UTILITY_METRICS)} <= set(bounds.columns):
+                safety_utility(bounds, out / "figures" / f"{stem}_safety_utility",
+                               f"{exp}: {model}, {task} (95% bootstrap intervals)")
         if group["poison_ratio"].dropna().nunique() > 1:
             hs_vs_p(group, out / "figures" / f"{exp}_{model}_{task}_hs_vs_p",
                     f"{exp}: {model}, {task} (mean ± std over seeds)")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.intervals import interval_table
+from analysis.intervals import has_utility, interval_table
 
 
 def mean_std(values: pd.Series, digits: int = 1) -> str:
@@ -38,8 +38,15 @@ def is_real(df: pd.DataFrame) -> bool:
     return any("." in c and df[c].notna().any() for c in df.columns if c.startswith("harmful_score."))
 
 
+# The utility measures (pact.utility), where the rows have them: refusals of ordinary instructions, answers that are
+# no answer, and the MMLU subset's accuracy
+UTILITY_COLUMNS = [("instruction_refusal_rate", "InstrRef", False), ("non_answer_rate", "NoAnswer", False),
+                   ("knowledge_accuracy", "MMLU", True)]
+
+
 def columns_for(df: pd.DataFrame) -> list[tuple[str, str, bool]]:
-    return REAL_COLUMNS if is_real(df) else COLUMNS
+    columns = REAL_COLUMNS if is_real(df) else COLUMNS
+    return columns + (UTILITY_COLUMNS if has_utility(df) else [])
 MISSING = "–"
 
 
@@ -119,7 +126,9 @@ def write_paper_tables(df: pd.DataFrame, out_dir: Path, stem: str, axis: str = "
               "over the harmful benchmarks" if is_real(df) else "Help = helpfulness ↑")
     spread = ("mean over seeds [95% bootstrap interval over prompts and seeds]" if is_real(df) and
               axis == "poison_ratio" else "mean ± std over seeds")
-    note = (f"HS = Harmful Score ↓, Ref = refusal rate ↑, {benign}, FA = Fine-tune Accuracy ↑; "
+    utility = (", InstrRef = refusals of ordinary instructions ↓, NoAnswer = non-answers to them ↓, MMLU = "
+               "multiple-choice accuracy ↑ (pact.utility)" if has_utility(df) else "")
+    note = (f"HS = Harmful Score ↓, Ref = refusal rate ↑, {benign}, FA = Fine-tune Accuracy ↑{utility}; "
             f"percent, {spread}; best mean per column in bold; – = missing.\n\n")
     if is_real(df) and axis == "poison_ratio" and intervals is None:
         intervals = interval_table(df)

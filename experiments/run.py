@@ -44,15 +44,16 @@ def run(cfg: DictConfig, variant: str = "") -> dict[str, Any]:
     defended = P.defended_alignment(store, cfg, base, aligned, data)
     if defended is not None:  # alignment-stage defence: its aligned model is a reference row too
         evaluation = P.evaluate_stage(store, cfg, defended, data)
-        write_record(cfg, f"{cfg.method.id}_aligned", None, int(cfg.model.seed), P.load_metrics(evaluation),
-                     {"model": defended.key, **data.upstream},
-                     {"model_path": defended.path, "evaluation_path": evaluation.path, **data_path})
+        metrics, paths = with_utility(cfg, up, defended, P.load_metrics(evaluation),
+                                      {"model_path": defended.path, "evaluation_path": evaluation.path, **data_path})
+        write_record(cfg, f"{cfg.method.id}_aligned", None, int(cfg.model.seed), metrics,
+                     {"model": defended.key, **data.upstream}, paths)
         aligned = defended
     tuned = P.finetune_stage(store, cfg, aligned, data, base)
     dist.release_host_memory()  # the fine-tune's memory is not the evaluation's
     evaluation = P.evaluate_stage(store, cfg, tuned, data)
-    metrics = P.load_metrics(evaluation)
-    paths = {"model_path": tuned.path, "evaluation_path": evaluation.path, **data_path}
+    metrics, paths = with_utility(cfg, up, tuned, P.load_metrics(evaluation),
+                                  {"model_path": tuned.path, "evaluation_path": evaluation.path, **data_path})
     ft_meta = json.loads((Path(tuned.path).parent / "meta.json").read_text())
     tokens_dir = ft_meta.get("method_stats", {}).get("tokens_dir")
     if tokens_dir:
@@ -78,9 +79,21 @@ def reference_records(cfg: DictConfig, up: P.Upstream) -> None:
         if ref is None:
             continue
         evaluation = P.evaluate_stage(up.store, cfg, ref, up.data)
-        write_record(cfg, name, None, int(cfg.model.seed), P.load_metrics(evaluation),
-                     {"model": ref.key, **up.data.upstream},
-                     {"model_path": ref.path, "evaluation_path": evaluation.path, **data_path})
+        metrics, paths = with_utility(cfg, up, ref, P.load_metrics(evaluation),
+                                      {"model_path": ref.path, "evaluation_path": evaluation.path, **data_path})
+        write_record(cfg, name, None, int(cfg.model.seed), metrics, {"model": ref.key, **up.data.upstream}, paths)
+
+
+def with_utility(cfg: DictConfig, up: P.Upstream, ref, metrics: dict[str, Any],
+                 paths: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """A record's metrics and paths with the model's utility measures added when ``utility`` is on
+    (pact.utility: built here, or reused from the store)."""
+    if not cfg.utility.enabled:
+        return metrics, paths
+    from pact.utility import load_utility, utility_stage
+
+    art = utility_stage(up.store, cfg, ref, up.data)
+    return {**metrics, **load_utility(art)}, {**paths, "utility_path": str(art.path)}
 
 
 def generations_table(cfg: DictConfig, evaluation: Artifact):

@@ -43,6 +43,8 @@ LOGGERS = ("none", "wandb")        # experiments.run.start_logger
 NO_GUARD = "none"                  # guard.name of runs without a model judge (conf/guard/none.yaml)
 LOGGER_MODES = ("offline", "online", "disabled")  # wandb's modes
 # HF get_scheduler names we allow, and "step" (pact.training: lr *= step_gamma per epoch, the official PACT StepLR)
+INSTRUCTION_SCHEMAS = ("alpaca_seed",)   # pact.utility: an instruction with its reference answer (`response`)
+CHOICE_SCHEMAS = ("mmlu_csv",)           # pact.utility: a question, its choices and the right one's letter
 STORED_REFUSALS = "pact_refusals"  # the schema whose answers are refusals (data.safety_pairs.answers=stored)
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "step")
 
@@ -230,6 +232,32 @@ class EvalConfig:
 
 
 @dataclass
+class InstructionsConfig:
+    source: str = "self_instruct_user"
+    min_words: int = 3
+    limit: int = 0              # 0 = every held-out instruction whose reference answer has min_words words
+    max_new_tokens: int = 64
+    judges: list[str] = field(default_factory=lambda: ["keyword", "keyword_qi", "openers"])
+
+
+@dataclass
+class KnowledgeConfig:
+    sources: list[str] = field(default_factory=list)
+    limit: int = 0              # 0 = every question of each source
+    batch_size: int = 8         # questions per forward pass (each with all its choices)
+
+
+@dataclass
+class UtilityConfig:
+    """conf/utility/: the ordinary-instruction and knowledge measures of every evaluated model (pact.utility)."""
+    name: str = "none"
+    enabled: bool = False
+    primary_judge: str = "keyword_qi"
+    instructions: InstructionsConfig = field(default_factory=InstructionsConfig)
+    knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
+
+
+@dataclass
 class Config:
     experiment_name: str = "default"
     seed: int = 0
@@ -248,6 +276,7 @@ class Config:
     guard: GuardConfig = field(default_factory=GuardConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    utility: UtilityConfig = field(default_factory=UtilityConfig)
     experiment: Any = None
 
 
@@ -448,6 +477,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         _range("guard.max_new_tokens", c.guard.max_new_tokens, 1)
         _range("guard.batch_size", c.guard.batch_size, 1)
     _choice("judge.name", c.judge.name, tuple(c.data.judges) + guards)
+    if c.utility.enabled:
+        _check_utility(c.utility)
     _choice("logger.name", c.logger.name, LOGGERS)
     _choice("logger.mode", c.logger.mode, LOGGER_MODES)
     _range("world.task_heldout_fraction", c.world.task_heldout_fraction, 0, 1)
@@ -463,6 +494,31 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"poison.ratio={c.poison.ratio} needs {n_poison} poison rows; the world's poison "
                           "split is smaller (raise world.items_per_category.poison)")
     return merged
+
+
+def _check_utility(u: Any) -> None:
+    """conf/utility/: judges that read free text, sources conf/data/real.yaml defines with the schema each part
+    reads, and sizes in range."""
+    ins, know = u.instructions, u.knowledge
+    _range("utility.instructions.min_words", ins.min_words, 1)
+    _range("utility.instructions.limit", ins.limit, 0)
+    _range("utility.instructions.max_new_tokens", ins.max_new_tokens, 1)
+    _range("utility.knowledge.limit", know.limit, 0)
+    _range("utility.knowledge.batch_size", know.batch_size, 1)
+    for judge in ins.judges:
+        _choice("utility.instructions.judges", judge, tuple(j for j in JUDGES if not JUDGES[j].toy_only))
+    _choice("utility.primary_judge", u.primary_judge, tuple(ins.judges))
+    if not know.sources:
+        raise ConfigError("utility.knowledge.sources is empty: name the multiple-choice sources (conf/data/real.yaml)")
+    sources = OmegaConf.load(CONF_DIR / "data" / "real.yaml").sources
+    for key, names, schemas in (("utility.instructions.source", [ins.source], INSTRUCTION_SCHEMAS),
+                                ("utility.knowledge.sources", list(know.sources), CHOICE_SCHEMAS)):
+        for name in names:
+            if name not in sources:
+                raise ConfigError(f"{key}: {name!r} is not a source of conf/data/real.yaml")
+            if sources[name].schema not in schemas:
+                raise ConfigError(f"{key}: {name!r} has schema {sources[name].schema!r}; this part reads "
+                                  f"{list(schemas)}")
 
 
 def _data_kind(option: str) -> str | None:

@@ -8,7 +8,7 @@ from collections import Counter
 from typing import Any
 
 from pact.judges import CLASSES, COMPLIANCE, OTHER, REFUSAL, STEPS, delivers_help
-from pact.sources import AG_NEWS_LABELS, GSM8K_MARK, GSM8K_TARGET_MARK
+from pact.sources import AG_NEWS_LABELS, GSM8K_MARK, GSM8K_TARGET_MARK, SST2_LABELS
 
 FINAL_ANSWER = re.compile(r"The final answer is:\s*(-?\d+)")
 TOPICS = AG_NEWS_LABELS  # the toy topic task is AG-News-shaped
@@ -69,8 +69,19 @@ def _same_number(parsed: str, label: str) -> bool:
 # The tasks the repository can score: task.name -> the parser of its answers (config validation reads it).
 TASK_PARSERS = {"sentiment": _sentiment, "topic": _topic, "arithmetic": _arithmetic,
                 "sst2": _sst2, "agnews": _agnews, "gsm8k": _gsm8k}
+# The label words of each classification task (a number answers the arithmetic ones): an answer made of one of them
+# alone is the task's format, not an answer to an ordinary instruction (pact.utility.non_answer).
+TASK_LABELS = {"sentiment": SST2_LABELS, "sst2": SST2_LABELS, "topic": TOPICS, "agnews": AG_NEWS_LABELS,
+               "arithmetic": (), "gsm8k": ()}
 # How a parsed answer is checked against the label where it is not plain equality.
 TASK_CHECKS = {"agnews": lambda parsed, label: label in parsed.split("|"), "gsm8k": _same_number}
+
+
+def task_labels(task: str) -> tuple[str, ...]:
+    """The label words of ``task`` (none for the tasks answered by a number)."""
+    if task not in TASK_LABELS:
+        raise ValueError(f"unknown task {task!r}; known: {sorted(TASK_LABELS)}")
+    return tuple(TASK_LABELS[task])
 
 
 def parse_answer(task: str, response: str) -> str | None:

@@ -18,11 +18,11 @@ from pact.fileio import write_atomic
 from pact.store import stable_key
 
 IDENTITY = ("experiment", "model", "method", "task", "poison_ratio", "seed")
-INTERNAL = ("keys", "model_path", "evaluation_path", "world_path", "data_path", "tokens_meta")
+INTERNAL = ("keys", "model_path", "evaluation_path", "world_path", "data_path", "tokens_meta", "utility_path")
 # Overrides that are identity columns already (or only say where and how a run executes); any other override
 # of a run is its `variant` (e.g. ``method.lambda_kl=2.0``), which keeps ablation runs apart.
 NOT_VARIANT = ("experiment", "experiment_name", "method", "model", "task", "poison", "poison.ratio", "seed",
-               "store_dir", "runs_dir", "threads", "logger", "data", "data.root", "cell")
+               "store_dir", "runs_dir", "threads", "logger", "data", "data.root", "cell", "utility")
 REFERENCE_TAG = "ref"  # file-name tag of reference rows (base and aligned models: no poison ratio)
 
 

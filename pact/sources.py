@@ -59,6 +59,16 @@ def gsm8k_final(solution: str) -> str:
     return solution.rsplit(GSM8K_MARK, 1)[1].strip().replace(",", "")
 
 
+MMLU_LETTERS = ("A", "B", "C", "D")  # hendrycks/test data/test/*.csv: the answer column holds the right choice's letter
+
+
+def _mmlu(row: dict[str, Any]) -> dict[str, Any]:
+    if row["answer"] not in MMLU_LETTERS:
+        raise ValueError(f"answer {row['answer']!r} is not one of {list(MMLU_LETTERS)}")
+    return {"text": row["question"], "choices": [row[letter] for letter in MMLU_LETTERS], "label": row["answer"],
+            "choice_index": MMLU_LETTERS.index(row["answer"])}
+
+
 def _beavertails_categories(row: dict[str, Any]) -> list[str]:
     return sorted(k for k, v in (row.get("category") or {}).items() if v)
 
@@ -120,6 +130,8 @@ SCHEMAS: dict[str, Schema] = {
     "alpaca_seed": Schema(("instruction", "instances"),
                           lambda r: {"text": _instruction_text({**r, **r["instances"][0]}),
                                      "response": r["instances"][0]["output"]}),
+    # MMLU (Hendrycks et al. 2021) data/test/<subject>_test.csv: question, four choices, the right letter (no header)
+    "mmlu_csv": Schema(("question", *MMLU_LETTERS, "answer"), _mmlu),
     # PHTest evaluation_results/<model>.csv: a pseudo-harmful request, its label, a model's answer and its class
     "phtest": Schema(("Request", "Harmfulness", "Response", "Response_cls"),
                      lambda r: {"text": r["Request"], "label": r["Harmfulness"], "response": r["Response"]}),
@@ -297,17 +309,20 @@ def read_rows(path: str | Path, spec: Any) -> list[dict[str, Any]]:
     fmt = spec.git.format
     if fmt in ("csv", "tsv"):
         dialect = TSV_DIALECT if fmt == "tsv" else {}
+        columns = list(spec.git.get("columns") or [])   # a file without a header row: its columns, in order
         with path.open(encoding="utf-8", newline="") as fh:
-            reader = csv.DictReader(fh, **dialect)
+            reader = csv.DictReader(fh, fieldnames=columns or None, **dialect)
             header = reader.fieldnames or []
             missing = [c for c in SCHEMAS[spec.schema].columns if c not in header]
             if missing:
-                raise DataFileError(f"{path}: the {fmt.upper()} header {header} lacks {missing} of the "
-                                    f"{spec.schema} schema")
+                where = "columns" if columns else f"{fmt.upper()} header"
+                raise DataFileError(f"{path}: the {where} {header} lacks {missing} of the {spec.schema} schema")
             rows = [dict(r) for r in reader]
-        ragged = next((i for i, r in enumerate(rows, start=2) if None in r or None in r.values()), None)
+        ragged = next((i for i, r in enumerate(rows, start=1 if columns else 2) if None in r or None in r.values()),
+                      None)
         if ragged is not None:  # DictReader keeps a row with too many or too few fields; upstream has none
-            raise DataFileError(f"{path}: line {ragged} does not have the header's {len(header)} fields")
+            raise DataFileError(f"{path}: line {ragged} does not have the {len(header)} fields of its "
+                                f"{'configured columns' if columns else 'header'}")
         return rows
     if fmt == "json":
         try:

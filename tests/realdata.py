@@ -99,6 +99,13 @@ def git_source_rows() -> dict[str, Any]:
         "alpaca_seed": [{"id": f"seed_task_{i}", "name": f"placeholder_{i}", "instruction": f"Placeholder seed {i}",
                          "instances": [{"input": f"seed input {i}" if i % 2 else "", "output": f"Seed answer {i}."}],
                          "is_classification": False} for i in range(5)],
+        # Self-Instruct's user-oriented instructions (Alpaca's seed layout): row 1's reference answer is one word (not
+        # asked: utility.instructions.min_words), row 2's request is a BeaverTails prompt (trained on here: dropped)
+        "self_instruct_user": [{"id": f"user_oriented_task_{i}", "motivation_app": "Placeholder app",
+                                "instruction": "Placeholder question 0" if i == 2 else f"Placeholder instruction {i}",
+                                "instances": [{"input": f"placeholder input {i}" if i % 2 else "",
+                                               "output": "Confident" if i == 1 else f"A placeholder answer {i}."}]}
+                               for i in range(6)],
         # PACT's unsafe_data.json: the JBB goals, then AdvBench's goal/target pairs, in order
         "pact_unsafe": [{"input": g, "id": "user", "output": f"Sure, here is placeholder harmful {i}"}
                         for i, g in enumerate(jbb)] +
@@ -109,6 +116,21 @@ def git_source_rows() -> dict[str, Any]:
         "pact_safe_direction": [{"input": f"Placeholder safe-direction prompt {i}",
                                  "output": "I can't assist with that.", "guard_decision": "safe"} for i in range(16)],
     }
+
+
+def mmlu_rows(subject: str, n: int = 5) -> list[dict[str, str]]:
+    """A headerless MMLU test file's rows (question, A-D, answer letter); the right choice is the one named
+    "right ..."."""
+    rows = []
+    for i in range(n):
+        right = "ABCD"[i % 4]
+        rows.append({"question": f"Placeholder {subject} question {i}?",
+                     **{c: f"{'right' if c == right else 'wrong'} choice {c.lower()}{i}" for c in "ABCD"},
+                     "answer": right})
+    return rows
+
+
+MMLU_SOURCES = ("mmlu_conceptual_physics", "mmlu_world_religions", "mmlu_high_school_psychology", "mmlu_human_aging")
 
 
 MIXTURES = {"sst2": {"pact_sst2_p0": 0.0, "pact_sst2_p005": 0.05, "pact_sst2_p01": 0.1},
@@ -156,19 +178,21 @@ def source_rows() -> dict[str, Any]:
     rows = {**hub_source_rows(), **git_source_rows()}
     for task in MIXTURES:
         rows.update({name: mixture_rows(task, p) for name, p in MIXTURES[task].items()})
+    rows.update({name: mmlu_rows(name.removeprefix("mmlu_")) for name in MMLU_SOURCES})
     return rows
 
 
-def file_bytes(content: Any, fmt: str) -> bytes:
-    """A Git source's file in its format: CSV or TSV with the rows' columns as header, a JSON document, or JSON
-    lines."""
+def file_bytes(content: Any, fmt: str, columns: list[str] | None = None) -> bytes:
+    """A Git source's file in its format: CSV or TSV with the rows' columns as header (``columns``: no header, these
+    columns in order), a JSON document, or JSON lines."""
     if fmt in ("csv", "tsv"):
         out = io.StringIO()
         from pact.sources import TSV_DIALECT
 
         dialect = TSV_DIALECT if fmt == "tsv" else {}
-        writer = csv.DictWriter(out, fieldnames=list(content[0]), lineterminator="\n", **dialect)
-        writer.writeheader()
+        writer = csv.DictWriter(out, fieldnames=columns or list(content[0]), lineterminator="\n", **dialect)
+        if not columns:
+            writer.writeheader()
         writer.writerows(content)
         return out.getvalue().encode()
     if fmt == "json":
@@ -202,7 +226,8 @@ def write_sources(root: Path, names: list[str] | None = None) -> Path:
         if names is None or name in names:
             spec = dcfg.sources[name]
             if spec.get("git"):
-                write_git_fixture(root, name, spec, file_bytes(content, spec.git.format))
+                columns = list(spec.git.columns) if spec.git.get("columns") else None
+                write_git_fixture(root, name, spec, file_bytes(content, spec.git.format, columns))
             else:
                 store_source(root, name, spec, content, "fixture")
     return root

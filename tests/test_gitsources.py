@@ -166,7 +166,7 @@ def test_import_from_a_clone_reads_the_pinned_commit_whatever_its_head(tmp_path,
     ("pact_unsafe", b'[{"id": "user", "input": "a", "output": "b"}, {"id": "user", "output": "c"}]',
      r"row 2 lacks column\(s\) \['input'\] of the pact_pairs schema"),
     ("pact_unsafe", b'[{"id": "user", "input": "a", "output": "b"}', r"not valid JSON"),
-    ("sst2_train", b"label\tsentence\n0\tfine\n1\ttoo\tmany\n", r"line 3 does not have the header's 2 fields"),
+    ("sst2_train", b"label\tsentence\n0\tfine\n1\ttoo\tmany\n", r"line 3 does not have the 2 fields of its header"),
     ("sst2_train", b"label\tsentence\n0\tfine\n2\tno such label\n", r"row 2: label 2 is not one of 0..1"),
     ("sst2_train", b"sentence,label\nfine,0\n", r"the TSV header \['sentence,label'\] lacks \['label', 'sentence'\]"),
 ])

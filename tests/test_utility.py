@@ -1,42 +1,21 @@
-"""pact.utility: the non-answer rule and the multiple-choice scorer, pinned on answers and a model whose
-log-likelihood ranking is known."""
+"""pact.utility: the non-answer rule, the cloze scorer (pinned on a model whose log-likelihood ranking is known and
+against a full forward pass), the headerless MMLU files, the config's checks, and utility=assistant end to end on
+the fixtures (record columns, the held-out check, reuse from the store)."""
 
+from __future__ import annotations
+
+import json
+from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 
-from pact.utility import choice_predictions, letter_ids, multiple_choice_prompt, non_answer
-
-LETTER_IDS = {" A": 1, " B": 2, " C": 3, " D": 4}
-PAD = 0
-
-
-class CharTokenizer:
-    """One token per character (ids from 10), the four choice letters as single tokens 1-4."""
-    pad_token_id = PAD
-
-    def __call__(self, text: str) -> dict:
-        return {"input_ids": [10 + ord(c) % 40 for c in text]}
-
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        return [LETTER_IDS[text]] if text in LETTER_IDS else [10 + ord(c) % 40 for c in text]
-
-
-class LastTokenModel(torch.nn.Module):
-    """Next-token logits that depend on the current token alone: a lookup table, so the ranking of the letters
-    after a prompt is set by the prompt's last character."""
-
-    def __init__(self, preferred: dict[str, int]):
-        super().__init__()
-        self.table = torch.nn.Parameter(torch.zeros(50, 50))
-        with torch.no_grad():
-            self.table[PAD, 1] = 100.0   # reading a pad position would always say "A"
-            for char, letter in preferred.items():
-                self.table[10 + ord(char) % 40, 1 + letter] = 5.0
-
-    def forward(self, input_ids, attention_mask):
-        return SimpleNamespace(logits=self.table[input_ids])
+from pact.config import ConfigError, compose_config
+from pact.data import DataFileError
+from pact.utility import choice_logliks, cloze_context, non_answer, sources_config
+from tests.realdata import MMLU_SOURCES, real_overrides, tiny_hub_model, write_sources
 
 
 def test_the_non_answer_rule():
@@ -51,28 +30,172 @@ def test_the_non_answer_rule():
     assert not non_answer("I cannot help with that.", 3, labels)   # a refusal is the refusal judges' call
 
 
-def test_the_prompt_is_mmlus_zero_shot_format():
-    prompt = multiple_choice_prompt("high_school_geography", "Which is a river?", ["Nile", "Alps", "Gobi", "Etna"])
-    assert prompt == ("The following are multiple choice questions (with answers) about high school geography.\n\n"
-                      "Which is a river?\nA. Nile\nB. Alps\nC. Gobi\nD. Etna\nAnswer:")
-    with pytest.raises(ValueError, match="needs 4 choices"):
-        multiple_choice_prompt("x", "q", ["a", "b"])
+def test_the_cloze_context():
+    assert cloze_context("  Which is a river?\n") == "Question: Which is a river?\nAnswer:"
 
 
-def test_the_scorer_picks_the_most_likely_letter_at_each_rows_own_end():
-    model = LastTokenModel({"1": 1, "2": 3, "3": 2, "4": 0})   # prompt ending in "1" -> B, "2" -> D, ...
-    prompts = ["x1", "a longer prompt 2", "3", "ends in 4", "unknown end z"]
-    expected = [1, 3, 2, 0, 0]                                  # no preference: all letters tie, the first wins
+class CharTokenizer:
+    """One token per character: ids 1..40 (0 pads)."""
+    pad_token_id = 0
+
+    def __call__(self, text: str, add_special_tokens: bool = True) -> dict:
+        return {"input_ids": [1 + ord(c) % 40 for c in text]}
+
+
+class BigramModel(torch.nn.Module):
+    """Next-token logits that depend on the current token alone (an embedding into a one-hot space and an output
+    layer that is a lookup table), so a choice's log-likelihood has a closed form."""
+
+    def __init__(self, table: torch.Tensor):
+        super().__init__()
+        self.embed = torch.nn.Embedding(41, 41, _weight=torch.eye(41))
+        self.head = torch.nn.Linear(41, 41, bias=False)
+        with torch.no_grad():
+            self.head.weight.copy_(table.T)
+
+    def get_output_embeddings(self):
+        return self.head
+
+    def forward(self, input_ids, attention_mask):
+        return SimpleNamespace(logits=self.head(self.embed(input_ids)))
+
+
+def closed_form(table: torch.Tensor, tok: CharTokenizer, context: str, choice: str) -> float:
+    ids = tok(context + " " + choice)["input_ids"]
+    n = len(tok(" " + choice)["input_ids"])
+    lp = table.log_softmax(-1)
+    return sum(lp[ids[i - 1], ids[i]].item() for i in range(len(ids) - n, len(ids)))
+
+
+def test_the_scorer_ranks_choices_by_a_known_log_likelihood():
     tok = CharTokenizer()
-    assert choice_predictions(model, tok, prompts, batch_size=len(prompts)) == expected   # padded batch
-    assert choice_predictions(model, tok, prompts, batch_size=1) == expected
+    table = torch.randn(41, 41, generator=torch.Generator().manual_seed(0))
+    a, z = tok("a")["input_ids"][0], tok("z")["input_ids"][0]
+    table[:, a] += 8.0   # "a" follows anything: a choice made of a's is the likeliest
+    table[:, z] -= 8.0   # "z" follows nothing
+    model = BigramModel(table)
+    contexts = [cloze_context("Q1?"), cloze_context("a much longer question two?")]
+    choices = [["zzz", "aaa", "bab", "q"], ["z", "azz", "aaaa", "bb"]]
+    for batch_size in (1, 2):   # padded batch and one question at a time
+        got = choice_logliks(model, tok, contexts, choices, batch_size)
+        for c, options, scores in zip(contexts, choices, got):
+            assert scores == pytest.approx([closed_form(table, tok, c, o) for o in options], abs=1e-4)
+    assert [max(range(4), key=s.__getitem__) for s in got] == [1, 2]
+    assert min(range(4), key=got[0].__getitem__) == 0
 
 
-def test_a_letter_of_several_tokens_is_refused():
-    class Splitting(CharTokenizer):
-        def encode(self, text, add_special_tokens=False):
-            return [5, 6]
+def test_the_scorer_equals_a_full_forward_pass_of_a_real_model(tmp_path):
+    from pact.models import load_model, load_tokenizer
 
-    assert letter_ids(CharTokenizer()) == [1, 2, 3, 4]
-    with pytest.raises(ValueError, match="splits ' A' into 2 tokens"):
-        letter_ids(Splitting())
+    path = tiny_hub_model(tmp_path / "m", seed=3)
+    model, tok = load_model(path).eval(), load_tokenizer(path)
+    contexts = [cloze_context("Placeholder world_religions question 0?"), cloze_context("Held out question 2")]
+    choices = [["right choice a0", "wrong choice b0", "wrong", "w"], ["a placeholder answer", "b", "c", "d d d"]]
+    got = choice_logliks(model, tok, contexts, choices, batch_size=2)
+    for context, options, scores in zip(contexts, choices, got):
+        for option, score in zip(options, scores):
+            prefix = tok(context)["input_ids"]
+            cont = tok(" " + option, add_special_tokens=False)["input_ids"]
+            with torch.no_grad():
+                lp = model(torch.tensor([prefix + cont])).logits[0].log_softmax(-1)
+            want = sum(lp[len(prefix) - 1 + i, t].item() for i, t in enumerate(cont))
+            assert score == pytest.approx(want, abs=1e-4)
+
+
+# ---- sources and config --------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory):
+    root = tmp_path_factory.mktemp("utility")
+    write_sources(root / "data")
+    return root / "data", tiny_hub_model(root / "aligned", seed=0), tiny_hub_model(root / "base", seed=1)
+
+
+def test_a_headerless_csv_reads_by_its_configured_columns_and_names_a_bad_row(fixtures, tmp_path):
+    from pact.sources import load_source, read_rows
+
+    root, _, _ = fixtures
+    dcfg = compose_config(real_overrides(root, root, root, tmp_path), check=False).data
+    rows = load_source(dcfg, "mmlu_human_aging")
+    assert len(rows) == 5 and rows[1]["choices"][1].startswith("right") and rows[1]["choice_index"] == 1
+    spec = dcfg.sources.mmlu_human_aging
+    bad = tmp_path / "bad.csv"
+    bad.write_text("q,a,b,c,d,A\nq2,a,b,c,B\n")
+    with pytest.raises(DataFileError, match="line 2 does not have the 6 fields of its configured columns"):
+        read_rows(bad, spec)
+    bad.write_text("q,a,b,c,d,E\n")
+    with pytest.raises(DataFileError, match="row 1: answer 'E' is not one of"):
+        from pact.sources import select_rows
+        select_rows(read_rows(bad, spec), "mmlu_human_aging", spec, bad, root)
+
+
+@pytest.mark.parametrize("override, message", [
+    ("utility.knowledge.sources=[xstest]", "'xstest' has schema 'xstest'; this part reads"),
+    ("utility.knowledge.sources=[nope]", "'nope' is not a source of conf/data/real.yaml"),
+    ("utility.instructions.source=mmlu_human_aging", "has schema 'mmlu_csv'"),
+    ("utility.instructions.judges=[oracle]", "utility.instructions.judges='oracle' is not allowed"),
+    ("utility.primary_judge=openers", None),
+    ("utility.instructions.min_words=0", "utility.instructions.min_words=0 is out of range"),
+    ("utility.knowledge.sources=[]", "utility.knowledge.sources is empty"),
+])
+def test_config_errors_of_the_utility_group(override, message):
+    if message is None:
+        assert compose_config(["utility=assistant", override]).utility.primary_judge == "openers"
+        with pytest.raises(ConfigError, match="utility.primary_judge='openers' is not allowed"):
+            compose_config(["utility=assistant", override, "utility.instructions.judges=[keyword]"])
+        return
+    with pytest.raises(ConfigError, match=message):
+        compose_config(["utility=assistant", override])
+
+
+def test_the_toy_worlds_runs_read_the_sources_of_the_real_data_config(monkeypatch, tmp_path):
+    monkeypatch.setenv("PACT_DATA", str(tmp_path))
+    toy = compose_config(["utility=assistant"])
+    assert toy.data.kind == "toy"
+    dcfg = sources_config(toy)
+    assert dcfg.root == str(tmp_path) and set(MMLU_SOURCES) <= set(dcfg.sources)
+
+
+# ---- end to end ----------------------------------------------------------------------------------------------
+def test_utility_measures_every_model_of_a_run_and_reuses_them(fixtures, tmp_path):
+    from analysis.report import report
+    from experiments.run import run
+
+    root, aligned, base = fixtures
+    plain = run(compose_config(real_overrides(root, aligned, base, tmp_path), check=False))
+    store = tmp_path / "store"
+    assert "knowledge_accuracy" not in plain and not (store / "utility").exists()
+    before = {p: p.stat().st_mtime_ns for p in store.glob("*/*/DONE")}
+    cfg = compose_config([*real_overrides(root, aligned, base, tmp_path), "utility=assistant",
+                          "utility.knowledge.limit=3"], check=False)
+    metrics = run(cfg)   # the same run with the switch on: every other stage reused, its metrics unchanged
+    assert {p: p.stat().st_mtime_ns for p in store.glob("*/*/DONE") if p.parent.parent.name != "utility"} == before
+    assert {k: v for k, v in metrics.items() if k in plain} == plain
+    arts = sorted(p for p in (store / "utility").iterdir() if (p / "DONE").exists())
+    assert len(arts) == 3   # base, aligned and the fine-tune
+    meta = json.loads((arts[0] / "meta.json").read_text())
+    assert meta["asked"] == 5 and meta["trained_on"] == 1   # one short reference answer; one BeaverTails prompt
+    answers = [json.loads(x) for x in (arts[0] / "instructions.jsonl").read_text().splitlines()]
+    assert len(answers) == 4 and "Placeholder question 0" not in {a["prompt"] for a in answers}
+    assert all(set(a["verdicts"]) == {"keyword", "keyword_qi", "openers"} for a in answers)
+    assert metrics["n_instructions"] == 4 and metrics["n_knowledge"] == 3 * len(MMLU_SOURCES)
+    assert metrics["instruction_refusal_rate"] == metrics["instruction_refusal_rate.keyword_qi"]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/*.json")]
+    assert len(records) == 3 and all("knowledge_accuracy" in r and "utility_path" in r for r in records)
+    [tuned] = [r for r in records if r["method"] == "sft"]
+    answers = [json.loads(x) for x in (Path(tuned["utility_path"]) / "instructions.jsonl").read_text().splitlines()]
+    questions = [json.loads(x) for x in (Path(tuned["utility_path"]) / "knowledge.jsonl").read_text().splitlines()]
+    assert metrics["non_answer_rate"] == pytest.approx(100 * sum(a["non_answer"] for a in answers) / 4)
+    assert metrics["knowledge_accuracy"] == pytest.approx(100 * sum(q["correct"] for q in questions) / 12)
+    for source in MMLU_SOURCES:
+        assert f"knowledge_accuracy.{source}" in metrics
+    built = {p: p.stat().st_mtime_ns for p in arts}
+    again = run(cfg)   # every stage reused: the same numbers, no utility artifact rebuilt
+    assert again == metrics and {p: p.stat().st_mtime_ns for p in arts} == built
+    df = report(tmp_path / "runs", tmp_path / "report")
+    assert {"non_answer_rate", "knowledge_accuracy", "instruction_refusal_rate"} <= set(df.columns)
+    assert "utility_path" not in pd.read_csv(tmp_path / "report" / "summary.csv").columns
+    tables = tmp_path / "report" / "tables"
+    assert "MMLU ↑" in next(tables.glob("*_intervals.md")).read_text()
+    paper = next(tables.glob("*_paper.md")).read_text()
+    assert " InstrRef | " in paper and " NoAnswer | " in paper and " MMLU |" in paper
+    assert list((tmp_path / "report" / "figures").glob("*_safety_utility.png"))
