@@ -253,6 +253,7 @@ class UtilityConfig:
     name: str = "none"
     enabled: bool = False
     primary_judge: str = "keyword_qi"
+    dtype: Optional[str] = None   # the measured model's dtype; None: the run's eval.dtype, else model.dtype
     instructions: InstructionsConfig = field(default_factory=InstructionsConfig)
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
 
@@ -500,6 +501,8 @@ def _check_utility(u: Any) -> None:
     """conf/utility/: judges that read free text, sources conf/data/real.yaml defines with the schema each part
     reads, and sizes in range."""
     ins, know = u.instructions, u.knowledge
+    if u.dtype is not None:
+        _choice("utility.dtype", u.dtype, tuple(DTYPES))
     _range("utility.instructions.min_words", ins.min_words, 1)
     _range("utility.instructions.limit", ins.limit, 0)
     _range("utility.instructions.max_new_tokens", ins.max_new_tokens, 1)

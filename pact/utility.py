@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pact import data as D
 from pact.generation import build_engine, engine_slice
-from pact.judges import REFUSAL, judge_for
+from pact.judges import REFUSAL, judge_for, markers_by_rule
 from pact.labels import answer_positions
 from pact.methods import head_at
 from pact.metrics import task_labels
@@ -101,6 +101,16 @@ def sources_config(cfg: DictConfig) -> Any:
     return cfg.data if cfg.data.kind == "real" else OmegaConf.load(REAL_DATA)
 
 
+def refusal_markers(cfg: DictConfig, data: RunData) -> dict[str, Any] | None:
+    """The openers judge's markers: the real data stage's (from data.openers' source), or for the toy world the
+    openers of its alignment refusals by the same rule (conf/data/real.yaml ``openers``), the phrasing a model
+    aligned on them learnt ("I have to say no to this.", which no keyword list has)."""
+    if data.kind == "real":
+        return judge_markers(data)
+    pairs = D.read_jsonl(data.alignment_pairs(), required=("prompt", "refusal"))
+    return markers_by_rule(sources_config(cfg).openers, [{"response": p["refusal"]} for p in pairs])
+
+
 def training_prompts(data: RunData, task: str) -> set[str]:
     """The normalised prompts a model of the run was trained on here: the alignment corpus and the task's rows."""
     rows = [*data.alignment_corpus(), *data.task_rows(task)]
@@ -115,11 +125,13 @@ def utility_stage(store: Store, cfg: DictConfig, ref: ModelRef, data: RunData) -
     dcfg = sources_config(cfg)
     names = [u.instructions.source, *u.knowledge.sources]
     entries = check_sources(dcfg, names)
-    dtype = cfg.eval.get("dtype") or cfg.model.dtype
-    settings = {k: v for k, v in plain(u).items() if k not in ("name", "enabled")}
+    dtype = u.get("dtype") or cfg.eval.get("dtype") or cfg.model.dtype
+    settings = {k: v for k, v in plain(u).items() if k not in ("name", "enabled", "dtype")}   # dtype: below
     slice_ = {"utility": settings, "sha256": {n: entries[n]["sha256"] for n in names},
               "engine": engine_slice(cfg.engine), "prompt_format": ref.prompt_format, "dtype": dtype,
               "task": cfg.task.name, "code": UTILITY_CODE}
+    if data.kind != "real":   # the toy world's markers by the real data's rule (the data key has the rule there)
+        slice_["openers"] = plain(dcfg.openers)
     upstream = {"model": ref.key, **data.upstream}   # the run's data: the held-out check and the openers' markers
 
     def build(tmp: Path) -> dict[str, Any]:
@@ -138,7 +150,7 @@ def utility_stage(store: Store, cfg: DictConfig, ref: ModelRef, data: RunData) -
         if model is None:   # vLLM generated in its own process; the choices are scored with HF's forward
             model = _scoring_model(ref, dtype, cfg.model.trust_remote_code)
         judged = [{"prompt": r["text"]} for r in rows]
-        markers = judge_markers(data)
+        markers = refusal_markers(cfg, data)
         judges = [j for j in ins.judges if j != "openers" or markers]
         verdicts = {j: judge_for(j, markers).judge(judged, responses) for j in judges}
         labels = task_labels(cfg.task.name)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -311,3 +312,24 @@ def test_load_model_places_the_model_on_the_compute_device(tmp_path):
 
     model = load_model(tiny_hub_model(tmp_path / "m"))
     assert model.device == compute_device() == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@pytest.mark.slow
+def test_utility_on_the_gpu_path_answers_with_vllm_and_scores_the_choices_with_hf(tmp_path, fake_vllm):
+    from pact import pipeline as P
+    from pact.config import validate
+    from pact.utility import load_utility, utility_stage
+
+    root = write_sources(tmp_path / "data")
+    aligned, base = tiny_hub_model(tmp_path / "aligned"), tiny_hub_model(tmp_path / "base", seed=1)
+    cfg = validate(compose_config([*real_overrides(root, aligned, base, tmp_path), "engine=vllm", "utility=assistant",
+                                   "utility.knowledge.limit=2"], check=False))
+    up = P.start(cfg)
+    art = utility_stage(up.store, cfg, up.aligned, up.data)
+    answers = [json.loads(x) for x in art.file("instructions.jsonl").read_text().splitlines()]
+    assert answers and all(re.fullmatch(r"\d+ tokens", a["response"]) for a in answers)   # the engine's answers
+    calls = [json.loads(line) for line in fake_vllm.read_text().splitlines()]
+    assert [c["max_tokens"] for c in calls if "max_tokens" in c] == [cfg.utility.instructions.max_new_tokens]
+    metrics = load_utility(art)
+    assert metrics["non_answer_rate"] == 100.0   # two words each
+    assert metrics["n_knowledge"] == 2 * 4 and 0 <= metrics["knowledge_accuracy"] <= 100   # HF's forward, on CPU
