@@ -241,7 +241,8 @@ def report(runs_dir: str | os.PathLike, out_dir: str | os.PathLike, experiments:
                     "benchmarks; FA = Fine-tune Accuracy on the task's test set. `base`/`aligned` rows are the "
                     "reference models before fine-tuning.\n\n")
         else:
-            metrics = METRICS + [m for m in EXTRA_METRICS + UTILITY_METRICS if m in group]
+            metrics = METRICS + [m for m in EXTRA_METRICS if m in group]
+            metrics += [m for m in UTILITY_METRICS if m in group and group[m].notna().any()]
             note = ("Percent, mean ± std over seeds. HS = Harmful Score (oracle judge) on held-out harmful prompts; "
                     "Refusal/Other = the oracle's other two classes; FA = Fine-tune Accuracy on the task's test set; "
                     "Helpful = helpful answers to held-out benign look-alike requests. `base`/`aligned` rows are the "

@@ -206,6 +206,21 @@ def test_a_new_study_with_other_columns_adds_its_lines_and_changes_no_other(tmp_
     assert len(after) == len(before) + 3
 
 
+def test_a_toy_table_shows_utility_columns_only_where_its_runs_measured_them(tmp_path):
+    """summary.csv gains the utility columns from one study (utility=assistant); another study's table, whose runs
+    did not measure them, keeps its own columns and shows no empty utility column."""
+    from analysis.report import report
+
+    rows = [{**r, "dtype": "float32", "judge": "oracle"} for r in _summary().to_dict("records")]
+    measured = [{**r, "instruction_refusal_rate": 10.0, "non_answer_rate": 5.0, "knowledge_accuracy": 30.0,
+                 "n_instructions": 20, "n_knowledge": 40} for r in rows]
+    report(_write_runs(tmp_path / "first", rows, "plain"), tmp_path / "out")
+    report(_write_runs(tmp_path / "second", measured, "useful"), tmp_path / "out")
+    tables = tmp_path / "out" / "tables"
+    assert "MMLU ↑" in next(tables.glob("useful_*_sentiment.md")).read_text()
+    assert "MMLU" not in next(tables.glob("plain_*_sentiment.md")).read_text()
+
+
 @pytest.mark.slow  # over ~3 s: kept out of `make test-fast`
 def test_report_of_a_partial_rerun_keeps_the_rows_it_did_not_redo(tmp_path):
     """Records of two of an experiment's runs (a partial rerun, here the aligned row and one seed) replace those
