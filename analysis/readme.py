@@ -1,6 +1,7 @@
 """The docs' generated parts: README's results table, from ``results/summary.csv``, and its list of make targets with
 their times, from the Makefile's ``##`` help lines (the one place those times are written); docs/usage.md's list of
-config groups and their options, from ``conf/``. Each part sits between ``<!-- name:begin -->`` and
+config groups and their options, from ``conf/``; results/README.md's utility tables, from the studies' interval
+tables. Each part sits between ``<!-- name:begin -->`` and
 ``<!-- name:end -->`` markers. ``python -m analysis.readme`` rewrites them (``make figures`` runs it); ``--check``
 exits 1 when a doc differs from what the sources give (a fast test runs it).
 """
@@ -14,6 +15,8 @@ from pathlib import Path
 
 import pandas as pd
 from omegaconf import OmegaConf
+
+from analysis.intervals import UTILITY, intervals_markdown
 
 REPO = Path(__file__).resolve().parents[1]
 SETTINGS = OmegaConf.load(REPO / "conf" / "analysis.yaml").readme
@@ -73,6 +76,24 @@ def config_groups(conf: Path) -> str:
     return "```\n" + "\n".join(lines) + "\n```"
 
 
+def utility_tables(results: Path) -> str:
+    """Each study's interval table (``tables/<study>_intervals.csv``, written by analysis.report), in summary.csv's
+    order, whose runs measured the utility (``utility=assistant``): harmful refusal beside ordinary instructions and
+    knowledge, 95% intervals."""
+    summary = pd.read_csv(results / "summary.csv")
+    studies = summary[["experiment", "model", "task"]].drop_duplicates().itertuples(index=False)
+    parts = []
+    for study in studies:
+        path = results / "tables" / f"{'_'.join(study)}_intervals.csv"
+        table = pd.read_csv(path) if path.exists() else pd.DataFrame()
+        if any(m in table and table[m].notna().any() for m in UTILITY):
+            parts.append(f"`tables/{path.stem}.md`:\n\n{intervals_markdown(table)}")
+    if not parts:
+        raise ValueError(f"no interval table under {results / 'tables'} has the utility columns "
+                         f"({', '.join(UTILITY)})")
+    return "\n".join(parts).rstrip("\n")
+
+
 def blocks(repo: Path = REPO) -> dict[str, str]:
     """README's generated parts by marker name."""
     return {"results": results_table(pd.read_csv(repo / "results" / "summary.csv")),
@@ -81,7 +102,8 @@ def blocks(repo: Path = REPO) -> dict[str, str]:
 
 def doc_blocks(repo: Path = REPO) -> dict[str, dict[str, str]]:
     """Every doc's generated parts: {path relative to the repository: {marker name: body}}."""
-    return {"README.md": blocks(repo), "docs/usage.md": {"groups": config_groups(repo / "conf")}}
+    return {"README.md": blocks(repo), "docs/usage.md": {"groups": config_groups(repo / "conf")},
+            "results/README.md": {"utility": utility_tables(repo / "results")}}
 
 
 def render(text: str, parts: dict[str, str]) -> str:

@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pact.data import ATTENTION_MASKS
 from pact.generation import ENGINES, engine_environment
 from pact.guard import GUARD_KINDS
-from pact.judges import JUDGES
+from pact.judges import ANY_JUDGE, JUDGES
 from pact.methods import method_class
 from pact.metrics import TASK_PARSERS
 from pact.model_import import source_kind
@@ -252,7 +252,7 @@ class UtilityConfig:
     """conf/utility/: the ordinary-instruction and knowledge measures of every evaluated model (pact.utility)."""
     name: str = "none"
     enabled: bool = False
-    primary_judge: str = "keyword_qi"
+    primary_judge: str = "any"   # a judge of instructions.judges, or "any": a refusal for some judge
     dtype: Optional[str] = None   # the measured model's dtype; None: the run's eval.dtype, else model.dtype
     instructions: InstructionsConfig = field(default_factory=InstructionsConfig)
     knowledge: KnowledgeConfig = field(default_factory=KnowledgeConfig)
@@ -510,7 +510,7 @@ def _check_utility(u: Any) -> None:
     _range("utility.knowledge.batch_size", know.batch_size, 1)
     for judge in ins.judges:
         _choice("utility.instructions.judges", judge, tuple(j for j in JUDGES if not JUDGES[j].toy_only))
-    _choice("utility.primary_judge", u.primary_judge, tuple(ins.judges))
+    _choice("utility.primary_judge", u.primary_judge, (ANY_JUDGE, *ins.judges))
     if not know.sources:
         raise ConfigError("utility.knowledge.sources is empty: name the multiple-choice sources (conf/data/real.yaml)")
     sources = OmegaConf.load(CONF_DIR / "data" / "real.yaml").sources

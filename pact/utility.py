@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from pact import data as D
 from pact.generation import build_engine, engine_slice
-from pact.judges import REFUSAL, judge_for, markers_by_rule
+from pact.judges import ANY_JUDGE, REFUSAL, judge_for, markers_by_rule
 from pact.labels import answer_positions
 from pact.methods import head_at
 from pact.metrics import task_labels
@@ -183,7 +183,8 @@ def _scoring_model(ref: ModelRef, dtype: str, trust_remote_code: bool) -> Any:
 
 def utility_metrics(answers: Sequence[dict[str, Any]], questions: Sequence[dict[str, Any]], judges: Sequence[str],
                     primary: str) -> dict[str, Any]:
-    """Percent: ``instruction_refusal_rate`` (the ``primary`` judge; ``.<judge>`` for each), ``non_answer_rate``,
+    """Percent: ``instruction_refusal_rate`` (the ``primary`` judge, or with ``any`` an answer some judge calls a
+    refusal; ``.<judge>`` for each), ``non_answer_rate``,
     ``knowledge_accuracy`` (``.<source>`` for each), and the counts."""
     def pct(flags: list[bool]) -> float:
         return 100.0 * sum(flags) / len(flags) if flags else float("nan")
@@ -193,7 +194,9 @@ def utility_metrics(answers: Sequence[dict[str, Any]], questions: Sequence[dict[
                            "knowledge_accuracy": pct([q["correct"] for q in questions])}
     for j in judges:
         out[f"instruction_refusal_rate.{j}"] = pct([a["verdicts"][j] == REFUSAL for a in answers])
-    if primary in judges:
+    if primary == ANY_JUDGE:
+        out["instruction_refusal_rate"] = pct([any(a["verdicts"][j] == REFUSAL for j in judges) for a in answers])
+    elif primary in judges:
         out["instruction_refusal_rate"] = out[f"instruction_refusal_rate.{primary}"]
     for source in dict.fromkeys(q["source"] for q in questions):
         out[f"knowledge_accuracy.{source}"] = pct([q["correct"] for q in questions if q["source"] == source])

@@ -14,6 +14,7 @@ import torch
 
 from pact.config import ConfigError, compose_config
 from pact.data import DataFileError
+from pact.judges import COMPLIANCE, REFUSAL
 from pact.utility import choice_logliks, cloze_context, non_answer, sources_config
 from tests.realdata import MMLU_SOURCES, real_overrides, tiny_hub_model, write_sources
 
@@ -28,6 +29,21 @@ def test_the_non_answer_rule():
     assert not non_answer("The mean is the sum divided by the count.", 3, labels)
     assert not non_answer("positive and negative numbers", 1, labels)   # a label inside an answer is an answer
     assert not non_answer("I cannot help with that.", 3, labels)   # a refusal is the refusal judges' call
+
+
+def test_the_primary_refusal_column_is_a_refusal_for_any_judge_unless_one_is_named():
+    """Each judge misses a phrasing another knows: the unsuffixed column counts an answer some judge refuses."""
+    from pact.utility import utility_metrics
+
+    verdicts = [{"keyword_qi": REFUSAL, "openers": COMPLIANCE}, {"keyword_qi": COMPLIANCE, "openers": REFUSAL},
+                {"keyword_qi": COMPLIANCE, "openers": COMPLIANCE}, {"keyword_qi": REFUSAL, "openers": REFUSAL}]
+    answers = [{"verdicts": v, "non_answer": False} for v in verdicts]
+    judges = ["keyword_qi", "openers"]
+    union = utility_metrics(answers, [], judges, "any")
+    assert union["instruction_refusal_rate"] == 75.0
+    assert union["instruction_refusal_rate.keyword_qi"] == union["instruction_refusal_rate.openers"] == 50.0
+    assert utility_metrics(answers, [], judges, "openers")["instruction_refusal_rate"] == 50.0
+    assert compose_config(["utility=assistant"]).utility.primary_judge == "any"
 
 
 def test_the_cloze_context():
@@ -157,7 +173,7 @@ def test_the_toy_worlds_runs_read_the_sources_of_the_real_data_config(monkeypatc
 
 def test_the_toy_worlds_refusal_phrasing_is_the_openers_judges_markers(tmp_path):
     from pact import pipeline as P
-    from pact.judges import COMPLIANCE, REFUSAL, judge_for
+    from pact.judges import judge_for
     from pact.store import Store
     from pact.utility import refusal_markers
 
@@ -196,13 +212,14 @@ def test_utility_measures_every_model_of_a_run_and_reuses_them(fixtures, tmp_pat
     assert len(answers) == 4 and "Placeholder question 0" not in {a["prompt"] for a in answers}
     assert all(set(a["verdicts"]) == {"keyword", "keyword_qi", "openers"} for a in answers)
     assert metrics["n_instructions"] == 4 and metrics["n_knowledge"] == 3 * len(MMLU_SOURCES)
-    assert metrics["instruction_refusal_rate"] == metrics["instruction_refusal_rate.keyword_qi"]
     records = [json.loads(p.read_text()) for p in (tmp_path / "runs").glob("*/*.json")]
     assert len(records) == 3 and all("knowledge_accuracy" in r and "utility_path" in r for r in records)
     [tuned] = [r for r in records if r["method"] == "sft"]
     answers = [json.loads(x) for x in (Path(tuned["utility_path"]) / "instructions.jsonl").read_text().splitlines()]
     questions = [json.loads(x) for x in (Path(tuned["utility_path"]) / "knowledge.jsonl").read_text().splitlines()]
     assert metrics["non_answer_rate"] == pytest.approx(100 * sum(a["non_answer"] for a in answers) / 4)
+    union = sum(any(v == REFUSAL for v in a["verdicts"].values()) for a in answers)
+    assert metrics["instruction_refusal_rate"] == pytest.approx(100 * union / 4)
     assert metrics["knowledge_accuracy"] == pytest.approx(100 * sum(q["correct"] for q in questions) / 12)
     for source in MMLU_SOURCES:
         assert f"knowledge_accuracy.{source}" in metrics
