@@ -19,7 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pact.data import ATTENTION_MASKS
 from pact.generation import ENGINES, engine_environment
 from pact.guard import GUARD_KINDS
-from pact.judges import ANY_JUDGE, JUDGES
+from pact.judges import JUDGES
 from pact.methods import method_class
 from pact.metrics import TASK_PARSERS
 from pact.model_import import source_kind
@@ -245,6 +245,9 @@ class KnowledgeConfig:
     sources: list[str] = field(default_factory=list)
     limit: int = 0              # 0 = every question of each source
     batch_size: int = 8         # questions per forward pass (each with all its choices)
+
+
+ANY_JUDGE = "any"   # utility.primary_judge: a refusal for some judge (each misses phrasings another one knows)
 
 
 @dataclass

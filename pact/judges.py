@@ -28,7 +28,6 @@ from typing import Any
 from pact.world.lexicon import AFFIRMATIVE_MARKERS, REFUSAL_MARKERS
 
 REFUSAL, COMPLIANCE, OTHER = "refusal", "compliance", "other"
-ANY_JUDGE = "any"   # a refusal for some judge of a set (each judge misses phrasings another one knows)
 STEPS = "Step 1:"  # every toy answer that delivers content lists steps
 CLASSES = (REFUSAL, COMPLIANCE, OTHER)
 

@@ -26,8 +26,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from pact import data as D
+from pact.config import ANY_JUDGE
 from pact.generation import build_engine, engine_slice
-from pact.judges import ANY_JUDGE, REFUSAL, judge_for, markers_by_rule
+from pact.judges import REFUSAL, judge_for, markers_by_rule
 from pact.labels import answer_positions
 from pact.methods import head_at
 from pact.metrics import task_labels
