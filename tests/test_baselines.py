@@ -223,6 +223,37 @@ def test_freeze_with_lora_leaves_the_block_untouched(micro, tmp_path):
     assert outside and all(not torch_equal(before[k], after[k]) for k in outside)
 
 
+def test_safelora_run_saves_sft_loras_adapter_projected_where_least_aligned(micro, tmp_path):
+    """The same seed's SFT-LoRA and SafeLoRA train alike; SafeLoRA's saved adapter is SFT-LoRA's with B -> C B on
+    the layers it chose (C from the store's aligned and base models), the other layers and every A unchanged."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from experiments.run import run
+    from pact.models import load_model
+
+    run(micro("method=sft_lora", "poison.ratio=0.1"))
+    run(micro("method=safelora", "poison.ratio=0.1", "method.num_proj_layers=2"))
+    store = tmp_path / "store"
+    tuned = {}
+    for ft in (p for p in (store / "finetune").iterdir() if (p / "DONE").exists()):
+        meta = json.loads((ft / "meta.json").read_text())
+        tuned[meta["config"]["method"]["id"]] = (meta, load_file(str(ft / "model" / "adapter_model.safetensors")))
+    (meta, projected), (_, plain) = tuned["safelora"], tuned["sft_lora"]
+    stats = meta["method_stats"]
+    aligned = load_model(store / "align" / meta["upstream"]["aligned"] / "model")
+    base = load_model(store / "base" / meta["upstream"]["base"] / "model")
+    assert len(stats["safelora_projected"]) == 2 < len(stats["safelora_similarity"])
+    for name in stats["safelora_similarity"]:
+        key = f"base_model.model.{name}.lora_B.weight"
+        v = aligned.get_submodule(name).weight.double() - base.get_submodule(name).weight.double()
+        c = v @ v.T / torch.linalg.norm(v)
+        expect = c @ plain[key].double() if name in stats["safelora_projected"] else plain[key].double()
+        assert torch.allclose(projected[key].double(), expect, atol=1e-6), name
+        assert torch.equal(projected[key.replace("lora_B", "lora_A")], plain[key.replace("lora_B", "lora_A")])
+
+
 # ==== the baselines at their edges (boundaries, the values they hand back, the state they record), each against
 # its definition on tiny hand-made inputs; written where mutation testing (`make mutate`) found a behaviour no test
 # checked ====

@@ -10,6 +10,7 @@ import math
 import multiprocessing
 import os
 import time
+from dataclasses import replace as dataclasses_replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -789,3 +790,81 @@ def test_pact_live_reference_of_a_full_fine_tune_is_a_frozen_copy(monkeypatch, r
         assert not any(p.requires_grad for p in method.ref_model.parameters())
     else:
         assert loaded == [] and method.ref_model is None
+
+
+# ---- SafeLoRA: the post-hoc projection, restated ------------------------------------------------------------------
+def restated_similarities(aligned, base, lora: dict[str, torch.Tensor]) -> dict[str, tuple[float, torch.Tensor]]:
+    """Per LoRA layer (q/v of each block): cos(C dW, dW) with C = V V^T / ||V||_F, V = aligned - base, dW = B A
+    (Hsu et al. 2024; IBM/SafeLoRA model.py), in float64, and C."""
+    out = {}
+    for layer in range(aligned.config.num_hidden_layers):
+        for proj in ("q_proj", "v_proj"):
+            name = f"model.layers.{layer}.self_attn.{proj}"
+            v = aligned.get_submodule(name).weight.double() - base.get_submodule(name).weight.double()
+            c = v @ v.T / torch.linalg.norm(v)
+            delta = lora[f"{name}.lora_B"] @ lora[f"{name}.lora_A"]
+            cos = torch.nn.functional.cosine_similarity((c @ delta).flatten(), delta.flatten(), dim=0)
+            out[name] = (float(cos), c)
+    return out
+
+
+@pytest.mark.parametrize("select, picks", [("number", 2), ("threshold", None)])
+def test_safelora_projects_the_least_aligned_lora_updates_when_training_ends(toy, tmp_path, select, picks):
+    from baselines.safelora import SafeLoRA
+    from pact.adapters import apply_lora
+    from pact.training import train, training_arguments
+
+    cfg = OmegaConf.load(CONF / "safelora.yaml")
+    cfg.select, cfg.num_proj_layers = select, picks or 1
+    method = SafeLoRA(cfg)
+    method.prepare(context(toy))
+    lora = OmegaConf.create({"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
+    model = apply_lora(copy.deepcopy(toy.aligned), lora)
+    trained: dict[str, torch.Tensor] = {}
+    real = method.project
+
+    def spy(net):   # the adapter as training left it, just before the projection
+        trained.update({n.removeprefix("base_model.model.").replace(".default.weight", ""): p.detach().double().clone()
+                        for n, p in net.named_parameters() if "lora_" in n})
+        real(net)
+
+    method.project = spy
+    opt = OmegaConf.create({"lr": 0.05, "max_steps": 3, "batch_size": 2, "scheduler": "constant"})
+    train(model, toy.tok, encoded(toy, 4), training_arguments(opt, tmp_path / "out", 0, "none", None, 1000), method)
+    sims = restated_similarities(toy.aligned, toy.base, trained)
+    values = sorted(s for s, _ in sims.values())
+    if select == "threshold":   # a threshold between the middle two: half the layers
+        cfg.threshold = (values[1] + values[2]) / 2
+        method = SafeLoRA(cfg)
+        method.prepare(context(toy))
+        model = apply_lora(copy.deepcopy(toy.aligned), lora)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if "lora_" in n:
+                    p.copy_(trained[n.removeprefix("base_model.model.").replace(".default.weight", "")])
+        method.project(model)
+    cut = values[1]
+    projected = {n for n, (s, _) in sims.items() if s <= cut}
+    assert len(projected) == 2 and set(method.stats["safelora_projected"]) == projected
+    after = {n.removeprefix("base_model.model.").replace(".default.weight", ""): p.detach().double()
+             for n, p in model.named_parameters() if "lora_" in n}
+    for name, (s, c) in sims.items():
+        assert method.stats["safelora_similarity"][name] == pytest.approx(s, abs=1e-5)
+        b = trained[f"{name}.lora_B"]
+        assert b.abs().max() > 0   # training moved B away from peft's zeros
+        assert torch.allclose(after[f"{name}.lora_B"], c @ b if name in projected else b, atol=1e-6)
+        assert torch.equal(after[f"{name}.lora_A"], trained[f"{name}.lora_A"])
+
+
+def test_safelora_refuses_a_run_without_the_model_before_alignment_or_an_unmoved_weight(toy):
+    from baselines.safelora import SafeLoRA
+    from pact.adapters import apply_lora
+
+    cfg = OmegaConf.load(CONF / "safelora.yaml")
+    with pytest.raises(ValueError, match="needs the model before alignment"):
+        SafeLoRA(cfg).prepare(dataclasses_replace(context(toy), base=None))
+    method = SafeLoRA(cfg)
+    method.prepare(dataclasses_replace(context(toy), base=toy.refs["aligned"]))   # base = aligned: V = 0
+    lora = OmegaConf.create({"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj"]})
+    with pytest.raises(ValueError, match=r"layer base_model\.model\.model\.layers\.0\.self_attn\.q_proj: .*zero"):
+        method.project(apply_lora(copy.deepcopy(toy.aligned), lora))
