@@ -22,7 +22,7 @@ from pact.generation import build_engine, engine_slice
 from pact.guard import judge_stage, load_judgments
 from pact.hub import check_named_models
 from pact.judges import judge_for
-from pact.methods import Method, build_method
+from pact.methods import FinetuneContext, Method, build_method
 from pact.metrics import score_answer, summarize, summarize_benchmarks
 from pact.model_import import import_stage
 from pact.models import ModelRef, load_model, load_tokenizer, save_model, toy_model
@@ -109,6 +109,7 @@ def _train_stage(store: Store, stage: str, mcfg: DictConfig, init: ModelRef | No
             model = load_model(init.path, mcfg.dtype)
         rows = D.read_jsonl(world.file(f"{corpus}.jsonl"), required=("prompt", "answer"))
         method = build_method(method_cfg).alignment_method() if method_cfg is not None else Method(None)
+        method.prepare(_alignment_context(ToyData(world), tok, fmt, mcfg))
         metrics = _sft_and_save(model, tok, rows, fmt, optim, mcfg, tmp, stage, report_to, method)
         return {"train": metrics, "n_params": sum(p.numel() for p in model.parameters()),
                 "rows": len(rows)}
@@ -145,18 +146,25 @@ def imported_align_stage(store: Store, cfg: DictConfig, base: ModelRef, data: Ru
 
     def build(tmp: Path) -> dict[str, Any]:
         rows = data.alignment_corpus()
-        metrics = _align_from(base, rows, m.align_train, m.get("align_lora"), m, tmp, Method(None))
+        metrics = _align_from(base, rows, m.align_train, m.get("align_lora"), m, tmp, Method(None), data)
         return {"train": metrics, "rows": len(rows), "adapter": "lora" if lora else "full"}
 
     art = store.build("align", slice_, {"init": base.key, **data.upstream}, build, collective=True)
     return ModelRef(art.key, str(art.path / "model"), "chat", str(art.path / "model"))
 
 
+def _alignment_context(data: RunData, tok, fmt: str, mcfg: DictConfig) -> FinetuneContext:
+    """What an alignment stage's method may read in its ``prepare`` (Booster: the run's harmful pairs)."""
+    return FinetuneContext(aligned=None, base=None, data=data, tokenizer=tok, prompt_format=fmt,
+                           max_len=int(mcfg.max_len), seed=int(mcfg.seed), dtype=mcfg.dtype)
+
+
 def _align_from(init: ModelRef, rows: list[dict[str, Any]], optim: DictConfig, lora: DictConfig | None,
-                mcfg: DictConfig, tmp: Path, method: Method) -> dict[str, float]:
+                mcfg: DictConfig, tmp: Path, method: Method, data: RunData) -> dict[str, float]:
     """Safety SFT of the model ``init`` names on {prompt, answer} ``rows`` in its prompt format, with a LoRA adapter
     (merged at save) when ``lora`` is given, saved under ``tmp/model``; the imported and defended align stages."""
     tok = load_tokenizer(init.tokenizer_path, mcfg.trust_remote_code)
+    method.prepare(_alignment_context(data, tok, init.prompt_format, mcfg))
     model = load_model(init.path, mcfg.dtype, mcfg.trust_remote_code)
     set_seed(int(mcfg.seed))  # LoRA's initialisation draws from torch's global RNG
     if lora is not None:
@@ -180,7 +188,7 @@ def defence_align_stage(store: Store, cfg: DictConfig, init: ModelRef, data: Run
         if len(pairs) < int(a.rows):
             raise ConfigError(f"method.align.rows={a.rows}: the run's alignment pairs hold {len(pairs)} rows")
         rows = [{"prompt": p["prompt"], "answer": p["refusal"]} for p in pairs[: int(a.rows)]]
-        metrics = _align_from(init, rows, optim, a.lora, m, tmp, build_method(cfg.method).alignment_method())
+        metrics = _align_from(init, rows, optim, a.lora, m, tmp, build_method(cfg.method).alignment_method(), data)
         return {"train": metrics, "rows": len(rows), "init": init.path}
 
     art = store.build("align", slice_, {"init": init.key, **data.upstream}, build, collective=True)

@@ -187,6 +187,36 @@ def test_vaccine_perturbation_has_norm_rho_and_is_gone_after_training(micro, tmp
     assert sum("method" in m["config"] for m in meta) == 1
 
 
+def test_booster_aligns_with_the_worlds_harmful_answers_and_then_fine_tunes_plainly(micro, tmp_path):
+    """method=booster on the toy world: its own aligned model, every alignment step drawing the alignment prompts'
+    harmful answers (harmful_align's compliance), a reference row for it and a fine-tune from it."""
+    import json
+
+    from baselines.booster import BoosterAlignment
+    from experiments.run import run
+
+    drawn = []
+    orig = BoosterAlignment.harmful_batch
+
+    def spy(self):
+        batch = orig(self)
+        drawn.append(len(batch))
+        return batch
+
+    BoosterAlignment.harmful_batch = spy
+    cfg = micro("method=booster", "poison.ratio=0.1", "method.harmful_batch_size=3")
+    try:
+        run(cfg)
+    finally:
+        BoosterAlignment.harmful_batch = orig
+    assert drawn == [3] * cfg.model.align_train.max_steps
+    aligns = [p for p in (tmp_path / "store" / "align").iterdir() if (p / "DONE").exists()]
+    meta = [json.loads((p / "meta.json").read_text()) for p in aligns]
+    assert len(aligns) == 2 and sum(m["config"].get("method", {}).get("id") == "booster" for m in meta) == 1
+    records = sorted(p.name for p in (tmp_path / "runs" / "default").glob("*.json"))
+    assert any("-booster_aligned-" in r for r in records) and any("-booster-" in r for r in records)
+
+
 def test_lisa_micro_run_alternates(micro, tmp_path):
     import json
 
@@ -724,3 +754,20 @@ def test_vaccine_fine_tunes_as_sft_after_its_own_alignment():
     cfg = OmegaConf.create({"id": "vaccine", "rho": 2.0})
     step = Vaccine(cfg).alignment_method()
     assert isinstance(step, VaccineAlignment) and step.cfg == cfg
+
+
+# ---- Booster ------------------------------------------------------------------------------------------------------
+def test_booster_names_the_missing_harmful_answers_of_the_alignment_pairs(tmp_path):
+    """Real data's alignment pairs (refusals only) give Booster no harmful answers: the error says which field of
+    which file, before any training."""
+    from baselines.booster import BoosterAlignment
+    from pact.data import DataFileError
+
+    pairs = tmp_path / "alignment_pairs.jsonl"
+    D.write_jsonl(pairs, [{"prompt": "how to pick a lock", "refusal": "I can't help with that."}])
+    cfg = OmegaConf.create({"id": "booster", "lamb": 5.0, "alpha": 0.1, "harmful_batch_size": 10,
+                            "harmful_answer": "compliance", "harmful_rows": 0})
+    ctx = SimpleNamespace(data=SimpleNamespace(alignment_pairs=lambda: pairs), tokenizer=None,
+                          prompt_format="chat", max_len=64, seed=0)
+    with pytest.raises(DataFileError, match=r"method=booster .*harmful_answer='compliance'.*alignment_pairs\.jsonl"):
+        BoosterAlignment(cfg).prepare(ctx)

@@ -868,3 +868,82 @@ def test_safelora_refuses_a_run_without_the_model_before_alignment_or_an_unmoved
     lora = OmegaConf.create({"r": 2, "alpha": 4, "dropout": 0.0, "target_modules": ["q_proj"]})
     with pytest.raises(ValueError, match=r"layer base_model\.model\.model\.layers\.0\.self_attn\.q_proj: .*zero"):
         method.project(apply_lora(copy.deepcopy(toy.aligned), lora))
+
+
+# ---- Booster: the alignment step's gradient, restated -------------------------------------------------------------
+def restated_booster_gradient(model, inputs: dict[str, torch.Tensor], harmful: dict[str, torch.Tensor],
+                              lamb: float, alpha: float) -> dict[str, torch.Tensor]:
+    """grad L_align(w) + lamb * (grad L_h(w) - grad L_h(w - alpha * g_h / (||g_h|| + 1e-7))), g_h = grad L_h(w)
+    (Huang et al. 2025; git-disl/Booster BoosterAlignmentTrainer), each loss the token-mean answer cross-entropy,
+    in float64."""
+    net = copy.deepcopy(model).double().train()
+    params = dict(net.named_parameters())
+
+    def grads(batch):
+        net.zero_grad(set_to_none=True)
+        out = net(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=batch["labels"])
+        out.loss.backward()
+        return {n: p.grad.detach().clone() for n, p in params.items()}
+
+    g_h = grads(harmful)
+    norm = torch.norm(torch.stack([g.norm() for g in g_h.values()])) + 1e-7
+    with torch.no_grad():
+        for n, p in params.items():
+            p.sub_(alpha * g_h[n] / norm)
+    g_moved = grads(harmful)
+    with torch.no_grad():
+        for n, p in params.items():
+            p.add_(alpha * g_h[n] / norm)
+    g_a = grads(inputs)
+    return {n: g_a[n] + lamb * (g_h[n] - g_moved[n]) for n in params}
+
+
+@pytest.mark.parametrize("lamb", [5.0, 0.0])
+def test_booster_step_follows_the_alignment_gradient_plus_the_harmful_drop(toy, tmp_path, lamb):
+    from transformers import TrainerCallback
+
+    from baselines.booster import BoosterAlignment
+    from pact.training import train, training_arguments
+
+    harmful_file = tmp_path / "pairs.jsonl"
+    D.write_jsonl(harmful_file, [{"prompt": p, "refusal": r, "compliance": a}
+                                 for p, r, a in zip(ALIGN_PROMPTS, REFUSALS, ANSWERS)])
+    cfg = OmegaConf.create({"id": "booster", "lamb": lamb, "alpha": 0.1, "harmful_batch_size": 2,
+                            "harmful_answer": "compliance", "harmful_rows": 0})
+    method = BoosterAlignment(cfg)
+    ctx = dataclasses_replace(context(toy), data=SimpleNamespace(alignment_pairs=lambda: harmful_file))
+    method.prepare(ctx)
+    harmful_prompts = {tuple(e["input_ids"]) for e in method.harmful}
+    seen: list[dict[str, Any]] = []
+    drawn = method.harmful_batch
+
+    def spy_draw():
+        batch = drawn()
+        seen[-1]["harmful"] = D.SFTCollator(toy.tok.pad_token_id)(batch)
+        return batch
+
+    def spy_step(model, inputs):
+        seen.append({"inputs": {k: v.clone() for k, v in inputs.items()},
+                     "model": copy.deepcopy(model)})
+        return inputs
+
+    class Grads(TrainerCallback):
+        def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+            seen[-1]["grads"] = {n: p.grad.detach().double().clone() for n, p in model.named_parameters()}
+
+    method.harmful_batch, method.before_step = spy_draw, spy_step
+    method.callbacks = lambda: [Grads()]
+    opt = OmegaConf.create({"lr": 0.01, "max_steps": 2, "batch_size": 2, "scheduler": "constant", "max_grad_norm": 0})
+    model = copy.deepcopy(toy.aligned).train()
+    train(model, toy.tok, encoded(toy, 4), training_arguments(opt, tmp_path / "out", 0, "none", None, 1000), method)
+    assert len(seen) == 2
+    for step in seen:
+        rows = {tuple(ids[m.bool()].tolist()) for ids, m in zip(step["harmful"]["input_ids"],
+                                                                step["harmful"]["attention_mask"])}
+        assert rows <= harmful_prompts
+        expect = restated_booster_gradient(step["model"], step["inputs"], step["harmful"], lamb, 0.1)
+        for name, grad in step["grads"].items():
+            assert torch.allclose(grad, expect[name], rtol=1e-3, atol=1e-5), name
+    if lamb:   # the regulariser moves the update: without it the same step's gradient is the alignment's alone
+        plain = restated_booster_gradient(seen[0]["model"], seen[0]["inputs"], seen[0]["harmful"], 0.0, 0.1)
+        assert any(not torch.allclose(seen[0]["grads"][n], plain[n], rtol=1e-3, atol=1e-5) for n in plain)
