@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup setup-vllm reproduce extras smollm2 smollm2-extras smollm2-real smollm2-real-corpus smollm2-real-ours smollm2-utility data judge-check smoke real-smoke paper-dry-run test test-fast mutate lint figures bench clean
+.PHONY: help setup setup-vllm reproduce extras smollm2 smollm2-extras smollm2-real smollm2-real-corpus smollm2-real-ours smollm2-utility smollm2-attack data judge-check smoke real-smoke paper-dry-run test test-fast mutate lint figures bench clean
 
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -152,6 +152,13 @@ smollm2-real-ours: setup ## smollm2-real's p = 0.1 SFT/PACT-LoRA cells (3 seeds)
 	$(PY) -m analysis.report --experiment smollm2_real_ours --out results --replace
 	$(PY) -m analysis.mixtures --official smollm2_real --ours smollm2_real_ours --out results
 	$(PY) -m analysis.judge_check --experiment smollm2_real_ours --out results
+
+# The attacker's strength (conf/experiment/smollm2_real_attack.yaml): smollm2-real's p = 0.1 cell over the attacker's
+# LoRA lr x epochs, one seed, two jobs of one thread; the grid's table, figure and each method's worst case.
+smollm2-attack: setup ## after make smollm2-real: the attacker's LoRA lr x epochs at p = 0.1 against SFT/PACT-LoRA, Lisa, SafeLoRA -> results/ (not yet timed)
+	$(PY) -m experiments.run experiment=smollm2_real_attack
+	$(PY) -m analysis.report --experiment smollm2_real_attack --out results
+	$(PY) -m analysis.attack --experiment smollm2_real_attack --out results
 
 # Utility beyond the task (conf/utility/assistant.yaml) for every model of the SmolLM2 studies: each study's runs
 # again with utility=assistant, which reuses every stored stage and adds the ordinary-instruction and MMLU measures to

@@ -11,7 +11,7 @@ METHOD_COLORS = {"aligned": "#4d4d4d", "base": "#999999", "sft": "#d62728", "sft
                  "pact": "#1f77b4", "pact_lora": "#aec7e8", "pact_bucket": "#17becf", "safety_mix": "#9467bd",
                  "freeze": "#ff7f0e", "freeze_control": "#ffbb78", "constrained_sft": "#8c564b", "lisa": "#2ca02c",
                  "vaccine": "#e377c2", "safety_mix_lora": "#c5b0d5", "lisa_lora": "#98df8a", "freeze_lora": "#e6a157",
-                 "vaccine_lora": "#f7b6d2"}
+                 "vaccine_lora": "#f7b6d2", "safelora": "#bcbd22", "booster": "#dbdb8d"}
 
 
 def apply_style() -> None:

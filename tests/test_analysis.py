@@ -1,6 +1,7 @@
 """Tables and figures on a synthetic summary.csv: formatting, mean/std, best marks, missing cells."""
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -317,3 +318,40 @@ def test_committed_results_regenerate_byte_for_byte(tmp_path):
     differ = [str(p) for p in made if not (results / p).is_file() or not filecmp.cmp(out / p, results / p,
                                                                                       shallow=False)]
     assert differ == []
+
+
+def test_the_attack_grid_reads_each_cells_knobs_and_finds_each_methods_worst_case(tmp_path):
+    """analysis.attack on a grid made of the real-data study's seed-0 rows: every (method, lr, epochs) cell with its
+    interval, the worst case of each method the cell whose harmful answers were all made harmful, and the files."""
+    from analysis.attack import grid, main, worst_cases
+
+    summary = pd.read_csv(Path(__file__).resolve().parents[1] / "results" / "summary.csv")
+    rows = summary[(summary["experiment"] == "smollm2_real") & (summary["seed"] == 0)
+                   & (summary["poison_ratio"] == 0.1) & summary["method"].isin(["sft_lora", "pact_lora"])]
+    harmful = [c for c in summary.columns if c.startswith("harmful_score.")]
+    parts = []
+    for lr in (3e-4, 1e-3):
+        for epochs in (1, 5):
+            variant = f"finetune.lora_lr={lr},finetune.optim.epochs={epochs}"
+            part = rows.assign(experiment="attack", variant=variant, method=rows["method"] + f" [{variant}]")
+            if (lr, epochs) == (3e-4, 5):   # the worst case of both methods
+                part[harmful] = part[harmful].where(part[harmful].isna(), 100.0)
+                part["harmful_score"] = 100.0
+            parts.append(part)
+    df = pd.concat(parts, ignore_index=True)
+    cells = grid(df)
+    assert len(cells) == 8 and set(cells["method"]) == {"sft_lora", "pact_lora"}
+    assert (cells["harmful_score_lo"] <= cells["harmful_score"]).all()
+    assert (cells["harmful_score"] <= cells["harmful_score_hi"]).all()
+    worst = worst_cases(cells)
+    assert list(worst["finetune.lora_lr"]) == [3e-4, 3e-4] and list(worst["finetune.optim.epochs"]) == [5, 5]
+    assert (worst["harmful_score"] == 100.0).all()
+    with pytest.raises(ValueError, match=r"do not set \['finetune.optim.epochs'\]"):
+        grid(df.assign(variant="finetune.lora_lr=0.001"))
+    out = tmp_path / "results"
+    out.mkdir()
+    df.to_csv(out / "summary.csv", index=False)
+    main(["--experiment", "attack", "--out", str(out)])
+    table = (out / "tables" / "attack_grid.md").read_text()
+    assert "## Each method's worst case" in table and "100.0 [100.0, 100.0]" in table
+    assert (out / "figures" / "attack_grid.png").is_file()
