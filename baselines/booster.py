@@ -102,8 +102,6 @@ class BoosterAlignment(Method):
                 p.grad.add_(lamb * (a - b))
                 if h is not None:
                     p.grad.add_(h)
-        self.stats["last_harmful_drop_norm"] = float(torch.norm(torch.stack([(a - b).norm()
-                                                                            for a, b in zip(g_h, g_moved)])))
         return loss
 
 

@@ -85,27 +85,32 @@ class SafeLoRA(Method):
                   if isinstance(module, LoraLayer) and module.lora_A]
         if not layers:
             raise ValueError("method=safelora: the model has no LoRA layer to project")
-        found = []
-        for name, module in layers:
-            [adapter] = module.lora_A.keys()
+        def projector_of(name: str, module) -> torch.Tensor:
             weight = module.get_base_layer().weight
             original = base.get_submodule(name.removeprefix(PEFT_PREFIX)).weight.to(weight.device)
             try:
-                projector = alignment_projector(weight, original)
+                return alignment_projector(weight, original)
             except ValueError as err:
                 raise ValueError(f"method=safelora, layer {name}: {err}") from None
-            a, b = module.lora_A[adapter].weight, module.lora_B[adapter].weight
-            found.append((name, b, projector, update_similarity(projector, a, b)))
-        del base
-        cut = chosen_threshold([s for *_, s in found], self.cfg.select, float(self.cfg.threshold),
+
+        def lora_pair(module) -> tuple[torch.Tensor, torch.Tensor]:
+            [adapter] = module.lora_A.keys()
+            return module.lora_A[adapter].weight, module.lora_B[adapter].weight
+
+        # one [out, out] projector at a time (an 8B model's 64 would hold GBs): similarities first, then the
+        # chosen layers' projectors again
+        similarity = {name: update_similarity(projector_of(name, module), *lora_pair(module))
+                      for name, module in layers}
+        cut = chosen_threshold(list(similarity.values()), self.cfg.select, float(self.cfg.threshold),
                                int(self.cfg.num_proj_layers))
         projected = []
-        for name, b, projector, similarity in found:
-            if similarity <= cut:
-                b.copy_((projector @ b.float()).to(b.dtype))
+        for name, module in layers:
+            if similarity[name] <= cut:
+                b = lora_pair(module)[1]
+                b.copy_((projector_of(name, module) @ b.float()).to(b.dtype))
                 projected.append(name.removeprefix(PEFT_PREFIX))
         self.stats.update({"safelora_threshold": cut, "safelora_projected": projected,
-                           "safelora_similarity": {n.removeprefix(PEFT_PREFIX): s for n, _, _, s in found}})
+                           "safelora_similarity": {n.removeprefix(PEFT_PREFIX): s for n, s in similarity.items()}})
 
 
 class _ProjectWhenTrained(TrainerCallback):
