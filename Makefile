@@ -57,15 +57,17 @@ CORPUS_SHARES := 20 40 0
 CORPUS_STUDIES := $(foreach c,$(CORPUS_SHARES),smollm2_real_corpus_l$(c))
 REAL_STUDIES := smollm2_cpu smollm2_cpu_extras smollm2_cpu_official_lr smollm2_real smollm2_real_ours $(CORPUS_STUDIES)
 
-# World, base and aligned model first with every thread; Vaccine's own alignment (~5 min) then builds on one
-# thread beside the first sweep, whose Vaccine jobs come last and wait for it on the store's lock.
-reproduce: setup ## the toy-world study, 258 runs -> results/ (69 min on 2 cores with AVX-512 bf16; ~2.5 h projected without)
+# World, base and aligned model first with every thread; Vaccine's and Booster's own alignments then build, one
+# after the other, on one thread beside the first sweep, whose Vaccine and Booster jobs come last and wait for them
+# on the store's lock.
+reproduce: setup ## the toy-world study, 294 runs -> results/ (~75 min on 2 cores with AVX-512 bf16, from its parts' times; ~2.7 h projected without)
 	$(PY) -m experiments.prepare experiment=poison_ratio
 	mkdir -p outputs
-	$(PY) -m experiments.prepare experiment=poison_ratio method=vaccine threads=1 > outputs/prepare_vaccine.log 2>&1 & \
-		vaccine=$$!; \
-		$(PY) -m experiments.run experiment=poison_ratio || { kill $$vaccine; exit 1; }; \
-		wait $$vaccine || { echo "Vaccine's alignment failed: see outputs/prepare_vaccine.log"; exit 1; }
+	{ $(PY) -m experiments.prepare experiment=poison_ratio method=vaccine threads=1 && \
+		$(PY) -m experiments.prepare experiment=poison_ratio method=booster threads=1; } \
+		> outputs/prepare_defences.log 2>&1 & defences=$$!; \
+		$(PY) -m experiments.run experiment=poison_ratio || { kill $$defences; exit 1; }; \
+		wait $$defences || { echo "Vaccine's or Booster's alignment failed: see outputs/prepare_defences.log"; exit 1; }
 	for study in $(filter-out poison_ratio,$(STUDIES)); do $(PY) -m experiments.run experiment=$$study || exit 1; done
 	$(MAKE) figures
 	$(PY) -m analysis.world_stats --out results

@@ -1,9 +1,9 @@
 """The docs' generated parts: README's results table, from ``results/summary.csv``, and its list of make targets with
 their times, from the Makefile's ``##`` help lines (the one place those times are written); docs/usage.md's list of
 config groups and their options, from ``conf/``; results/README.md's utility tables, from the studies' interval
-tables. Each part sits between ``<!-- name:begin -->`` and
-``<!-- name:end -->`` markers. ``python -m analysis.readme`` rewrites them (``make figures`` runs it); ``--check``
-exits 1 when a doc differs from what the sources give (a fast test runs it).
+tables, and its table of the toy study's sweep, from ``results/summary.csv``. Each part sits between
+``<!-- name:begin -->`` and ``<!-- name:end -->`` markers. ``python -m analysis.readme`` rewrites them (``make
+figures`` runs it); ``--check`` exits 1 when a doc differs from what the sources give (a fast test runs it).
 """
 
 from __future__ import annotations
@@ -45,6 +45,29 @@ def results_table(summary: pd.DataFrame) -> str:
             m = at[["harmful_score", "refusal_rate", "finetune_accuracy"]].mean()
             cells.append(" / ".join(f"{v:.1f}" for v in m))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sweep_table(summary: pd.DataFrame, spec=SETTINGS.sweep) -> str:
+    """One study's methods (rows, in the order of its experiment's sweep) by poison ratio (columns,
+    ``spec.ratios``): each cell the means over seeds of ``spec.metrics`` (percent, one decimal, joined by " / ")."""
+    df = summary[(summary["experiment"] == spec.experiment) & (summary["model"] == spec.model)
+                 & (summary["task"] == spec.task) & summary["poison_ratio"].notna()]
+    if "variant" in df:
+        df = df[df["variant"].isna()]
+    if df.empty:
+        raise ValueError(f"results/summary.csv has no fine-tuned rows of {spec.experiment} / {spec.model} / "
+                         f"{spec.task}")
+    ratios = [float(p) for p in spec.ratios]
+    lines = ["| method | " + " | ".join(f"p = {p:g}" for p in ratios) + " |", "|---" * (1 + len(ratios)) + "|"]
+    swept = str(OmegaConf.load(REPO / "conf" / "experiment" / f"{spec.experiment}.yaml").hydra.sweeper.params.method)
+    order = [m.strip() for m in swept.split(",")]
+    for method in sorted(df["method"].unique(), key=lambda m: (order.index(m) if m in order else len(order), m)):
+        cells = []
+        for p in ratios:
+            at = df[(df["method"] == method) & ((df["poison_ratio"] - p).abs() < 1e-9)]
+            cells.append(" / ".join(f"{v:.1f}" for v in at[list(spec.metrics)].mean()) if len(at) else "")
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -103,7 +126,8 @@ def blocks(repo: Path = REPO) -> dict[str, str]:
 def doc_blocks(repo: Path = REPO) -> dict[str, dict[str, str]]:
     """Every doc's generated parts: {path relative to the repository: {marker name: body}}."""
     return {"README.md": blocks(repo), "docs/usage.md": {"groups": config_groups(repo / "conf")},
-            "results/README.md": {"utility": utility_tables(repo / "results")}}
+            "results/README.md": {"utility": utility_tables(repo / "results"),
+                                  "poison_ratio": sweep_table(pd.read_csv(repo / "results" / "summary.csv"))}}
 
 
 def render(text: str, parts: dict[str, str]) -> str:

@@ -7,9 +7,10 @@ harmful answer) and takes three gradients: g_h, of the harmful loss at the weigh
 w - alpha * g_h / (||g_h|| + 1e-7), a simulated harmful step of fixed size; and g_a, of the alignment loss at w.
 The update follows g_a + lambda * (g_h - g_h'): the alignment loss plus lambda times the drop in harmful loss that
 the simulated step would cause, with g_h held fixed, so that harmful fine-tuning later lowers the harmful loss
-slowly. Fine-tuning is then plain SFT from the Booster-aligned model. The harmful pairs are the alignment prompts
-with harmful answers, as in the official data file, which holds each BeaverTails prompt's refusal and harmful
-response (the toy world's ``harmful_align`` holds both too).
+slowly. Fine-tuning is then plain SFT from the Booster-aligned model. The harmful pairs: the toy world's alignment
+prompts with their harmful answers (``harmful_align`` holds both); on real data the source ``data.harmful_pairs``
+names (official: BeaverTails' harmful pairs), without any prompt the run evaluates or fine-tunes on, so that the
+defence never sees the attacker's rows or the benchmarks.
 """
 
 from __future__ import annotations
@@ -22,12 +23,43 @@ from transformers import Trainer
 
 from pact import data as D
 from pact.methods import FinetuneContext, Method
+from pact.sources import check_sources, load_source, normalise_text
 
 NORM_EPS = 1e-7  # official _grad_norm(...) + 1e-7
 
 
+def real_harmful_pairs(data: Any) -> list[dict[str, str]]:
+    """The harmful pairs {prompt, answer} of ``data.harmful_pairs`` (pact.rundata.RealData): a mixture file's poison
+    rows or a BeaverTails source's unsafe pairs, in file order, without the prompts of the run's benchmarks and
+    fine-tuning poison (the data stage's ``eval_*`` and ``poison_*`` files); the source is checked against its pin
+    first."""
+    spec = data.cfg.data.get("harmful_pairs")
+    if not spec:
+        raise D.DataFileError(f"method=booster on real data needs harmful pairs: data.harmful_pairs names none in "
+                              f"data={data.cfg.data.name}")
+    name = str(spec.source)
+    check_sources(data.cfg.data, [name])
+    rows = load_source(data.cfg.data, name)
+    if rows and "poison" in rows[0]:
+        pairs = [(r["text"], r["answer"]) for r in rows if r["poison"]]
+    elif rows and "is_safe" in rows[0]:
+        pairs = [(r["text"], r["response"]) for r in rows if not r["is_safe"]]
+    else:
+        raise D.DataFileError(f"data.harmful_pairs: source {name} has neither poison rows (a mixture file) nor "
+                              "is_safe labels (BeaverTails): no harmful pairs to read")
+    files = [f for pattern in ("eval_*.jsonl", "poison_*.jsonl") for f in sorted(data.artifact.path.glob(pattern))]
+    held = {normalise_text(r["prompt"]) for f in files for r in D.read_jsonl(f, ("prompt",))}
+    rows = [{"prompt": p, "answer": a} for p, a in pairs if normalise_text(p) not in held]
+    if not rows:
+        raise D.DataFileError(f"data.harmful_pairs: every harmful pair of source {name} is a prompt the run "
+                              "evaluates or fine-tunes on")
+    return rows
+
+
 class BoosterAlignment(Method):
     """The Booster alignment step used by the ``align`` stage; harmful pairs from :meth:`prepare`."""
+
+    reads_harmful_pairs = True   # pact.pipeline.defence_align_stage keys the alignment by data.harmful_pairs
 
     def __init__(self, cfg: Any):
         super().__init__(cfg)
@@ -42,15 +74,17 @@ class BoosterAlignment(Method):
         self.pad_id = 0
 
     def prepare(self, ctx: FinetuneContext) -> None:
-        field = str(self.cfg.harmful_answer)
-        source = ctx.data.alignment_pairs()
-        try:
-            pairs = D.read_jsonl(source, ("prompt", field))
-        except D.DataFileError as err:
-            raise D.DataFileError(f"method=booster reads each alignment prompt's harmful answer "
-                                  f"(method.harmful_answer={field!r}): {err}") from None
-        pairs = pairs[: int(self.cfg.harmful_rows) or None]
-        rows = [{"prompt": p["prompt"], "answer": p[field]} for p in pairs]
+        if ctx.data.kind == "real":
+            rows = real_harmful_pairs(ctx.data)
+        else:
+            field = str(self.cfg.harmful_answer)
+            try:
+                pairs = D.read_jsonl(ctx.data.alignment_pairs(), ("prompt", field))
+            except D.DataFileError as err:
+                raise D.DataFileError(f"method=booster reads each alignment prompt's harmful answer "
+                                      f"(method.harmful_answer={field!r}): {err}") from None
+            rows = [{"prompt": p["prompt"], "answer": p[field]} for p in pairs]
+        rows = rows[: int(self.cfg.harmful_rows) or None]
         self.harmful = D.encode_sft(rows, ctx.tokenizer, ctx.prompt_format, ctx.max_len)
         self.rng = random.Random(ctx.seed)
         self.pad_id = ctx.tokenizer.pad_token_id

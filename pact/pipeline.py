@@ -183,13 +183,17 @@ def defence_align_stage(store: Store, cfg: DictConfig, init: ModelRef, data: Run
     slice_ = {"method": plain(cfg.method), "method_code": finetune_code(cfg.method), "optim": plain(optim),
               "seed": int(m.seed), "max_len": int(m.max_len), "dtype": m.dtype, "code": IMPORT_ALIGN_CODE}
 
+    alignment = build_method(cfg.method).alignment_method()
+    if getattr(alignment, "reads_harmful_pairs", False):   # Booster: its harmful pairs' source
+        slice_["harmful_pairs"] = plain(cfg.data.get("harmful_pairs"))
+
     def build(tmp: Path) -> dict[str, Any]:
         pairs = D.read_jsonl(data.alignment_pairs(), required=("prompt", "refusal"))
         if len(pairs) < int(a.rows):
             raise ConfigError(f"method.align.rows={a.rows}: the run's alignment pairs hold {len(pairs)} rows")
         rows = [{"prompt": p["prompt"], "answer": p["refusal"]} for p in pairs[: int(a.rows)]]
-        metrics = _align_from(init, rows, optim, a.lora, m, tmp, build_method(cfg.method).alignment_method(), data)
-        return {"train": metrics, "rows": len(rows), "init": init.path}
+        metrics = _align_from(init, rows, optim, a.lora, m, tmp, alignment, data)
+        return {"train": metrics, "rows": len(rows), "init": init.path, "method_stats": alignment.stats}
 
     art = store.build("align", slice_, {"init": init.key, **data.upstream}, build, collective=True)
     return ModelRef(art.key, str(art.path / "model"), init.prompt_format, str(art.path / "model"))

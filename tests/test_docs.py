@@ -47,7 +47,7 @@ def test_a_number_edited_by_hand_is_caught():
     text = (REPO / "README.md").read_text()
     edited = text.replace("| toy: SFT | 0.1 / 36.9", "| toy: SFT | 0.1 / 37.9", 1)
     assert edited != text and render(edited, blocks()) != edited
-    slower = text.replace("(69 min on 2 cores", "(49 min on 2 cores", 1)
+    slower = text.replace("(~75 min on 2 cores", "(~45 min on 2 cores", 1)
     assert slower != text and render(slower, blocks()) != slower  # a time category lives in the Makefile
 
 
@@ -111,3 +111,22 @@ def test_the_methods_table_names_every_method():
     named = set(re.findall(r"`([a-z0-9_]+)`", table))
     missing = sorted(f.stem for f in (REPO / "conf" / "method").glob("*.yaml") if f.stem not in named)
     assert not missing, f"docs/usage.md's methods table lacks {missing}"
+
+
+def test_the_sweep_table_is_each_methods_mean_in_the_sweeps_order():
+    from types import SimpleNamespace
+
+    import pandas as pd
+
+    from analysis.readme import sweep_table
+
+    rows = [{"experiment": "poison_ratio", "model": "toy", "task": "sentiment", "method": m, "poison_ratio": p,
+             "seed": s, "harmful_score": hs + s, "refusal_rate": 50.0, "variant": None}
+            for m, hs in (("vaccine", 10.0), ("sft", 90.0)) for p in (0.0, 0.1) for s in (0, 1)]
+    rows.append({**rows[0], "method": "aligned", "poison_ratio": None})   # a reference row: no column of its own
+    spec = SimpleNamespace(experiment="poison_ratio", model="toy", task="sentiment", ratios=[0.0, 0.05, 0.1],
+                           metrics=["harmful_score", "refusal_rate"])
+    lines = sweep_table(pd.DataFrame(rows), spec).splitlines()
+    assert lines[0] == "| method | p = 0 | p = 0.05 | p = 0.1 |"
+    assert lines[2] == "| sft | 90.5 / 50.0 |  | 90.5 / 50.0 |"   # sft comes first in poison_ratio's sweep
+    assert lines[3].startswith("| vaccine | 10.5 / 50.0 |") and len(lines) == 4

@@ -530,6 +530,35 @@ def test_vaccine_aligns_a_hub_model_with_its_own_step_then_fine_tunes_from_it(fi
         run(real_cfg(fixtures, tmp_path, "method=vaccine", "method.align.rows=9999", check=False))
 
 
+def test_booster_aligns_a_hub_model_on_harmful_pairs_the_attacker_never_holds(fixtures, tmp_path, monkeypatch):
+    """method=booster on a hub model (data=real): its alignment reads data.harmful_pairs (BeaverTails' unsafe pairs)
+    without the run's benchmark and poison prompts, is keyed by that source, and the fine-tune starts from it."""
+    from experiments.run import run
+    from pact import generation
+    from pact.sources import normalise_text
+
+    monkeypatch.setitem(generation.ENGINES, "hf", lambda *a, **k: CannedEngine())
+    small = ("method.align.rows=3", "++method.align.optim.max_steps=2", "method.align.optim.batch_size=3",
+             "method.align.optim.dtype=float32", "method.harmful_batch_size=2")
+    cfg = real_cfg(fixtures, tmp_path, "method=booster", *small, check=False)
+    assert cfg.data.harmful_pairs.source == "beavertails_train"
+    run(cfg)
+    store = tmp_path / "store"
+    [align] = [json.loads(p.read_text()) for p in (store / "align").glob("*/meta.json")]
+    [data] = list((store / "data").glob("*/meta.json"))
+    held = {normalise_text(r["prompt"]) for pattern in ("eval_*.jsonl", "poison_*.jsonl")
+            for f in data.parent.glob(pattern) for r in read_jsonl(f)}
+    unsafe = [r for r in load_source(cfg.data, "beavertails_train") if not r["is_safe"]]
+    expected = [r for r in unsafe if normalise_text(r["text"]) not in held]
+    assert align["method_stats"]["harmful_rows"] == len(expected) > 0   # the exclusion: its unit test
+    [tuned] = [json.loads(p.read_text()) for p in (store / "finetune").glob("*/meta.json")]
+    assert tuned["upstream"]["aligned"] == align["key"]
+    records = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("*.json")]
+    assert {r["method"] for r in records} >= {"booster", "booster_aligned", "aligned"}
+    with pytest.raises(Exception, match="data.harmful_pairs names none"):
+        run(real_cfg(fixtures, tmp_path, "method=booster", *small, "data.harmful_pairs=null", check=False))
+
+
 def test_an_alignment_defence_on_a_hub_model_needs_its_alignment_config(fixtures, tmp_path):
     with pytest.raises(ConfigError, match="method=vaccine aligns a hub or imported model itself"):
         real_cfg(fixtures, tmp_path, "method=vaccine", "~method.align")
