@@ -142,7 +142,7 @@ smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixt
 # smollm2-real's alignment corpus, by the rule of conf/experiment/smollm2_real.yaml: each candidate corpus
 # (conf/corpus/) aligns the instruct model, which is evaluated with the study's benchmarks; the trade-off table and
 # the corpus the rule picks (analysis.corpus, conf/analysis.yaml `corpus`).
-smollm2-real-corpus: setup ## SmolLM2-135M aligned on each candidate corpus: harmful vs safe refusal -> results/smollm2_real_corpus.md (after make data; 92 min AVX-512 bf16)
+smollm2-real-corpus: setup ## SmolLM2-135M aligned on each candidate corpus: harmful vs safe refusal -> results/smollm2_real_corpus.md (after make data; 56 min AVX-512 bf16)
 	$(call smollm2_corpus_runs,)
 	$(PY) -m analysis.report $(foreach s,$(CORPUS_STUDIES),--experiment $(s)) --out results
 	$(PY) -m analysis.corpus --out results
@@ -167,7 +167,7 @@ smollm2-attack: setup ## after make smollm2-real: the attacker's LoRA lr x epoch
 # again with utility=assistant, which reuses every stored stage and adds the ordinary-instruction and MMLU measures to
 # its records; a study not run before is run whole. Set SMOLLM2_UTILITY to a subset of the studies' make targets.
 SMOLLM2_UTILITY ?= smollm2 smollm2-extras smollm2-real smollm2-real-ours smollm2-real-corpus
-smollm2-utility: setup ## after make data and the SmolLM2 studies: ordinary instructions and MMLU for each of their models -> results/ (AVX-512 bf16: 13 min smollm2, 10 extras, 19 real)
+smollm2-utility: setup ## after make data and the SmolLM2 studies: ordinary instructions and MMLU for each of their models -> results/ (AVX-512 bf16: 13 min smollm2, 10 extras, 19 real, 8 corpus)
 	$(if $(filter smollm2,$(SMOLLM2_UTILITY)),$(call smollm2_runs,utility=assistant))
 	$(if $(filter smollm2-extras,$(SMOLLM2_UTILITY)),$(call smollm2_extras_runs,utility=assistant))
 	$(if $(filter smollm2-real,$(SMOLLM2_UTILITY)),$(call smollm2_real_runs,utility=assistant))
