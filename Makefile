@@ -106,7 +106,6 @@ define smollm2_real_runs
 	$(PY) -m experiments.run experiment=smollm2_real $(1)
 	$(PY) -m experiments.run experiment=smollm2_real poison.ratio=0.05 seed=0 $(1)
 	$(PY) -m experiments.run experiment=smollm2_real method=safety_mix_lora,lisa_lora,safelora seed=0 poison.ratio=0.0,0.1 $(1)
-	$(PY) -m experiments.run experiment=smollm2_real_booster $(1)
 endef
 define smollm2_corpus_runs
 	for c in $(CORPUS_SHARES); do $(PY) -m experiments.prepare experiment=smollm2_real corpus=lookalike_$$c \
@@ -130,10 +129,10 @@ smollm2-extras: setup ## after make smollm2: full SFT/PACT (tied, untied), safet
 
 # SmolLM2 on real requests (conf/experiment/smollm2_real.yaml; the data imported first: `make data`): import,
 # alignment on real refusal and helpful pairs, the safety set and the reference evaluations with every thread; then
-# SFT/PACT-LoRA (3 seeds, p = 0, 0.05, 0.1) and safety mixing, Lisa, SafeLoRA and Booster (LoRA, seed 0, p = 0 and
-# 0.1; Booster after its own alignment) on the official SST-2 mixtures, two jobs of one thread; then the step-0 measurement beside the token-confidence curves, the report,
+# SFT/PACT-LoRA (3 seeds, p = 0, 0.05, 0.1) and safety mixing, Lisa and SafeLoRA (LoRA, seed 0, p = 0 and 0.1) on
+# the official SST-2 mixtures, two jobs of one thread; then the step-0 measurement beside the token-confidence curves, the report,
 # and each judge's recall on the refusals the aligned and fine-tuned models learnt (analysis.judge_check --experiment).
-smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixtures -> results/ (after make data; 74-79 min AVX-512 bf16)
+smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixtures -> results/ (after make data; ~80-85 min AVX-512 bf16)
 	$(call smollm2_real_runs,)
 	$(call step0_and_curves,smollm2_real)
 	$(PY) -m analysis.report --experiment smollm2_real --out results --replace

@@ -911,7 +911,7 @@ def test_booster_step_follows_the_alignment_gradient_plus_the_harmful_drop(toy, 
     cfg = OmegaConf.create({"id": "booster", "lamb": lamb, "alpha": 0.1, "harmful_batch_size": 2,
                             "harmful_answer": "compliance", "harmful_rows": 0})
     method = BoosterAlignment(cfg)
-    ctx = dataclasses_replace(context(toy), data=SimpleNamespace(alignment_pairs=lambda: harmful_file))
+    ctx = dataclasses_replace(context(toy), data=SimpleNamespace(kind="toy", alignment_pairs=lambda: harmful_file))
     method.prepare(ctx)
     harmful_prompts = {tuple(e["input_ids"]) for e in method.harmful}
     seen: list[dict[str, Any]] = []
