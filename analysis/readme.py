@@ -23,6 +23,11 @@ SETTINGS = OmegaConf.load(REPO / "conf" / "analysis.yaml").readme
 HELP_LINE = re.compile(r"^([a-z0-9-]+):.*## (.*)$")
 
 
+def at_ratio(rows: pd.DataFrame, p: float) -> pd.DataFrame:
+    """The rows fine-tuned at poison ratio ``p`` (float-safe)."""
+    return rows[(rows["poison_ratio"] - p).abs() < 1e-9]
+
+
 def results_table(summary: pd.DataFrame) -> str:
     """HS / refusal / Fine-tune Accuracy (percent, mean over seeds, one decimal as the study tables) of the rows
     of conf/analysis.yaml ``readme`` at its ratios; the reference models (no fine-tune) in the p = 0 column's place."""
@@ -38,7 +43,7 @@ def results_table(summary: pd.DataFrame) -> str:
         cells = []
         for p in ratios:
             at = rows[rows["poison_ratio"].isna()] if p == 0 and rows["poison_ratio"].isna().all() else \
-                rows[(rows["poison_ratio"] - p).abs() < 1e-9]
+                at_ratio(rows, p)
             if at.empty:
                 cells.append("")
                 continue
@@ -65,7 +70,7 @@ def sweep_table(summary: pd.DataFrame, spec=SETTINGS.sweep) -> str:
     for method in sorted(df["method"].unique(), key=lambda m: (order.index(m) if m in order else len(order), m)):
         cells = []
         for p in ratios:
-            at = df[(df["method"] == method) & ((df["poison_ratio"] - p).abs() < 1e-9)]
+            at = at_ratio(df[df["method"] == method], p)
             cells.append(" / ".join(f"{v:.1f}" for v in at[list(spec.metrics)].mean()) if len(at) else "")
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

@@ -555,7 +555,7 @@ def test_booster_aligns_a_hub_model_on_harmful_pairs_the_attacker_never_holds(fi
     assert tuned["upstream"]["aligned"] == align["key"]
     records = [json.loads(p.read_text()) for p in (tmp_path / "runs").rglob("*.json")]
     assert {r["method"] for r in records} >= {"booster", "booster_aligned", "aligned"}
-    with pytest.raises(Exception, match="data.harmful_pairs names none"):
+    with pytest.raises(DataFileError, match="data.harmful_pairs names none"):
         run(real_cfg(fixtures, tmp_path, "method=booster", *small, "data.harmful_pairs=null", check=False))
 
 
