@@ -1,7 +1,8 @@
 # make reproduce: the toy-world study end to end -> results/ ; make test: the test suite ; make help: every target.
 PYTHON ?= python3
 VENV := .venv
-PY := $(VENV)/bin/python
+# the target's name goes with every command: analysis.provenance records which make target wrote a results/ file
+PY = PACT_MAKE_TARGET=$@ $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
 .PHONY: help setup setup-vllm reproduce extras smollm2 smollm2-extras smollm2-real smollm2-real-corpus smollm2-real-ours smollm2-utility smollm2-attack data judge-check smoke real-smoke paper-dry-run test test-fast mutate lint figures bench clean
@@ -71,7 +72,7 @@ reproduce: setup ## the toy-world study, 294 runs -> results/ (~75 min on 2 core
 	for study in $(filter-out poison_ratio,$(STUDIES)); do $(PY) -m experiments.run experiment=$$study || exit 1; done
 	$(MAKE) figures
 	$(PY) -m analysis.world_stats --out results
-	$(PY) -m experiments.safety_tokens > results/safety_tokens.txt
+	$(PY) -m experiments.safety_tokens --out results/safety_tokens.txt
 	$(PY) -m experiments.pact_step0 experiment=poison_ratio poison.ratio=0.1 --out results/pact_step0.csv
 
 # Import, alignment, the safety set (the aligned and base model's passes side by side) and the reference rows'

@@ -19,6 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis.intervals import cell_text, interval_table  # noqa: E402
+from analysis.provenance import recording
 from analysis.report import DEFAULT_OUT, load_summary, to_markdown  # noqa: E402
 from analysis.style import apply_style, save_figure  # noqa: E402
 from pact.fileio import write_atomic  # noqa: E402
@@ -95,16 +96,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=DEFAULT_OUT, help=f"results folder with summary.csv (default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
     out = Path(args.out)
-    cells = grid(load_summary(out / "summary.csv", [args.experiment]))
-    stem = out / "tables" / f"{args.experiment}_grid"
+    with recording(out, "analysis.attack", argv):
+        write(args.experiment, out)
+
+
+def write(experiment: str, out: Path) -> None:
+    """The grid's table (CSV, Markdown) and figure from ``out``'s summary.csv."""
+    cells = grid(load_summary(out / "summary.csv", [experiment]))
+    stem = out / "tables" / f"{experiment}_grid"
     stem.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(stem.with_suffix(".csv"), cells.to_csv(index=False, float_format="%.4g"))
     write_atomic(stem.with_suffix(".md"),
-        f"# {args.experiment}: the attacker's LoRA lr and epochs against each method\n\nPercent, mean over seeds "
+        f"# {experiment}: the attacker's LoRA lr and epochs against each method\n\nPercent, mean over seeds "
         "[95% bootstrap interval over prompts and seeds] (analysis/attack.py). HS = Harmful Score (primary judge), "
         "Ref = refusal of the harmful benchmarks, FA = Fine-tune Accuracy.\n\n" + markdown(cells))
-    figure(cells, out / "figures" / f"{args.experiment}_grid")
-    print(f"wrote {stem}.md and .csv ({len(cells)} cells) and figures/{args.experiment}_grid.png")
+    figure(cells, out / "figures" / f"{experiment}_grid")
+    print(f"wrote {stem}.md and .csv ({len(cells)} cells) and figures/{experiment}_grid.png")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from analysis.intervals import GAP, cell_text, interval_table
+from analysis.provenance import recording
 from analysis.report import DEFAULT_OUT, load_summary
 from pact.config import CONF_DIR
 from pact.fileio import write_atomic
@@ -80,8 +81,9 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out)
     table = tradeoff(load_summary(args.summary or out / "summary.csv"))
     chosen = pick(table)
-    write_atomic(out / f"{STEM}.md", markdown(table, chosen))
-    write_atomic(out / f"{STEM}.csv", table.to_csv(index=False, float_format="%.4g"))
+    with recording(out, "analysis.corpus", argv):
+        write_atomic(out / f"{STEM}.md", markdown(table, chosen))
+        write_atomic(out / f"{STEM}.csv", table.to_csv(index=False, float_format="%.4g"))
     print(f"{out / STEM}.md: picked {chosen}")
 
 

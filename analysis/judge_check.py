@@ -25,6 +25,7 @@ import pandas as pd
 from omegaconf import OmegaConf
 
 from analysis.agreement import GENERATIONS
+from analysis.provenance import recording
 from analysis.report import DEFAULT_OUT
 from pact.cli import fail, run_cli
 from pact.config import CONF_DIR, compose_config
@@ -182,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
         write_atomic(out / "judge_check.md", summary_md(df, markers))
         print(summary_md(df, markers))
 
-    run_cli(go)
+    with recording(args.out, "analysis.judge_check", argv):
+        run_cli(go)
 
 
 if __name__ == "__main__":

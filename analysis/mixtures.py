@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.provenance import recording
 from analysis.report import DEFAULT_OUT, load_summary, to_markdown
 from analysis.tables import REAL_COLUMNS
 from pact.fileio import write_atomic
@@ -65,11 +66,12 @@ def main(argv: list[str] | None = None) -> None:
     table = compare_mixtures(load_summary(out / "summary.csv", [args.official, args.ours]), args.official, args.ours)
     stem = out / "tables" / f"{args.official}_official_vs_ours"
     stem.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(stem.with_suffix(".csv"), table.to_csv(index=False))
-    write_atomic(stem.with_suffix(".md"),
-        f"The official mixtures ({args.official}) against ours ({args.ours}), cell by cell; percent, one seed per "
-        "cell; HS = Harmful Score (primary judge), Ref = refusal rate, OverRef = refusals of benign requests, "
-        "FA = Fine-tune Accuracy.\n\n" + to_markdown(table))
+    with recording(out, "analysis.mixtures", argv):
+        write_atomic(stem.with_suffix(".csv"), table.to_csv(index=False))
+        write_atomic(stem.with_suffix(".md"),
+                     f"The official mixtures ({args.official}) against ours ({args.ours}), cell by cell; percent, one "
+                     "seed per cell; HS = Harmful Score (primary judge), Ref = refusal rate, OverRef = refusals of "
+                     "benign requests, FA = Fine-tune Accuracy.\n\n" + to_markdown(table))
     print(f"wrote {stem}.md and .csv ({len(table)} rows)")
 
 

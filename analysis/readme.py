@@ -2,7 +2,8 @@
 their times, from the Makefile's ``##`` help lines (the one place those times are written); docs/usage.md's list of
 config groups and their options, from ``conf/``; results/README.md's utility tables, from the studies' interval
 tables, and its table of the toy study's sweep, from ``results/summary.csv``. Each part sits between
-``<!-- name:begin -->`` and ``<!-- name:end -->`` markers. ``python -m analysis.readme`` rewrites them (``make
+``<!-- name:begin -->`` and ``<!-- name:end -->`` markers. The numbers in the docs' prose come from files under
+results/ by their value markers (analysis.docvalues). ``python -m analysis.readme`` rewrites them (``make
 figures`` runs it); ``--check`` exits 1 when a doc differs from what the sources give (a fast test runs it).
 """
 
@@ -16,6 +17,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import OmegaConf
 
+from analysis.docvalues import DocValueError, render_values
 from analysis.intervals import UTILITY, intervals_markdown
 
 REPO = Path(__file__).resolve().parents[1]
@@ -135,6 +137,14 @@ def doc_blocks(repo: Path = REPO) -> dict[str, dict[str, str]]:
                                   "poison_ratio": sweep_table(pd.read_csv(repo / "results" / "summary.csv"))}}
 
 
+def value_docs(repo: Path = REPO) -> list[str]:
+    """The user docs whose prose numbers are value markers: README.md, docs/*.md but the reproducibility log (a
+    dated record of what runs measured then), results/README.md."""
+    docs = ["README.md", *(f"docs/{p.name}" for p in sorted((repo / "docs").glob("*.md"))
+                           if p.name != "reproducibility.md"), "results/README.md"]
+    return [d for d in docs if (repo / d).is_file()]
+
+
 def render(text: str, parts: dict[str, str]) -> str:
     """``text`` with each marked part replaced; a marker pair that is missing is an error naming it."""
     for name, body in parts.items():
@@ -151,10 +161,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--check", action="store_true", help="exit 1 if a doc differs from its sources")
     args = parser.parse_args(argv)
     stale = []
-    for name, parts in doc_blocks().items():
+    parts_of = doc_blocks()
+    for name in dict.fromkeys([*parts_of, *value_docs()]):
         path = REPO / name
         text = path.read_text()
-        new = render(text, parts)
+        try:
+            new = render_values(render(text, parts_of.get(name, {})), REPO / "results")
+        except DocValueError as err:
+            sys.exit(f"{name}: {err}")
         if new == text:
             continue
         stale.append(name)

@@ -19,6 +19,7 @@ import pandas as pd
 from analysis import agreement
 from analysis.figures import ablation_curve, hs_vs_fa, hs_vs_p, safety_utility, selectivity
 from analysis.intervals import UTILITY, has_utility, interval_table, intervals_markdown
+from analysis.provenance import recording
 from analysis.tables import is_real, mean_std, write_paper_tables
 from pact.cli import run_cli
 from pact.fileio import write_atomic
@@ -307,7 +308,8 @@ def main(argv: list[str] | None = None) -> None:
                                     "(run `python -m experiments.run` first)")
         return report(args.runs, args.out, args.experiment, replace=args.replace)
 
-    df = run_cli(build)
+    with recording(args.out, "analysis.report", argv):
+        df = run_cli(build)
     print(f"summary: {Path(args.out) / 'summary.csv'} ({len(df)} rows)")
 
 

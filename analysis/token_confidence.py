@@ -25,6 +25,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
+from analysis.provenance import recording
 from analysis.style import METHOD_COLORS, apply_style, save_figure  # noqa: E402
 from pact import data as D  # noqa: E402
 from pact.cli import fail  # noqa: E402
@@ -137,6 +138,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="results")
     args = parser.parse_args(argv)
     out = Path(args.out)
+    with recording(out, "analysis.token_confidence", argv):
+        curves(args, out)
+
+
+def curves(args: argparse.Namespace, out: Path) -> None:
+    """The token-confidence CSV and figure of ``args``' runs (replotted from the CSV when the models are gone)."""
     # the main study's figure keeps its name; other studies' figures are named after them
     stem = "token_confidence" if args.experiment == SETTINGS.experiment else f"{args.experiment}_token_confidence"
     csv = out / "figures" / f"{stem}.csv"

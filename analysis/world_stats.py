@@ -13,6 +13,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from analysis.provenance import recording
 from pact import data as D
 from pact import pipeline as P
 from pact.cli import run_cli
@@ -54,6 +55,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     stats = run_cli(lambda: world_stats(args.overrides))
     out = Path(args.out)
+    with recording(out, "analysis.world_stats", argv):
+        write(stats, out)
+    print(json.dumps({k: v for k, v in stats.items() if k not in ("top_refusal_tokens", "heldout_task_vocab")},
+                     indent=2))
+
+
+def write(stats: dict, out: Path) -> None:
+    """world_stats.json and world_stats.md under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     (out / "world_stats.json").write_text(json.dumps(stats, indent=2))
     lines = ["# Toy world statistics", "", f"world `{stats['world_key']}`, aligned model `{stats['aligned_key']}`",
@@ -66,8 +75,6 @@ def main(argv: list[str] | None = None) -> None:
               f"; the top {SAFETY_SET_SIZE} hold {100 * stats[f'refusal_mass_top{SAFETY_SET_SIZE}']:.1f}% of the mass.",
               ""]
     (out / "world_stats.md").write_text("\n".join(lines) + "\n")
-    print(json.dumps({k: v for k, v in stats.items() if k not in ("top_refusal_tokens", "heldout_task_vocab")},
-                     indent=2))
 
 
 if __name__ == "__main__":

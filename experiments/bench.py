@@ -20,6 +20,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from analysis.provenance import recording
 from experiments.bench_variant import PREFIX
 from pact import pipeline as P
 from pact.cli import fail, run_cli
@@ -114,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
             lines.append(f"| {r['label']} | {1000 * r['step_s']:.1f} | {r['step_s'] / plain['step_s']:.2f}x | "
                          f"{r['max_rss_mb']:.0f} | {r['max_rss_mb'] / plain['max_rss_mb']:.2f}x |")
     out = Path(args.out)
-    write_section(out, settings.title, lines)
+    with recording(out.parent, "experiments.bench", argv):
+        write_section(out, settings.title, lines)
     print(f"wrote section {settings.title!r} of {out}")
 
 

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
+from analysis.provenance import recording
 from pact import data as D
 from pact import pipeline as P
 from pact.cli import OVERRIDES, exit_on_help, fail, run_cli
@@ -199,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 40):
         print(table.T.to_string(header=False))
     if out is not None:
-        write(table, out)
+        with recording(out.parent, "experiments.pact_step0", argv):
+            write(table, out)
         print(f"-> {out}")
 
 

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
+from analysis.provenance import recording
 from pact import pipeline as P
-from pact.cli import exit_on_help, fail, run_cli
+from pact.cli import OVERRIDES, exit_on_help, fail, run_cli
 from pact.config import compose_config
+from pact.fileio import write_atomic
 from pact.tokens_stage import tokens_stage
 
 
@@ -33,15 +36,25 @@ def safety_set(overrides: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    exit_on_help(args, "experiments.safety_tokens", __doc__)
+    exit_on_help(args, "experiments.safety_tokens", __doc__, f"{OVERRIDES} [--out FILE]")
+    out = None
+    if "--out" in args:
+        i = args.index("--out")
+        if i + 1 >= len(args):
+            run_cli(lambda: fail("--out needs a file path"))
+        out = Path(args[i + 1])
+        del args[i:i + 2]
     meta = run_cli(lambda: safety_set(args))
     rows = sorted(meta["safety_set"], key=lambda x: -x["v"])
-    print(f"safety set S: {meta['size']} tokens from {meta['n_pairs']} refusal pairs ({meta['path']})")
-    print(f"{'id':>6}  {'token':<18} {'mean aligned prob r':>20} {'weight v':>10}")
-    for row in rows:
-        print(f"{row['id']:>6}  {json.dumps(row['token']):<18} {row['r']:>20.5f} {row['v']:>+10.4f}")
     kept = sum(r["v"] > 0 for r in rows)
-    print(f"{kept} tokens with positive weight (the KL target keeps relu(v)); {len(rows) - kept} with v <= 0")
+    lines = [f"safety set S: {meta['size']} tokens from {meta['n_pairs']} refusal pairs ({meta['path']})",
+             f"{'id':>6}  {'token':<18} {'mean aligned prob r':>20} {'weight v':>10}",
+             *(f"{row['id']:>6}  {json.dumps(row['token']):<18} {row['r']:>20.5f} {row['v']:>+10.4f}" for row in rows),
+             f"{kept} tokens with positive weight (the KL target keeps relu(v)); {len(rows) - kept} with v <= 0"]
+    print("\n".join(lines))
+    if out is not None:
+        with recording(out.parent, "experiments.safety_tokens", argv):
+            write_atomic(out, "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,24 @@ INTERNAL = ("keys", "model_path", "evaluation_path", "world_path", "data_path", 
 NOT_VARIANT = ("experiment", "experiment_name", "method", "model", "task", "poison", "poison.ratio", "seed",
                "store_dir", "runs_dir", "threads", "logger", "data", "data.root", "cell", "utility")
 REFERENCE_TAG = "ref"  # file-name tag of reference rows (base and aligned models: no poison ratio)
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@lru_cache(maxsize=4)
+def code_commit(repo: Path = REPO) -> str:
+    """The code's commit (7 hex digits), "-dirty" when a tracked file outside results/ differs from it; "unknown"
+    outside a git checkout. A record carries it (its stages may come from the store, keyed by their own code)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(repo), *args], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    try:
+        sha = git("rev-parse", "--short=7", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)results")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
 
 
 def variant_of(overrides: list[str]) -> str:
@@ -48,7 +68,7 @@ def write_record(cfg: Any, method: str, poison_ratio: float | None, seed: int, m
     identity = {"experiment": cfg.experiment_name, "model": cfg.model.name, "method": method,
                 "task": cfg.task.name, "poison_ratio": poison_ratio, "seed": seed}
     record = {**identity, **metrics, "variant": variant, "dtype": cfg.model.dtype, "engine": cfg.engine.name,
-              "judge": cfg.judge.name, "keys": keys, **paths}
+              "judge": cfg.judge.name, "code_commit": code_commit(), "keys": keys, **paths}
     path = record_path(cfg.runs_dir, identity, variant)
     if dist.is_main():
         write_atomic(path, json.dumps(record, indent=2, sort_keys=True, default=str))

@@ -17,7 +17,7 @@ ENTRY_POINTS = [
     "experiments.gpu_check", "experiments.fetch_data", "experiments.batch_invariance", "experiments.protocol_check",
     "analysis.compare", "analysis.report", "analysis.store_profile", "analysis.token_confidence",
     "analysis.world_stats", "analysis.data_overlap", "analysis.readme", "analysis.judge_check", "analysis.mixtures",
-    "analysis.corpus", "analysis.attack",
+    "analysis.corpus", "analysis.attack", "analysis.provenance",
 ]
 HYDRA_MAIN = "experiments.run"  # Hydra answers its --help itself
 
