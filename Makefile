@@ -5,7 +5,7 @@ VENV := .venv
 PY = PACT_MAKE_TARGET=$@ $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: help setup setup-vllm reproduce extras smollm2 smollm2-extras smollm2-real smollm2-real-corpus smollm2-real-ours smollm2-utility smollm2-attack data judge-check smoke real-smoke paper-dry-run test test-fast mutate lint figures bench clean
+.PHONY: help setup setup-vllm reproduce extras smollm2 smollm2-extras smollm2-real smollm2-real-corpus smollm2-real-ours smollm2-real-booster smollm2-utility smollm2-attack data judge-check smoke real-smoke paper-dry-run test test-fast mutate lint figures bench clean
 
 help: ## this list
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -155,6 +155,13 @@ smollm2-real-ours: setup ## smollm2-real's p = 0.1 SFT/PACT-LoRA cells (3 seeds)
 	$(PY) -m analysis.report --experiment smollm2_real_ours --out results --replace
 	$(PY) -m analysis.mixtures --official smollm2_real --ours smollm2_real_ours --out results
 	$(PY) -m analysis.judge_check --experiment smollm2_real_ours --out results
+
+# Booster on real requests (conf/experiment/smollm2_real_booster.yaml): its own alignment of the aligned SmolLM2 with
+# every thread (prepare), then its LoRA fine-tunes at p = 0 and 0.1, seed 0, two jobs of one thread; rows join smollm2_real.
+smollm2-real-booster: setup ## after make smollm2-real: Booster (its alignment, 90 steps; LoRA fine-tunes, p = 0 and 0.1) -> results/ (not yet timed)
+	$(PY) -m experiments.prepare experiment=smollm2_real_booster
+	$(PY) -m experiments.run experiment=smollm2_real_booster
+	$(PY) -m analysis.report --experiment smollm2_real --out results
 
 # The attacker's strength (conf/experiment/smollm2_real_attack.yaml): smollm2-real's p = 0.1 cell over the attacker's
 # LoRA lr x epochs, one seed, two jobs of one thread; the grid's table, figure and each method's worst case.

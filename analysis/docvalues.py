@@ -4,16 +4,20 @@ says where it comes from and a closing marker, and ``python -m analysis.readme``
 
     <!--= summary.csv: experiment=poison_ratio method=sft poison_ratio=0.1 variant= :: harmful_score -->98.5<!--/-->
 
-``FILE: FILTERS :: EXPR AGG FORMAT``: FILE is a CSV or JSON file under results/, or ``NAME.md#N``, the N-th
-markdown table (from 1) of a markdown file there (a cell's trailing "x" or "%" dropped, "–" empty); FILTERS are
-``column OP value`` terms (OP one of ``= != < > <= >=``; ``column=`` keeps rows where the column is empty,
-``column=a,b`` either value; quote a value with spaces); EXPR is a column or a pandas expression of columns (a
-column whose name has a dot: between backticks); AGG is ``mean`` (default), ``std``, ``min``, ``max``, ``sum``,
-``count``, ``one`` (every row must hold the same value), ``range`` ("lo-hi", or the one value when lo = hi) or
-``range–`` (en dash); ``by=COL[,COL]`` after AGG first averages EXPR within each group of those columns (e.g. over
-seeds: ``harmful_score range by=poison_ratio`` is the range of the per-p means); FORMAT is a Python format spec
-(default ``.1f``). For a JSON file, EXPR is a dotted path into it (list items by index) and AGG/FILTERS are left
-out.
+``FILE: FILTERS :: EXPR AGG FORMAT``: FILE is a CSV or JSON file under results/, or ``NAME.md#N``, the N-th markdown
+table (from 1) of a markdown file there (a cell's trailing "x" or "%" dropped, "–" empty); FILTERS are ``column OP
+value`` terms (OP one of ``= != < > <= >=``; ``column=`` keeps rows where the column is empty, ``column=a,b`` either
+value; quote a value with spaces; a term ``"?QUERY"`` keeps the rows a pandas query keeps, e.g. ``"?not (method ==
+'sft' and poison_ratio == 0.1)"``); EXPR is a column, several columns ``a,b`` (their values pooled), or a pandas
+expression of columns (a column whose name has a dot: between backticks); AGG is ``mean`` (default), ``std``,
+``min``, ``max``, ``sum``, ``count``, ``one`` (every row must hold the same value), ``range`` ("lo-hi", or the one
+value when lo = hi) or ``range–`` (en dash); ``by=COL[,COL]`` after AGG first averages EXPR within each group of
+those columns (e.g. over seeds: ``harmful_score range by=poison_ratio`` is the range of the per-p means);
+``pivot=COL:VALUE`` (after AGG and ``by=``) first turns the mean of VALUE per COL value (and per ``by`` group) into
+columns named by those values, and EXPR is a pandas expression of them (``"sft_lora - pact_lora" range
+by=poison_ratio pivot=method:finetune_accuracy``: SFT-LoRA's accuracy minus PACT-LoRA's, per p); FORMAT is a Python
+format spec (default ``.1f``). For a JSON file, EXPR is a dotted path into it (list items by index) and AGG/FILTERS
+are left out.
 
 A context saves repeating a file and filters: ``<!--= with summary.csv: experiment=poison_ratio variant= -->``
 sets them for the doc's following markers up to the next ``with``; a marker that names no file (``<!--= method=sft
@@ -101,6 +105,8 @@ def _parse_value(text: str):
 
 
 def _mask(df: pd.DataFrame, term: str) -> pd.Series:
+    if term.startswith("?"):
+        return df.eval(term[1:])
     m = TERM.match(term)
     if not m:
         raise DocValueError(f"filter {term!r} is not `column OP value`")
@@ -136,8 +142,8 @@ def _split_spec(spec: str, ctx: Context) -> tuple[str, list[str], str]:
     if file is None:
         if ctx.file is None:
             raise DocValueError(f"marker {spec!r} names no file and no `with` marker is above it")
-        own_cols = {TERM.match(t).group("col").strip() for t in own if TERM.match(t)}
-        inherited = [t for t in ctx.terms if TERM.match(t) and TERM.match(t).group("col").strip() not in own_cols]
+        own_cols = {TERM.match(t).group("col").strip() for t in own if not t.startswith("?") and TERM.match(t)}
+        inherited = [t for t in ctx.terms if t.startswith("?") or TERM.match(t).group("col").strip() not in own_cols]
         return ctx.file, inherited + own, tail
     return file.strip(), own, tail
 
@@ -168,6 +174,7 @@ def evaluate(spec: str, results: Path, ctx: Context) -> str:
     expr, rest = words[0], words[1:]
     agg = rest.pop(0) if rest and rest[0] in AGGS else "mean"
     by = rest.pop(0)[3:].split(",") if rest and rest[0].startswith("by=") else None
+    pivot = rest.pop(0)[6:].partition(":") if rest and rest[0].startswith("pivot=") else None
     fmt = rest.pop(0) if rest else (".0f" if agg == "count" else ".1f")
     if rest:
         raise DocValueError(f"marker {spec!r}: unread words {rest}")
@@ -178,7 +185,24 @@ def evaluate(spec: str, results: Path, ctx: Context) -> str:
     rows = df[mask]
     if rows.empty:
         raise DocValueError(f"marker {spec!r}: no row of {file} matches {terms}")
-    column = rows[expr] if expr in rows else rows.eval(expr)
+    pooled = expr.split(",")
+    if pivot is not None:
+        key, _, value = pivot
+        missing = [c for c in [key, value, *(by or [])] if c not in rows]
+        if missing:
+            raise DocValueError(f"marker {spec!r}: no column {missing} to pivot")
+        means = rows.groupby([*(by or []), key], dropna=False)[value].mean()
+        table = means.unstack(key) if by else means.to_frame().T
+        column = table.eval(expr)
+        by = None   # the groups are the pivoted table's rows
+    elif expr in rows:
+        column = rows[expr]
+    elif len(pooled) > 1 and all(c in rows for c in pooled):
+        column = pd.concat([rows[c] for c in pooled], ignore_index=True)
+        if by:
+            raise DocValueError(f"marker {spec!r}: pooled columns cannot be grouped (by=)")
+    else:
+        column = rows.eval(expr)
     if agg == "count":
         return _format(float(len(rows)), fmt)
     if by:

@@ -39,9 +39,14 @@ def test_markers_read_means_spreads_ranges_and_other_sources(results):
         marker("method=sft,pact poison_ratio>0.1 :: hs max .2f"), marker("method=sft :: seed count"),
         marker("summary.csv: method=pact variant=x=1 :: hs one"), marker("method=sft poison_ratio=0.1 :: '100 - hs'"),
         marker("stats.json :: split.train"), marker("stats.json :: names.1"),
-        marker('bench.md#1: method="PACT, live" :: "step / SFT" one .2f'), marker("bench.md#2: a=1 :: a one .0f")])
+        marker('bench.md#1: method="PACT, live" :: "step / SFT" one .2f'), marker("bench.md#2: a=1 :: a one .0f"),
+        marker("\"?not (method == 'sft' and poison_ratio == 0.1)\" :: hs min"),
+        marker("poison_ratio=0.1 :: hs,seed range .0f"),
+        marker("poison_ratio!=0.3 :: 'sft - pact' range by=poison_ratio pivot=method:hs .2f"),
+        marker("poison_ratio=0.2 :: 'pact / sft * 100' pivot=method:hs .2f")])
     got = strip_values(render_values(text, results)).split("\n")[1:]
-    assert got == ["98.5", "0.71", "75.0-92.8", "70.0–92.8", "100.00", "3", "1.0", "1.5", "1000", "b", "1.46", "1"]
+    assert got == ["98.5", "0.71", "75.0-92.8", "70.0–92.8", "100.00", "3", "1.0", "1.5", "1000", "b", "1.46", "1",
+                   "70.0", "0-99", "7.17-23.50", "92.83"]
 
 
 def test_a_number_the_file_no_longer_gives_is_rewritten_and_a_lost_row_is_an_error(results):
@@ -123,3 +128,18 @@ def test_provenance_check_names_a_file_without_a_row(tmp_path):
 def test_the_makefile_passes_its_target_to_every_python_command():
     makefile = (REPO / "Makefile").read_text()
     assert f"PY = {provenance.TARGET_ENV}=$@ " in makefile
+
+
+def test_no_marker_begins_a_line_of_running_text():
+    """A line that begins with an HTML comment is an HTML block to Markdown: inside a paragraph or list item it
+    would cut the text in two, and a value marker there would show its line unformatted. Only a `with` marker may
+    begin a line, alone on it, after a blank line or a heading."""
+    for name in value_docs():
+        lines = (REPO / name).read_text().split("\n")
+        for i, line in enumerate(lines):
+            if not line.lstrip().startswith("<!--="):
+                continue
+            before = lines[i - 1].strip() if i else ""
+            alone = line.strip().startswith("<!--= with ") and line.strip().endswith("-->") and \
+                line.count("<!--") == 1
+            assert alone and (not before or before.startswith("#")), f"{name}:{i + 1}: {line[:80]}"
