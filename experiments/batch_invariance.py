@@ -18,7 +18,7 @@ import torch
 
 from experiments.pact_step0 import SETTINGS, prepared_run
 from pact import pipeline as P
-from pact.cli import OVERRIDES, exit_on_help, fail, run_cli
+from pact.cli import OVERRIDES, exit_on_help, fail, pop_option, run_cli
 from pact.models import load_model
 
 DEFAULT_ROWS = int(SETTINGS.batch_size)  # one batch of the step-0 measurement (conf/analysis.yaml pact_step0),
@@ -53,13 +53,10 @@ def measure(overrides: list[str], rows: int) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     exit_on_help(args, "experiments.batch_invariance", __doc__, f"{OVERRIDES} [--rows N]")
-    rows = DEFAULT_ROWS
-    if "--rows" in args:
-        i = args.index("--rows")
-        if i + 1 >= len(args) or not args[i + 1].isdigit() or int(args[i + 1]) < 1:
-            fail("--rows needs a positive whole number")
-        rows = int(args[i + 1])
-        del args[i:i + 2]
+    rows = pop_option(args, "--rows", "a positive whole number")
+    if rows is not None and (not rows.isdigit() or int(rows) < 1):
+        fail("--rows needs a positive whole number")
+    rows = DEFAULT_ROWS if rows is None else int(rows)
     result = run_cli(lambda: measure(args, rows))
     print(f"{result['rows']} rows; differ between one batch and each alone: full context {result['full_differ']}, "
           f"post-only {result['post_differ']}; largest absolute difference {result['max_abs_diff']:.3g}; "

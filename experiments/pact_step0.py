@@ -24,7 +24,7 @@ from omegaconf import OmegaConf
 from analysis.provenance import recording
 from pact import data as D
 from pact import pipeline as P
-from pact.cli import OVERRIDES, exit_on_help, fail, run_cli
+from pact.cli import OVERRIDES, exit_on_help, fail, pop_option, run_cli
 from pact.config import CONF_DIR, compose_config, validate
 from pact.fileio import write_atomic
 from pact.labels import IGNORE_INDEX, answer_positions
@@ -189,13 +189,8 @@ def write(table: pd.DataFrame, path: Path) -> None:
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     exit_on_help(args, "experiments.pact_step0", __doc__, f"{OVERRIDES} [--out CSV]")
-    out = None
-    if "--out" in args:
-        i = args.index("--out")
-        if i + 1 >= len(args):
-            fail("--out needs a CSV path")
-        out = Path(args[i + 1])
-        del args[i:i + 2]
+    out = pop_option(args, "--out", "a CSV path")
+    out = Path(out) if out is not None else None
     table = run_cli(lambda: measure(args))
     with pd.option_context("display.width", 200, "display.max_columns", 40):
         print(table.T.to_string(header=False))

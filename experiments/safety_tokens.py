@@ -13,7 +13,7 @@ from pathlib import Path
 
 from analysis.provenance import recording
 from pact import pipeline as P
-from pact.cli import OVERRIDES, exit_on_help, fail, run_cli
+from pact.cli import OVERRIDES, exit_on_help, fail, pop_option, run_cli
 from pact.config import compose_config
 from pact.fileio import write_atomic
 from pact.tokens_stage import tokens_stage
@@ -37,13 +37,8 @@ def safety_set(overrides: list[str]) -> dict:
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     exit_on_help(args, "experiments.safety_tokens", __doc__, f"{OVERRIDES} [--out FILE]")
-    out = None
-    if "--out" in args:
-        i = args.index("--out")
-        if i + 1 >= len(args):
-            run_cli(lambda: fail("--out needs a file path"))
-        out = Path(args[i + 1])
-        del args[i:i + 2]
+    out = pop_option(args, "--out", "a file path")
+    out = Path(out) if out is not None else None
     meta = run_cli(lambda: safety_set(args))
     rows = sorted(meta["safety_set"], key=lambda x: -x["v"])
     kept = sum(r["v"] > 0 for r in rows)

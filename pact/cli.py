@@ -45,6 +45,19 @@ def exit_on_help(argv: Sequence[str], module: str, doc: str | None, usage: str =
         sys.exit(0)
 
 
+def pop_option(args: list[str], name: str, what: str) -> str | None:
+    """Remove ``name VALUE`` from ``args`` (the rest are Hydra overrides) and return VALUE; None when ``name`` is
+    absent; a ``name`` with no value stops the command naming ``what`` it needs."""
+    if name not in args:
+        return None
+    i = args.index(name)
+    if i + 1 >= len(args):
+        fail(f"{name} needs {what}")
+    value = args[i + 1]
+    del args[i:i + 2]
+    return value
+
+
 def fail(message: str) -> NoReturn:
     """Print ``error: message`` to stderr and exit with status 2."""
     print(f"error: {message}", file=sys.stderr)

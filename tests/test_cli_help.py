@@ -66,3 +66,14 @@ def test_hydra_entry_point_answers_help():
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Powered by Hydra" in done.stdout
+
+
+def test_an_entry_points_own_option_is_taken_out_of_the_overrides(capsys):
+    from pact.cli import pop_option
+
+    args = ["experiment=smoke", "--out", "x.csv", "seed=1"]
+    assert pop_option(args, "--out", "a CSV path") == "x.csv" and args == ["experiment=smoke", "seed=1"]
+    assert pop_option(args, "--out", "a CSV path") is None and args == ["experiment=smoke", "seed=1"]
+    with pytest.raises(SystemExit) as exit_:
+        pop_option(["experiment=smoke", "--rows"], "--rows", "a positive whole number")
+    assert exit_.value.code == 2 and "error: --rows needs a positive whole number" in capsys.readouterr().err
