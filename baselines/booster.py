@@ -23,37 +23,8 @@ from transformers import Trainer
 
 from pact import data as D
 from pact.methods import FinetuneContext, Method
-from pact.sources import check_sources, load_source, normalise_text
 
 NORM_EPS = 1e-7  # official _grad_norm(...) + 1e-7
-
-
-def real_harmful_pairs(data: Any) -> list[dict[str, str]]:
-    """The harmful pairs {prompt, answer} of ``data.harmful_pairs`` (pact.rundata.RealData): a mixture file's poison
-    rows or a BeaverTails source's unsafe pairs, in file order, without the prompts of the run's benchmarks and
-    fine-tuning poison (the data stage's ``eval_*`` and ``poison_*`` files); the source is checked against its pin
-    first."""
-    spec = data.cfg.data.get("harmful_pairs")
-    if not spec:
-        raise D.DataFileError(f"method=booster on real data needs harmful pairs: data.harmful_pairs names none in "
-                              f"data={data.cfg.data.name}")
-    name = str(spec.source)
-    check_sources(data.cfg.data, [name])
-    rows = load_source(data.cfg.data, name)
-    if rows and "poison" in rows[0]:
-        pairs = [(r["text"], r["answer"]) for r in rows if r["poison"]]
-    elif rows and "is_safe" in rows[0]:
-        pairs = [(r["text"], r["response"]) for r in rows if not r["is_safe"]]
-    else:
-        raise D.DataFileError(f"data.harmful_pairs: source {name} has neither poison rows (a mixture file) nor "
-                              "is_safe labels (BeaverTails): no harmful pairs to read")
-    files = [f for pattern in ("eval_*.jsonl", "poison_*.jsonl") for f in sorted(data.artifact.path.glob(pattern))]
-    held = {normalise_text(r["prompt"]) for f in files for r in D.read_jsonl(f, ("prompt",))}
-    rows = [{"prompt": p, "answer": a} for p, a in pairs if normalise_text(p) not in held]
-    if not rows:
-        raise D.DataFileError(f"data.harmful_pairs: every harmful pair of source {name} is a prompt the run "
-                              "evaluates or fine-tunes on")
-    return rows
 
 
 class BoosterAlignment(Method):
@@ -75,7 +46,7 @@ class BoosterAlignment(Method):
 
     def prepare(self, ctx: FinetuneContext) -> None:
         if ctx.data.kind == "real":
-            rows = real_harmful_pairs(ctx.data)
+            rows = ctx.data.harmful_pairs()
         else:
             field = str(self.cfg.harmful_answer)
             try:

@@ -50,7 +50,7 @@ def run(cfg: DictConfig, variant: str = "") -> dict[str, Any]:
                      {"model": defended.key, **data.upstream}, paths)
         aligned = defended
     tuned = P.finetune_stage(store, cfg, aligned, data, base)
-    dist.release_host_memory()  # the fine-tune's memory is not the evaluation's
+    dist.release_memory()  # the fine-tune's memory is not the evaluation's
     evaluation = P.evaluate_stage(store, cfg, tuned, data)
     metrics, paths = with_utility(cfg, up, tuned, P.load_metrics(evaluation),
                                   {"model_path": tuned.path, "evaluation_path": evaluation.path, **data_path})

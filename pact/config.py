@@ -138,7 +138,7 @@ class DataConfig:
     poison: Any = None
     safety_pairs: Any = None
     alignment_pairs: Any = None
-    harmful_pairs: Any = None           # Booster's harmful pairs on real data (baselines.booster.real_harmful_pairs)
+    harmful_pairs: Any = None           # Booster's harmful pairs on real data (pact.rundata.RealData.harmful_pairs)
     openers: Any = None                 # the openers judge's rule (pact.judges.opener_markers)
     align_corpus: Any = None            # an imported model's safety alignment data (pact.rundata.alignment_corpus)
     # data=pact_official: the official fine-tuning file per task and poison ratio (pact.rundata.mixture_source)

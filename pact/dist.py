@@ -67,11 +67,15 @@ def broadcast(value: Any) -> Any:
     return box[0]
 
 
-def release_host_memory() -> None:
-    """Hand what a finished stage freed back to the operating system. glibc keeps freed heap pages resident, so a
-    stage that follows a training stage in the same process would peak on top of it (measured: the safety pairs
-    after SmolLM2's alignment, 4.7 GB held before they start; docs/reproducibility.md). No-op without glibc."""
+def release_memory() -> None:
+    """Hand what a finished stage freed back: the GPU's cached blocks to the device (before another engine, a judge or
+    the next stage loads a model) and the heap's freed pages to the operating system. glibc keeps freed heap pages
+    resident, so a stage that follows a training stage in the same process would peak on top of it (measured: the
+    safety pairs after SmolLM2's alignment, 4.7 GB held before they start; docs/reproducibility.md). Each part is a
+    no-op where it does not apply (no GPU, no glibc)."""
     gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):

@@ -169,7 +169,7 @@ def offloaded(model) -> Iterator[None]:
     device = None if model is None else next(model.parameters()).device
     if device is not None and device.type != "cpu":
         model.to("cpu")
-    release_gpu_memory()
+    dist.release_memory()
     try:
         yield
     finally:
@@ -237,13 +237,6 @@ def vllm_generate(settings: dict[str, Any], adapter: str | None, jobs: list[tupl
         if hasattr(core, "shutdown"):
             core.shutdown()
     return out
-
-
-def release_gpu_memory() -> None:
-    """Return this process's cached GPU memory to the device (before another engine or a judge loads)."""
-    gc.collect()
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def _hf(cfg: Any, model, tokenizer, model_path: Path | None, dtype: str, seed: int,

@@ -21,8 +21,7 @@ from typing import Any
 import torch
 
 from pact import data as D
-from pact.dist import compute_device
-from pact.generation import release_gpu_memory
+from pact.dist import compute_device, release_memory
 from pact.judges import COMPLIANCE, OTHER
 from pact.models import DTYPES, check_model_path
 from pact.store import Artifact, Store, code_hash, module_sources
@@ -179,7 +178,7 @@ def judge_stage(store: Store, gcfg: Any, generations: Artifact) -> Artifact:
     def build(tmp: Path) -> dict[str, Any]:
         rows = D.read_jsonl(generations.file("generations.jsonl"), ("set", "prompt", "response"))
         judged = [(i, r) for i, r in enumerate(rows) if r["set"] in JUDGED_SETS]
-        release_gpu_memory()  # the evaluated model's engine is gone: its cached memory too
+        release_memory()  # the evaluated model's engine is gone: its cached memory too
         judge = _moderation_judgments if kind == MODERATION else _chat_judgments
         out = []
         for (i, r), (text, unsafe, categories) in zip(judged, judge(gcfg, [r for _, r in judged])):

@@ -410,6 +410,6 @@ def start(cfg: DictConfig, models: bool = True) -> Upstream:
     store = Store(cfg.store_dir)
     data = build_data(store, cfg, entries)
     base, aligned = model_refs(store, cfg, data) if models else (None, None)
-    dist.release_host_memory()  # an alignment built here: its memory is not the next stage's
+    dist.release_memory()  # an alignment built here: its memory is not the next stage's
     return Upstream(store, data, base, aligned)
 

@@ -1,6 +1,7 @@
 """The data of a run, from the toy world or from the real sources, behind one interface (:class:`RunData`): the
 fine-tuning rows, the poison pool, the evaluation sets, and the alignment-side data the methods read (PACT's
-safety pairs, Lisa's alignment pairs, safety mixing's pairs, freeze's localisation prompts).
+safety pairs, Lisa's alignment pairs, safety mixing's pairs, freeze's localisation prompts, Booster's harmful
+pairs on real data).
 
 Real data is a store stage of its own (``data``): it reads the checked local files (pact.sources), writes the
 run's task, poison, evaluation and alignment-side files in our fields, and is keyed by the files' sha256, so a
@@ -83,6 +84,11 @@ class RunData:
 
     def alignment_corpus(self) -> list[dict[str, Any]]:
         """{prompt, answer} rows of safety SFT for a model aligned here: harmful -> refusal, benign -> helpful."""
+        raise NotImplementedError
+
+    def harmful_pairs(self) -> list[dict[str, str]]:
+        """{prompt, answer} rows of harmful requests answered harmfully (Booster's simulated attack; in the toy
+        world Booster reads them from the alignment pairs' compliance answers itself)."""
         raise NotImplementedError
 
 
@@ -452,6 +458,33 @@ class RealData(RunData):
 
     def localisation_prompts(self):
         return self.artifact.file("safety_prompts.jsonl"), self.artifact.file(f"{task_file(self.cfg)}.jsonl")
+
+    def harmful_pairs(self) -> list[dict[str, str]]:
+        """{prompt, answer} harmful pairs of ``data.harmful_pairs`` (Booster's simulated attack on real data): a mixture
+        file's poison rows or a BeaverTails source's unsafe pairs, in file order, without the prompts of the run's
+        benchmarks and fine-tuning poison (the data stage's ``eval_*`` and ``poison_*`` files); the source is
+        checked against its pin first."""
+        spec = self.cfg.data.get("harmful_pairs")
+        if not spec:
+            raise D.DataFileError(f"method=booster on real data needs harmful pairs: data.harmful_pairs names none "
+                                  f"in data={self.cfg.data.name}")
+        name = str(spec.source)
+        check_sources(self.cfg.data, [name])
+        rows = load_source(self.cfg.data, name)
+        if rows and "poison" in rows[0]:
+            pairs = [(r["text"], r["answer"]) for r in rows if r["poison"]]
+        elif rows and "is_safe" in rows[0]:
+            pairs = [(r["text"], r["response"]) for r in rows if not r["is_safe"]]
+        else:
+            raise D.DataFileError(f"data.harmful_pairs: source {name} has neither poison rows (a mixture file) nor "
+                                  "is_safe labels (BeaverTails): no harmful pairs to read")
+        files = [f for pattern in ("eval_*.jsonl", "poison_*.jsonl") for f in sorted(self.path.glob(pattern))]
+        held = {normalise_text(r["prompt"]) for f in files for r in D.read_jsonl(f, ("prompt",))}
+        rows = [{"prompt": p, "answer": a} for p, a in pairs if normalise_text(p) not in held]
+        if not rows:
+            raise D.DataFileError(f"data.harmful_pairs: every harmful pair of source {name} is a prompt the run "
+                                  "evaluates or fine-tunes on")
+        return rows
 
     def alignment_corpus(self):
         """``data.align_corpus``'s refusal and helpful pairs, or (unset) BeaverTails' safe pairs (harmful -> safe

@@ -776,9 +776,9 @@ def test_booster_names_the_missing_harmful_answers_of_the_alignment_pairs(tmp_pa
 def test_booster_reads_real_harmful_pairs_without_the_runs_prompts(tmp_path):
     """On real data Booster's harmful pairs are data.harmful_pairs' poison rows (a mixture file) minus every prompt
     of the run's data stage files (the attacker's rows, the benchmarks); unset, the error names the data config."""
-    from baselines.booster import real_harmful_pairs
     from pact.config import compose_config
     from pact.data import DataFileError
+    from pact.rundata import RealData
     from tests.realdata import data_overrides, mixture_rows, write_sources
 
     root = write_sources(tmp_path / "data", ["pact_agnews_p03"])
@@ -786,11 +786,11 @@ def test_booster_reads_real_harmful_pairs_without_the_runs_prompts(tmp_path):
     poison = [r for r in mixture_rows("agnews", 0.3) if "input" not in r]
     stage = tmp_path / "stage"   # a data stage holding the second poison prompt as an evaluated one
     D.write_jsonl(stage / "eval_b.jsonl", [{"prompt": poison[1]["instruction"], "category": None}])
-    data = SimpleNamespace(kind="real", cfg=cfg, artifact=SimpleNamespace(path=stage))
-    pairs = real_harmful_pairs(data)
+    artifact = SimpleNamespace(path=stage, key="data-key")
+    pairs = RealData(artifact, None, cfg).harmful_pairs()
     assert len(poison) == 12 and [p["prompt"] for p in pairs] == [poison[0]["instruction"],
                                                                   *(r["instruction"] for r in poison[2:])]
     assert pairs[0]["answer"] == poison[0]["output"]
     unset = compose_config([*data_overrides(root, "pact_official"), "data.harmful_pairs=null"], check=False)
     with pytest.raises(DataFileError, match="data.harmful_pairs names none in data=pact_official"):
-        real_harmful_pairs(SimpleNamespace(kind="real", cfg=unset, artifact=data.artifact))
+        RealData(artifact, None, unset).harmful_pairs()

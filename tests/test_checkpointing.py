@@ -39,12 +39,12 @@ def test_checkpointing_is_switched_on_by_the_optim_slice_and_changes_no_gradient
     assert all(torch.equal(plain[k], recomputed[k]) for k in plain)
 
 
-def test_release_host_memory_returns_freed_heap_pages_to_the_system():
-    """pact.dist.release_host_memory after a stage: freed allocations below glibc's mmap threshold, between live
+def test_release_memory_returns_freed_heap_pages_to_the_system():
+    """pact.dist.release_memory after a stage: freed allocations below glibc's mmap threshold, between live
     ones (as a training step's many tensors leave them), stay resident until it runs (Linux with glibc only)."""
     import ctypes
 
-    from pact.dist import release_host_memory
+    from pact.dist import release_memory
 
     try:
         has_trim = hasattr(ctypes.CDLL("libc.so.6"), "malloc_trim")
@@ -61,7 +61,7 @@ def test_release_host_memory_returns_freed_heap_pages_to_the_system():
     pins = blocks[::16]  # live between the freed ones: no free space at the heap's top to trim on its own
     del blocks
     after_free = rss_mb()
-    release_host_memory()
+    release_memory()
     released = rss_mb()
     assert after_free - released > 300, (after_free, released)
     assert len(pins) == 500

@@ -12,9 +12,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 ENTRY_POINTS = [
-    "experiments.prepare", "experiments.pact_step0", "experiments.safety_tokens", "experiments.seeded",
-    "experiments.bench", "experiments.bench_variant", "experiments.judge", "experiments.check_vllm",
-    "experiments.gpu_check", "experiments.fetch_data", "experiments.batch_invariance", "experiments.protocol_check",
+    "experiments.prepare", "experiments.pact_step0", "experiments.safety_tokens", "experiments.bench",
+    "experiments.bench_variant", "experiments.judge", "experiments.fetch_data",
+    "experiments.diagnostics.seeded", "experiments.diagnostics.check_vllm", "experiments.diagnostics.gpu_check",
+    "experiments.diagnostics.batch_invariance", "experiments.diagnostics.protocol_check",
     "analysis.compare", "analysis.report", "analysis.store_profile", "analysis.token_confidence",
     "analysis.world_stats", "analysis.data_overlap", "analysis.readme", "analysis.judge_check", "analysis.mixtures",
     "analysis.corpus", "analysis.attack", "analysis.provenance",
@@ -23,7 +24,8 @@ HYDRA_MAIN = "experiments.run"  # Hydra answers its --help itself
 
 
 def test_every_entry_point_is_listed():
-    found = {f"{f.parent.name}.{f.stem}" for d in ("experiments", "analysis") for f in (ROOT / d).glob("*.py")
+    found = {".".join(f.relative_to(ROOT).with_suffix("").parts)
+             for d in ("experiments", "experiments/diagnostics", "analysis") for f in (ROOT / d).glob("*.py")
              if "\ndef main(" in f.read_text()}
     assert found == {*ENTRY_POINTS, HYDRA_MAIN}
 
@@ -51,7 +53,7 @@ def test_bare_override_entry_points_print_usage_and_docstring(capsys):
 
 
 def test_seeded_leaves_help_after_the_module_to_the_module(capsys):
-    from experiments import seeded
+    from experiments.diagnostics import seeded
 
     # the --help belongs to experiments.prepare: seeded's own parser runs first and objects to the missing --from
     with pytest.raises(SystemExit) as exit_:

@@ -32,7 +32,7 @@ def test_a_new_config_option_or_group_reaches_the_list(tmp_path):
     assert "sft (default)" in after and "accelerate" not in after   # launch configs are not a group
 
 
-MODULE_PACKAGES = ("pact", "pact/world", "baselines", "experiments", "analysis")
+MODULE_PACKAGES = ("pact", "pact/world", "baselines", "experiments", "experiments/diagnostics", "analysis")
 
 
 def test_the_module_map_names_every_module():
@@ -96,6 +96,16 @@ def test_make_commands_in_the_docs_name_real_targets():
     for path in USER_DOCS:
         named = set(re.findall(r"(?:^|`)make ([a-z][a-z0-9-]*)", path.read_text(), re.M))   # commands, not prose
         assert named <= targets, f"{path.relative_to(REPO)} names missing make targets {sorted(named - targets)}"
+
+
+def test_python_commands_in_the_docs_name_real_modules():
+    """A moved or renamed entry point leaves no doc pointing at the old module (the log's commands included)."""
+    import importlib.util
+
+    for path in [*USER_DOCS, REPO / "Makefile"]:
+        named = set(re.findall(r"-m ((?:experiments|analysis|pact|tests)(?:\.\w+)+)", path.read_text()))
+        missing = sorted(m for m in named if importlib.util.find_spec(m) is None)
+        assert not missing, f"{path.relative_to(REPO)} runs missing modules {missing}"
 
 
 def test_relative_links_resolve():

@@ -1,6 +1,6 @@
-"""experiments.gpu_check's report and its parts 6 and 7 on the CPU: each part's result written as it finishes, a
-raising part recorded as failed, the memory need stated and a part over the GPU's memory skipped, the vLLM part
-skipped without vLLM and compared against HF with a stand-in vLLM, the guard's template and verdicts. The parts'
+"""experiments.diagnostics.gpu_check's report and its parts 6 and 7 on the CPU: each part's result written as it
+finishes, a raising part recorded as failed, the memory need stated and a part over the GPU's memory skipped, the vLLM
+part skipped without vLLM and compared against HF with a stand-in vLLM, the guard's template and verdicts. The parts'
 own numbers on the tiny shape: tests/test_pact_e2e.py."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from experiments import gpu_check
+from experiments.diagnostics import gpu_check
 from tests.realdata import fake_vllm_package
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -236,7 +236,7 @@ def test_the_vllm_part_compares_the_served_adapter_with_hf_and_sees_a_dropped_ad
 @pytest.mark.slow  # a subprocess
 def test_a_killed_check_leaves_the_finished_parts_on_disk(tmp_path):
     code = ("import os, signal\n"
-            "from experiments import gpu_check as g\n"
+            "from experiments.diagnostics import gpu_check as g\n"
             "g.toy_part = lambda root, skip: {'stages': [], 'checks': {}}\n"
             "g.step_timing = lambda shape: []\n"
             "g.generation = lambda shape: os.kill(os.getpid(), signal.SIGKILL)\n"

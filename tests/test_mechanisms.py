@@ -658,9 +658,9 @@ def test_reference_cache_entries_do_not_depend_on_what_else_was_missing(tmp_path
 
 
 def test_batch_invariance_compares_each_row_alone_against_its_batch(toy):
-    """experiments.batch_invariance counts the rows whose reference differs between one padded batch and the row
-    alone (none when the passes agree; each row the batched pass moves) and the largest difference."""
-    from experiments.batch_invariance import compare
+    """experiments.diagnostics.batch_invariance counts the rows whose reference differs between one padded batch and
+    the row alone (none when the passes agree; each row the batched pass moves) and the largest difference."""
+    from experiments.diagnostics.batch_invariance import compare
 
     real = compare(prepared_pact(toy), toy.aligned, encoded(toy))
     assert real["rows"] == 4 and real["batch_repeatable"] and real["max_abs_diff"] < 1e-4

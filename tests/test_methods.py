@@ -84,7 +84,7 @@ def test_a_trained_output_layer_keeps_every_position():
     on = SimpleNamespace(args=SimpleNamespace(answer_logits=True))
     assert answers_only(on, _model(lora=True))
     assert not answers_only(on, _model(lora=False))          # full fine-tuning trains the (tied) head
-    assert not answers_only(None, _model(lora=True))         # no Trainer (e.g. experiments.gpu_check)
+    assert not answers_only(None, _model(lora=True))         # no Trainer (e.g. experiments.diagnostics.gpu_check)
     assert not answers_only(SimpleNamespace(args=SimpleNamespace(answer_logits=False)), _model(lora=True))
     _, outputs, _ = _step(Method(None), answer_logits=True, lora=False)
     assert outputs.logits.shape == (4, 13, VOCAB)

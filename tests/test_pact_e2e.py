@@ -287,7 +287,7 @@ def test_token_confidence_curves_are_cached_in_the_store(toy, tmp_path, monkeypa
 def test_gpu_check_runs_on_cpu_with_a_tiny_shape(toy, tmp_path):
     """The GPU check's two parts on the CPU: the toy world's stages (device checks skipped without CUDA) and the
     SFT / PACT cached / PACT live step timing on a random tiny Llama."""
-    from experiments import gpu_check
+    from experiments.diagnostics import gpu_check
 
     cfg, store, world, base, aligned = toy
     shutil.copytree(store.root, tmp_path / "store", ignore=shutil.ignore_patterns(".locks", "finetune", "generate",
@@ -314,7 +314,7 @@ def test_gpu_check_runs_on_cpu_with_a_tiny_shape(toy, tmp_path):
 def test_gpu_check_fails_when_a_checked_number_is_wrong(tmp_path, monkeypatch):
     """The trainer-step check reads numbers: with the output layer at every position, or a KL in the Trainer's step
     that is not the plain forward's, it fails; answers that end early fail the generation check."""
-    from experiments import gpu_check
+    from experiments.diagnostics import gpu_check
     from pact import methods
 
     monkeypatch.setattr(methods, "answers_only", lambda trainer, model: False)
@@ -344,7 +344,7 @@ def test_gpu_check_runs_without_hydra_or_omegaconf(tmp_path):
     from pathlib import Path
 
     code = ("import sys; sys.modules.update(hydra=None, omegaconf=None)\n"
-            "from experiments import gpu_check\n"
+            "from experiments.diagnostics import gpu_check\n"
             f"gpu_check.main(['--shape', 'tiny', '--out', {str(tmp_path)!r}])\n")
     done = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
                           capture_output=True, text=True, timeout=300)

@@ -284,9 +284,9 @@ def test_a_ranks_vllm_engine_gets_that_ranks_gpu_and_not_the_launchers_variables
 
 @pytest.mark.slow
 def test_check_vllm_takes_an_adapter_folder_and_the_engine_defaults(tmp_path, fake_vllm, capsys):
-    """experiments.check_vllm on a LoRA fine-tune's folder: vLLM gets the adapter over its base and the engine
-    schema's settings (pact.config.EngineConfig), HF the merged model; a folder that is neither stops it."""
-    from experiments.check_vllm import main
+    """experiments.diagnostics.check_vllm on a LoRA fine-tune's folder: vLLM gets the adapter over its base and the
+    engine schema's settings (pact.config.EngineConfig), HF the merged model; a folder that is neither stops it."""
+    from experiments.diagnostics.check_vllm import main
     from pact.adapters import apply_lora
     from pact.config import EngineConfig
     from pact.models import load_model, load_tokenizer, save_model

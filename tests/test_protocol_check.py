@@ -1,8 +1,9 @@
-"""experiments.protocol_check: the official attention mask and the official double BOS, measured on a tiny model."""
+"""experiments.diagnostics.protocol_check: the official attention mask and the official double BOS, measured on a
+tiny model."""
 
 import json
 
-from experiments import protocol_check as PC
+from experiments.diagnostics import protocol_check as PC
 from pact.data import SFTCollator, encode_sft
 from pact.models import load_model, load_tokenizer
 from tests.realdata import tiny_hub_model

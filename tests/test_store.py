@@ -49,12 +49,12 @@ def test_code_hash_follows_source_text(tmp_path):
 
 @pytest.mark.slow  # over ~3 s: kept out of `make test-fast`
 def test_seeded_run_copies_upstream_models_across_code_versions(micro_upstream, tmp_path, monkeypatch):
-    """experiments.seeded: a store whose code hashes differ (another code version) gets the source store's base and
-    aligned model copied in, bit for bit, instead of training them; an ambiguous source is refused."""
+    """experiments.diagnostics.seeded: a store whose code hashes differ (another code version) gets the source store's
+    base and aligned model copied in, bit for bit, instead of training them; an ambiguous source is refused."""
     import json
     import shutil
 
-    from experiments.seeded import Seeder
+    from experiments.diagnostics.seeded import Seeder
     from pact import pipeline as P
     from pact.config import validate
     from tests.conftest import micro_cfg
@@ -160,7 +160,7 @@ def test_the_training_stages_are_collective_and_the_others_are_not():
 
     root = Path(__file__).resolve().parents[1]
     found = {}
-    for path in [*root.glob("pact/*.py"), *root.glob("baselines/*.py"), *root.glob("experiments/*.py"),
+    for path in [*root.glob("pact/*.py"), *root.glob("baselines/*.py"), *root.glob("experiments/**/*.py"),
                  *root.glob("analysis/*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "build" and len(node.args) >= 4:

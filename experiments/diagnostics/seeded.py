@@ -1,5 +1,5 @@
-"""Run an entry point with its upstream models copied from another store: ``python -m experiments.seeded --from
-SRC_STORE [--pick STAGE=KEY ...] -m MODULE [ARGS ...]``.
+"""Run an entry point with its upstream models copied from another store:
+``python -m experiments.diagnostics.seeded --from SRC_STORE [--pick STAGE=KEY ...] -m MODULE [ARGS ...]``.
 
 For checking that a code change moves no number on a machine whose numbers differ from the committed ones (torch's
 CPU kernels round differently on other instruction sets): run the old and the new checkout with this, from one
@@ -100,9 +100,9 @@ def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
     usage = "--from SRC_STORE [--pick STAGE=KEY ...] -m MODULE [ARGS ...]"
     cut = args.index("-m") if "-m" in args else len(args)
-    exit_on_help(args[:cut], "experiments.seeded", __doc__, usage)  # a --help after -m MODULE is MODULE's
+    exit_on_help(args[:cut], "experiments.diagnostics.seeded", __doc__, usage)  # a --help after -m MODULE is MODULE's
     if cut == len(args):
-        raise SystemExit(f"usage: python -m experiments.seeded {usage}")
+        raise SystemExit(f"usage: python -m experiments.diagnostics.seeded {usage}")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from", dest="source", required=True, help="the store to copy upstream models from")
     parser.add_argument("--pick", action="append", default=[], help="STAGE=KEY when several artifacts match")

@@ -1,5 +1,5 @@
-"""Two details of the official PACT code measured on a model: ``python -m experiments.protocol_check MODEL_DIR
---rows FILE --prompts FILE [--out DIR]``.
+"""Two details of the official PACT code measured on a model:
+``python -m experiments.diagnostics.protocol_check MODEL_DIR --rows FILE --prompts FILE [--out DIR]``.
 
 1. **The training attention mask.** The official datasets set ``pad = eos`` and build the mask as ``input_ids !=
    pad`` (ft_datasets/SST2_dataset/SST2_dataset.py), so every end-of-turn token inside a sequence (the ends of the
@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from experiments.gpu_check import read_conf
+from experiments.diagnostics.gpu_check import read_conf
 from pact.data import SFTCollator, encode_sft, prompt_ids, read_jsonl
 from pact.fileio import write_atomic
 from pact.generation import HFEngine
@@ -125,7 +125,7 @@ def main(argv: list[str] | None = None) -> None:
     model = load_model(args.model).eval()
     rows = read_jsonl(args.rows, ("prompt", "answer"))[: args.limit]
     prompts = [r["prompt"] for r in read_jsonl(args.prompts, ("prompt",))[: args.limit]]
-    command = " ".join(["python -m experiments.protocol_check", *(sys.argv[1:] if argv is None else argv)])
+    command = " ".join(["python -m experiments.diagnostics.protocol_check", *(sys.argv[1:] if argv is None else argv)])
     result = {"model": Path(args.model).name, "command": command,
               "attention_mask": attention_mask_check(model, tok, rows, args.max_len),
               "double_bos": double_bos_check(model, tok, prompts, args.max_new_tokens, args.batch_size)}

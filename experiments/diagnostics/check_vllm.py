@@ -1,4 +1,5 @@
-"""Check the vLLM engine against HF ``generate`` on one saved model: ``python -m experiments.check_vllm MODEL_DIR``.
+"""Check the vLLM engine against HF ``generate`` on one saved model:
+``python -m experiments.diagnostics.check_vllm MODEL_DIR``.
 
 Greedy decoding of the same pre-tokenised prompts with both engines (pact/generation.py); prints how many
 completions agree exactly and the first disagreements. Run it where vLLM is installed (a GPU, or the

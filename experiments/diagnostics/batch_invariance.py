@@ -1,4 +1,5 @@
-"""Does a row's reference depend on its batch-mates? ``python -m experiments.batch_invariance [overrides] [--rows N]``.
+"""Does a row's reference depend on its batch-mates?
+``python -m experiments.diagnostics.batch_invariance [overrides] [--rows N]``.
 
 PACT's reference pass (the aligned model's safety-subset logits, full context and post-only) over the first ``N``
 training rows of the configured run (default: conf/analysis.yaml pact_step0.batch_size, 32), once in one padded
@@ -52,7 +53,7 @@ def measure(overrides: list[str], rows: int) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    exit_on_help(args, "experiments.batch_invariance", __doc__, f"{OVERRIDES} [--rows N]")
+    exit_on_help(args, "experiments.diagnostics.batch_invariance", __doc__, f"{OVERRIDES} [--rows N]")
     rows = pop_option(args, "--rows", "a positive whole number")
     if rows is not None and (not rows.isdigit() or int(rows) < 1):
         fail("--rows needs a positive whole number")

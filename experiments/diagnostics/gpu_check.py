@@ -1,4 +1,4 @@
-"""A GPU check that needs no downloads: ``python -m experiments.gpu_check [--shape NAME] [--out DIR]``.
+"""A GPU check that needs no downloads: ``python -m experiments.diagnostics.gpu_check [--shape NAME] [--out DIR]``.
 
 Seven parts, from conf/analysis.yaml ``gpu_check`` and the constants below (no network, no hub weights):
 
@@ -71,11 +71,11 @@ from typing import Any
 import torch
 import yaml
 
+from pact.dist import release_memory
 from pact.fileio import write_atomic
-from pact.generation import release_gpu_memory
 from pact.labels import IGNORE_INDEX
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 MB = 2 ** 20
 GB = 2 ** 30  # binary gigabytes, as torch counts GPU memory (an "80 GB" H100 reports about 79 of them)
 
@@ -379,7 +379,7 @@ def generation(shape_name: str) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     lengths = sorted({int(a) for a in answers})
     del model
-    release_gpu_memory()
+    release_memory()
     ok = lengths == [int(g.new_tokens)]
     return {"prompts": int(g.prompts), "prompt_len": int(g.prompt_len), "new_tokens": int(g.new_tokens),
             "seconds": seconds, "tokens_per_s": int(g.prompts) * int(g.new_tokens) / seconds,
@@ -400,7 +400,7 @@ def memory_probe(shape_name: str) -> dict[str, Any]:
 
     m = SETTINGS.memory
     device, dtype = where()
-    release_gpu_memory()
+    release_memory()
     start = allocated_mb()
     reset_peak()
     held = random_llama(SETTINGS.shapes[shape_name], device, dtype)  # the fine-tune's aligned model
@@ -412,7 +412,7 @@ def memory_probe(shape_name: str) -> dict[str, Any]:
     base = random_llama(SETTINGS.shapes[shape_name], device, dtype)  # the tokens stage: the base beside it
     peak = peak_mb() - start
     del held, base
-    release_gpu_memory()
+    release_memory()
     row = {"copy_mb": copy, "offloaded_mb": during, "back_mb": back, "tokens_peak_mb": peak}
     if not cuda():
         return {**row, "check": "skipped (no CUDA)"}
@@ -463,7 +463,7 @@ def trainer_step(shape_name: str, out_dir: Path) -> dict[str, Any]:
     seconds = time.perf_counter() - start
     kl = float(method.last_kl)
     del model, trainer
-    release_gpu_memory()
+    release_memory()
     problems = []
     if not at_answers:
         problems.append("the output layer ran at every position (answer_logits off or the head trainable)")
@@ -623,7 +623,7 @@ def vllm_part(root: Path) -> dict[str, Any]:
                                             tok.eos_token_id)}
                 for i, (a, b) in enumerate(zip(hf, served)) if a != b]
     del merged
-    release_gpu_memory()
+    release_memory()
     changed = sum(a != b for a, b in zip(hf, unadapted))
     ties = [p for p in partings if p["gap_std"] is not None and p["gap_std"] <= TIE_TOL]
     problems = [f"prompt {p['prompt']}: HF and vLLM part at token {p['position']} where the logits differ by "
@@ -724,7 +724,7 @@ def guard_part(root: Path) -> dict[str, Any]:
                 problems.append(f"{raw!r} parses to unsafe={unsafe} {categories}; Llama Guard's format: "
                                 f"unsafe={official[0]} {official[1]}")
     del model
-    release_gpu_memory()
+    release_memory()
     return {"guard_dtype": gcfg.dtype, "prompt_tokens": len(tok(guard.guard_text(tok, **GUARD_ROWS[0]),
                                                                  add_special_tokens=False)["input_ids"]),
             "outputs": outputs, "check": "ok" if not problems else "FAILED: " + "; ".join(dict.fromkeys(problems))}
@@ -858,7 +858,8 @@ def main(argv: list[str] | None = None) -> None:
     env = environment()
     report: dict[str, Any] = {
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "environment": env,
-        "shape": args.shape, "command": " ".join(["python -m experiments.gpu_check", *(argv or sys.argv[1:])]),
+        "shape": args.shape,
+        "command": " ".join(["python -m experiments.diagnostics.gpu_check", *(argv or sys.argv[1:])]),
         "parts": {}}
     total = env["gpu_total_gb"]
     with tempfile.TemporaryDirectory(prefix="pact-gpu-check-") as tmp:
@@ -874,7 +875,7 @@ def main(argv: list[str] | None = None) -> None:
             save(out, report)
             run_part(part, record, total)
             if cuda():  # the next part gets the GPU memory back (its gc pass costs a fraction of a second)
-                release_gpu_memory()
+                release_memory()
             save(out, report)
             print(f"[{number}/{len(parts)}] {status_line(record)}", flush=True)
     print(markdown(report))
@@ -965,7 +966,7 @@ def markdown(report: dict[str, Any]) -> str:
     env = report["environment"]
     lines = [f"# GPU check ({env['gpu']}, torch {env['torch']}, transformers {env['transformers']})", "",
              f"{report['date']}; shape {report['shape']}; command: `{report['command']}`", "",
-             "Memory needs are computed (experiments/gpu_check.py memory_need), not measured"
+             "Memory needs are computed (experiments/diagnostics/gpu_check.py memory_need), not measured"
              + ("" if env["gpu_total_gb"] is None else f"; the GPU has {gb(env['gpu_total_gb'])} GB") + ".", "",
              "| part | status | memory need | seconds |", "|---|---|---|---|"]
     for r in report["parts"].values():
