@@ -82,6 +82,14 @@ def test_results_readme_writes_every_measured_number_through_a_marker():
         "\n".join(left[:20])
 
 
+def test_user_docs_write_every_measured_number_through_a_marker():
+    """README.md and docs/ (not the reproducibility log, whose measurements carry their date, commit and machine):
+    a measured-looking number is read from a results file, or the doc names a setting or points to the log."""
+    docs = [REPO / "README.md", *sorted(p for p in (REPO / "docs").glob("*.md") if p.name != "reproducibility.md")]
+    left = [f"{p.relative_to(REPO)} {x}" for p in docs for x in unmarked_numbers(p.read_text())]
+    assert not left, "numbers not read from a results file (analysis.docvalues):\n" + "\n".join(left[:20])
+
+
 def test_every_value_marker_of_the_docs_equals_its_source():
     for name in value_docs():
         text = (REPO / name).read_text()
