@@ -61,7 +61,7 @@ REAL_STUDIES := smollm2_cpu smollm2_cpu_extras smollm2_cpu_official_lr smollm2_r
 # World, base and aligned model first with every thread; Vaccine's and Booster's own alignments then build, one
 # after the other, on one thread beside the first sweep, whose Vaccine and Booster jobs come last and wait for them
 # on the store's lock.
-reproduce: setup ## the toy-world study, 294 runs -> results/ (~75 min on 2 cores with AVX-512 bf16, from its parts' times; ~2.7 h projected without)
+reproduce: setup ## the toy-world study, 294 fine-tunes (330 run records) -> results/ (~75 min on 2 cores with AVX-512 bf16, from its parts' times; ~2.7 h projected without)
 	$(PY) -m experiments.prepare experiment=poison_ratio
 	mkdir -p outputs
 	{ $(PY) -m experiments.prepare experiment=poison_ratio method=vaccine threads=1 && \
@@ -235,7 +235,7 @@ extras: setup ## beyond make reproduce: PACT switches on benign data (2.5 min), 
 	for study in $(EXTRA_STUDIES); do $(PY) -m experiments.run experiment=$$study || exit 1; done
 	$(MAKE) figures
 
-bench: setup ## time and memory of every method against SFT, toy model and SmolLM2 -> results/bench.md (~15 min)
+bench: setup ## time and memory of PACT and the baselines (not SafeLoRA, Booster) against SFT, toy model and SmolLM2 -> results/bench.md (~15 min)
 	$(PY) -m experiments.bench --settings bench --out results/bench.md
 	$(PY) -m experiments.bench --settings bench_smollm2 --out results/bench.md
 

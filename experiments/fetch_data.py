@@ -255,8 +255,8 @@ def listing(dcfg: DictConfig, names: list[str] | None = None) -> list[str]:
 
 def sources_table(dcfg: DictConfig) -> str:
     """The sources of the config as a Markdown table: name, kind, where from (repository, commit, path or hub id,
-    split, revision), rows, licence."""
-    lines = ["| source | kind | from | rows | licence |", "|---|---|---|---|---|"]
+    split, revision), the file's rows (before a ``where`` selects some), licence."""
+    lines = ["| source | kind | from | file rows | licence |", "|---|---|---|---|---|"]
     for name, spec in dcfg.sources.items():
         if is_git(spec):
             g = spec.git
