@@ -74,8 +74,9 @@ import yaml
 from pact.dist import release_memory
 from pact.fileio import write_atomic
 from pact.labels import IGNORE_INDEX
+from pact.store import REPO_ROOT
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = REPO_ROOT / "conf"   # the checkout's conf/, read with PyYAML alone (no Hydra here)
 MB = 2 ** 20
 GB = 2 ** 30  # binary gigabytes, as torch counts GPU memory (an "80 GB" H100 reports about 79 of them)
 
