@@ -206,7 +206,7 @@ real-smoke: setup ## the real-data path on fixture files and a tiny Llama (~20 s
 	$(PY) -m experiments.run $$(cat outputs/real_smoke/overrides.txt) poison.ratio=0.1
 	$(PY) -m analysis.report --runs outputs/real_smoke/runs --out outputs/real_smoke/report
 
-paper-dry-run: setup ## experiment=paper_llama31's whole grid (40 runs + 3 full-parameter + Vaccine's route) on CPU: fixtures, tiny Llama-3 stand-ins, 1 step (~1.5 min) -> outputs/paper_dry_run/
+paper-dry-run: setup ## experiment=paper_llama31's whole grid (40 runs + 3 full-parameter + Vaccine's route) on CPU: fixtures, tiny Llama-3 stand-ins, 1 step, two runs at a time (~3 min without AVX-512 bf16) -> outputs/paper_dry_run/
 	$(PY) -m tests.paper_dry_run outputs/paper_dry_run
 
 test: setup ## every test (~8-9 min with AVX-512 bf16, longer without; + ~1 min creating .venv)

@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from analysis.style import METHOD_COLORS, apply_style, save_figure  # noqa: E402
+from analysis.style import METHOD_COLORS, apply_style, legend_label, save_figure  # noqa: E402
 
 
 def hs_vs_p(df: pd.DataFrame, out_stem: Path, title: str) -> None:
@@ -28,7 +28,7 @@ def hs_vs_p(df: pd.DataFrame, out_stem: Path, title: str) -> None:
         x = [position[p] for p in stats.index]
         for ax, metric in zip(axes, ("harmful_score", "refusal_rate")):
             ax.errorbar(x, stats[(metric, "mean")], yerr=stats[(metric, "std")].fillna(0), marker="o",
-                        ms=3, capsize=2, label=method, color=METHOD_COLORS.get(method))
+                        ms=3, capsize=2, label=legend_label(method), color=METHOD_COLORS.get(method))
     for ax in axes:
         ax.set_xticks(range(len(ticks)), [f"{t:g}" for t in ticks])
     axes[0].set(xlabel="poison ratio p (evenly spaced)", ylabel="Harmful Score (%)", ylim=(-3, 103))
@@ -56,7 +56,8 @@ def hs_vs_fa(df: pd.DataFrame, out_stem: Path, title: str) -> None:
             ax.errorbar(row[("finetune_accuracy", "mean")], row[("harmful_score", "mean")],
                         xerr=0 if pd.isna(row[("finetune_accuracy", "std")]) else row[("finetune_accuracy", "std")],
                         yerr=0 if pd.isna(row[("harmful_score", "std")]) else row[("harmful_score", "std")],
-                        marker="o", ms=5, capsize=2, ls="none", label=method, color=METHOD_COLORS.get(method))
+                        marker="o", ms=5, capsize=2, ls="none", label=legend_label(method),
+                        color=METHOD_COLORS.get(method))
         ax.set(title=f"task: {task}", xlabel="Fine-tune Accuracy (%)", xlim=(-3, 103), ylim=(-3, 103))
     axes[0][0].set_ylabel("Harmful Score (%)")
     handles, labels = axes[0][0].get_legend_handles_labels()
@@ -103,11 +104,11 @@ def selectivity(table: pd.DataFrame, out_stem: Path, title: str) -> None:
         xerr = [[x - row["benign_refusal_rate_lo"]], [row["benign_refusal_rate_hi"] - x]]
         yerr = [[y - row["refusal_rate_lo"]], [row["refusal_rate_hi"] - y]]
         marker = "s" if ref else markers[ratios.index(row["poison_ratio"]) % len(markers)]
-        label = row["method"] if ref else f"{row['method']}, p = {row['poison_ratio']:g}"
+        label = legend_label(row["method"]) + ("" if ref else f", p = {row['poison_ratio']:g}")
         ax.errorbar(x, y, xerr=xerr, yerr=yerr, marker=marker, ms=7 if ref else 5, capsize=2, ls="none",
                     color=METHOD_COLORS.get(row["method"]), mec="black" if ref else None, label=label)
         if ref:
-            ax.annotate(row["method"], (x, y), xytext=(5, -10), textcoords="offset points", fontsize=8)
+            ax.annotate(legend_label(row["method"]), (x, y), xytext=(5, -10), textcoords="offset points", fontsize=8)
     ax.set(xlabel="refusal of safe look-alike requests (%)", ylabel="refusal of harmful requests (%)",
            xlim=(-3, 103), ylim=(-3, 103))
     ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5), fontsize=7, frameon=False)
@@ -134,7 +135,7 @@ def safety_utility(table: pd.DataFrame, out_stem: Path, title: str) -> None:
                 continue
             ref = pd.isna(row["poison_ratio"])
             marker = "s" if ref else markers[ratios.index(row["poison_ratio"]) % len(markers)]
-            label = row["method"] if ref else f"{row['method']}, p = {row['poison_ratio']:g}"
+            label = legend_label(row["method"]) + ("" if ref else f", p = {row['poison_ratio']:g}")
             ax.errorbar(x, y, xerr=[[x - row["refusal_rate_lo"]], [row["refusal_rate_hi"] - x]],
                         yerr=[[y - row[f"{metric}_lo"]], [row[f"{metric}_hi"] - y]], marker=marker,
                         ms=7 if ref else 5, capsize=2, ls="none", color=METHOD_COLORS.get(row["method"]),

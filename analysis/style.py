@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -12,6 +13,20 @@ METHOD_COLORS = {"aligned": "#4d4d4d", "base": "#999999", "sft": "#d62728", "sft
                  "freeze": "#ff7f0e", "freeze_control": "#ffbb78", "constrained_sft": "#8c564b", "lisa": "#2ca02c",
                  "vaccine": "#e377c2", "safety_mix_lora": "#c5b0d5", "lisa_lora": "#98df8a", "freeze_lora": "#e6a157",
                  "vaccine_lora": "#f7b6d2", "safelora": "#bcbd22", "booster": "#dbdb8d"}
+
+
+# A method label carries its run's variant (``pact [method.lambda_kl=2.0]``); one of many overrides (a dry run's model
+# paths and data pins: ~14 kB) would fill a legend and take matplotlib minutes to lay out. Figure layout only: the
+# committed labels are at most 49 characters; tables keep the whole label.
+LEGEND_LABEL_MAX = 60
+
+
+def legend_label(label: str) -> str:
+    """``label`` as a figure shows it: whole up to :data:`LEGEND_LABEL_MAX` characters, else cut there and marked with
+    a short hash of the whole label, so that two long variants stay apart."""
+    if len(label) <= LEGEND_LABEL_MAX:
+        return label
+    return f"{label[:LEGEND_LABEL_MAX]}… #{hashlib.sha256(label.encode()).hexdigest()[:6]}"
 
 
 def apply_style() -> None:

@@ -2,12 +2,13 @@
 
 ``experiment=paper_llama31`` exactly as a GPU user runs it (its whole multirun: every cell of the official grid times
 every method it lists; then the full-parameter methods and Vaccine's route, its own alignment of the aligned model
-then the fine-tune, on one cell), with three changes that keep its code path and
+then the fine-tune, on one cell), with four changes that keep its code path and
 make it run in minutes on a CPU: tiny random Llama-3-shaped models (Llama 3's BOS, added to text as Llama 3's
 tokenizer does, and a Llama-3-shaped chat template) stand in for the aligned, base and guard models; fixture files in
 the official schemas stand in for the data (tests/realdata.py); one optimiser step, two prompts per benchmark, a few
-new tokens, ``engine=hf``. Then ``analysis.report`` on its records. Every cell must leave a record: the script checks
-and exits non-zero naming the missing ones.
+new tokens, ``engine=hf``; two cells at a time, one thread each (Hydra's joblib launcher, as the CPU studies run),
+where a GPU box runs them one by one. Then ``analysis.report`` on its records. Every cell must leave a record: the
+script checks and exits non-zero naming the missing ones.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ VACCINE_SMALL = ["method.align.rows=4", "++method.align.optim.max_steps=1", "met
 SMALL = ["++finetune.optim.max_steps=1", "finetune.optim.batch_size=4", "model.max_len=128", "eval.limit=2",
          "eval.harmful_max_new_tokens=4", "eval.benign_max_new_tokens=4", "task.max_new_tokens=3",
          "guard.max_new_tokens=3", "engine.batch_size=16"]
+# Two cells at a time on a 2-core CPU: the same jobs as the experiment's basic launcher (the sweeper expands the grid
+# before any launcher sees it), in half the wall time; the stages they share are built once (the store's file locks)
+PARALLEL = ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "threads=1"]
 
 
 def standins(out: Path) -> dict[str, Path]:
@@ -61,8 +65,9 @@ def standin_overrides(out: Path, data: str = "pact_official") -> list[str]:
 
 
 def dry_overrides(out: Path) -> list[str]:
-    """The stand-ins, the small sizes and engine=hf, with the records under the dry run's own experiment name."""
-    return [*standin_overrides(out), "engine=hf", *SMALL, f"experiment_name={DRY_RUN}"]
+    """The stand-ins, the small sizes, engine=hf and two jobs at a time, with the records under the dry run's own
+    experiment name."""
+    return [*standin_overrides(out), "engine=hf", *SMALL, *PARALLEL, f"experiment_name={DRY_RUN}"]
 
 
 def grid() -> list[tuple[str, str]]:

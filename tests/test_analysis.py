@@ -356,3 +356,17 @@ def test_the_attack_grid_reads_each_cells_knobs_and_finds_each_methods_worst_cas
     table = (out / "tables" / "attack_grid.md").read_text()
     assert "## Each method's worst case" in table and "100.0 [100.0, 100.0]" in table
     assert (out / "figures" / "attack_grid.png").is_file()
+
+
+def test_a_figure_cuts_a_long_variant_label_and_keeps_two_apart():
+    """A label of many overrides (a dry run's: ~14 kB) is cut for a legend, with a hash of the whole label; the
+    committed studies' labels pass whole."""
+    from analysis.style import LEGEND_LABEL_MAX, legend_label
+
+    short = "pact_lora [method.gate=off,method.post_bos=False]"
+    assert legend_label(short) == short
+    summary = pd.read_csv(Path(__file__).resolve().parents[1] / "results" / "summary.csv")
+    assert all(legend_label(m) == m for m in summary["method"].unique())
+    a, b = (f"pact [{'data.sources.x.git.sha256=' + '0' * 64},seed_note={end}]" for end in ("a", "b"))
+    assert len(legend_label(a)) < LEGEND_LABEL_MAX + 12 and legend_label(a).startswith(a[:LEGEND_LABEL_MAX])
+    assert legend_label(a) != legend_label(b)
