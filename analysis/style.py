@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+
+from pact.records import variant_tag
 
 # One fixed colour per method (tab20 pairs: a method and its LoRA / variant share a hue).
 METHOD_COLORS = {"aligned": "#4d4d4d", "base": "#999999", "sft": "#d62728", "sft_lora": "#ff9896",
@@ -23,10 +24,11 @@ LEGEND_LABEL_MAX = 60
 
 def legend_label(label: str) -> str:
     """``label`` as a figure shows it: whole up to :data:`LEGEND_LABEL_MAX` characters, else cut there and marked with
-    a short hash of the whole label, so that two long variants stay apart."""
+    its variant's tag (the one in its records' file names), so that two long variants stay apart."""
     if len(label) <= LEGEND_LABEL_MAX:
         return label
-    return f"{label[:LEGEND_LABEL_MAX]}… #{hashlib.sha256(label.encode()).hexdigest()[:6]}"
+    _, _, variant = label.partition(" [")
+    return f"{label[:LEGEND_LABEL_MAX]}… {variant_tag(variant.removesuffix(']') if variant else label)}"
 
 
 def apply_style() -> None:

@@ -53,11 +53,16 @@ def variant_of(overrides: list[str]) -> str:
     return ",".join(sorted(keep))
 
 
+def variant_tag(variant: str) -> str:
+    """The short name of a variant in its records' file names (``v8af42608``) and in figures' cut labels."""
+    return f"v{stable_key(variant)[:8]}"
+
+
 def record_path(runs_dir: str | os.PathLike, identity: dict[str, Any], variant: str = "") -> Path:
     """Where the record with this identity (and variant) lives."""
     p = identity["poison_ratio"]
     p_tag = REFERENCE_TAG if p is None else f"p{p:g}"
-    v_tag = f"-v{stable_key(variant)[:8]}" if variant else ""
+    v_tag = f"-{variant_tag(variant)}" if variant else ""
     name = f"{identity['model']}-{identity['method']}-{identity['task']}-{p_tag}-s{identity['seed']}{v_tag}.json"
     return Path(runs_dir) / identity["experiment"] / name
 

@@ -370,3 +370,10 @@ def test_a_figure_cuts_a_long_variant_label_and_keeps_two_apart():
     a, b = (f"pact [{'data.sources.x.git.sha256=' + '0' * 64},seed_note={end}]" for end in ("a", "b"))
     assert len(legend_label(a)) < LEGEND_LABEL_MAX + 12 and legend_label(a).startswith(a[:LEGEND_LABEL_MAX])
     assert legend_label(a) != legend_label(b)
+    # the mark is the variant's tag in its record's file name
+    from pact.records import record_path, variant_tag
+
+    variant = a.removeprefix("pact [").removesuffix("]")
+    identity = {"experiment": "e", "model": "m", "method": "pact", "task": "t", "poison_ratio": 0.1, "seed": 0}
+    assert legend_label(a).endswith(variant_tag(variant)) and variant_tag(variant) in record_path("r", identity,
+                                                                                                 variant).name
