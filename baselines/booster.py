@@ -19,7 +19,6 @@ import random
 from typing import Any
 
 import torch
-from transformers import Trainer
 
 from pact import data as D
 from pact.methods import FinetuneContext, Method
@@ -82,6 +81,8 @@ class BoosterAlignment(Method):
         return grads
 
     def training_step(self, trainer, model, inputs, num_items_in_batch=None):
+        from transformers import Trainer  # here, not at the top: validating a config imports this module
+
         if not self.harmful:
             raise RuntimeError("BoosterAlignment.prepare was not called: the align stage gives it the harmful pairs")
         params = [p for p in model.parameters() if p.requires_grad]

@@ -12,13 +12,15 @@ last stopped); it is skipped for the first ``proximal_skip_fraction`` of all ste
 from __future__ import annotations
 
 import random
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import TrainerCallback
 
 from pact import data as D
 from pact.methods import FinetuneContext, Method, answer_loss
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
 
 ALIGN, FINETUNE = "alignment", "finetune"
 
@@ -116,6 +118,8 @@ class Lisa(Method):
         return (loss, outputs) if return_outputs else loss
 
     def callbacks(self) -> list[TrainerCallback]:
+        from transformers import TrainerCallback  # here, not at the top: validating a config imports this module
+
         method = self
 
         class _Begin(TrainerCallback):

@@ -12,13 +12,15 @@ comparison, as the official code does (it decides ties only).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import TrainerCallback
 
 from pact.methods import FinetuneContext, Method
 from pact.models import load_model
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
 
 SELECT = ("number", "threshold")
 PEFT_PREFIX = "base_model.model."   # peft's name for the wrapped model's modules
@@ -71,7 +73,17 @@ class SafeLoRA(Method):
         self.base_path, self.dtype = ctx.base.path, ctx.dtype
 
     def callbacks(self) -> list[TrainerCallback]:
-        return [_ProjectWhenTrained(self)]
+        from transformers import TrainerCallback  # here, not at the top: validating a config imports this module
+
+        method = self
+
+        class _ProjectWhenTrained(TrainerCallback):
+            """Runs the projection once training ends, before the fine-tune stage saves the adapter."""
+
+            def on_train_end(self, args, state, control, model=None, **kwargs):
+                method.project(model)
+
+        return [_ProjectWhenTrained()]
 
     @torch.no_grad()
     def project(self, model: torch.nn.Module) -> None:
@@ -112,12 +124,3 @@ class SafeLoRA(Method):
         self.stats.update({"safelora_threshold": cut, "safelora_projected": projected,
                            "safelora_similarity": {n.removeprefix(PEFT_PREFIX): s for n, s in similarity.items()}})
 
-
-class _ProjectWhenTrained(TrainerCallback):
-    """Runs the projection once training ends, before the fine-tune stage saves the adapter."""
-
-    def __init__(self, method: SafeLoRA):
-        self.method = method
-
-    def on_train_end(self, args, state, control, model=None, **kwargs):
-        self.method.project(model)

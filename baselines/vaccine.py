@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from transformers import Trainer
 
 from pact.methods import Method
 
@@ -41,6 +40,8 @@ class VaccineAlignment(Method):
         self.last_eps: list[torch.Tensor] = []
 
     def training_step(self, trainer, model, inputs, num_items_in_batch=None):
+        from transformers import Trainer  # here, not at the top: validating a config imports this module
+
         modules = attention_modules(model)
         grads: list[torch.Tensor | None] = [None] * len(modules)
 

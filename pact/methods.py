@@ -14,12 +14,14 @@ import importlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import TrainerCallback
 
 from pact.labels import answer_positions
+
+if TYPE_CHECKING:  # a method's module is imported to validate its config: no Trainer stack for that
+    from transformers import TrainerCallback
 
 
 @dataclass

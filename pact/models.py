@@ -6,12 +6,14 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from pact import dist
+
+if TYPE_CHECKING:
+    from transformers import LlamaForCausalLM
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ADAPTER_BASE = "adapter_base.json"  # in a saved LoRA adapter's folder: the model it adapts
@@ -41,6 +43,8 @@ def check_model_path(name_or_path: str | Path, key: str = "model") -> None:
 
 def load_tokenizer(name_or_path: str | Path, trust_remote_code: bool = False):
     """Load a tokenizer from a hub id or a local directory."""
+    from transformers import AutoTokenizer  # in the functions: validating a config needs no model code
+
     check_model_path(name_or_path, "tokenizer")
     tok = AutoTokenizer.from_pretrained(str(name_or_path), trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:  # Llama-3 and others ship without a pad token
@@ -71,6 +75,8 @@ def load_model(name_or_path: str | Path, dtype: str = "float32", trust_remote_co
 
         model = load_model(base, dtype, trust_remote_code, device)
         return PeftModel.from_pretrained(model, str(name_or_path)).merge_and_unload()
+    from transformers import AutoModelForCausalLM
+
     model = AutoModelForCausalLM.from_pretrained(str(name_or_path), dtype=DTYPES[dtype],
                                                  trust_remote_code=trust_remote_code, use_safetensors=True)
     return model.to(device or dist.compute_device())
@@ -78,6 +84,8 @@ def load_model(name_or_path: str | Path, dtype: str = "float32", trust_remote_co
 
 def toy_model(arch: Any, tokenizer, seed: int) -> LlamaForCausalLM:
     """A small ``LlamaForCausalLM`` from config, initialised with ``seed``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
     config = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=int(arch.hidden_size),
         intermediate_size=int(arch.intermediate_size), num_hidden_layers=int(arch.num_layers),

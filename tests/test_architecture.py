@@ -175,6 +175,23 @@ def test_hydra_entry_point_prints_one_line_and_exits_2(tmp_path, args, message):
     assert done.stderr.strip().splitlines() == [message]
 
 
+@pytest.mark.slow  # a subprocess: this pytest process has the whole stack loaded already
+def test_checking_a_config_loads_no_model_or_trainer_code():
+    """``experiments.run``'s one-line errors and ``--help`` come before the model and Trainer code loads (several
+    seconds of imports): composing and validating a config, every method's class included, imports torch but not
+    transformers' models, its Trainer or peft."""
+    heavy = ("peft", "transformers.modeling_utils", "transformers.trainer", "transformers.trainer_callback")
+    code = ("import sys\nfrom pathlib import Path\nfrom omegaconf import OmegaConf\nimport experiments.run\n"
+            "from pact.config import compose_config, validate\nfrom pact.methods import method_class\n"
+            "validate(compose_config(['method=pact']))\n"
+            "for path in Path('conf/method').glob('*.yaml'):  # each class (the others inherit one)\n"
+            "    if '_target_' in (method := OmegaConf.load(path)):\n        method_class(method)\n"
+            f"print([m for m in {heavy!r} if m in sys.modules])\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
 @pytest.mark.slow
 def test_hydra_full_error_still_shows_the_traceback(tmp_path):
     done = _cli(tmp_path, "experiments.run", "poison.ratio=1.5", env={"HYDRA_FULL_ERROR": "1"})

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -81,7 +82,7 @@ def test_lora_fine_tune_keeps_its_adapter_and_loads_merged_from_a_moved_store(mi
 
 
 @pytest.mark.slow
-def test_killed_finetune_reruns_to_completion_without_reusing_partial(micro, tmp_path):
+def test_killed_finetune_reruns_to_completion_without_reusing_partial(micro, micro_upstream, tmp_path):
     overrides = [*MICRO, f"store_dir={tmp_path / 'store'}", f"runs_dir={tmp_path / 'runs'}",
                  "finetune.optim.epochs=20", "hydra.run.dir=" + str(tmp_path / "hydra")]
     cmd = [sys.executable, "-m", "experiments.run", *overrides]
@@ -102,6 +103,7 @@ def test_killed_finetune_reruns_to_completion_without_reusing_partial(micro, tmp
     [final] = list(ft_dir.iterdir())
     assert (final / "DONE").exists() and (final / "model" / "model.safetensors").exists()
     # the rerun's result equals an uninterrupted run's (same config, fresh store): nothing half-written leaked
+    shutil.copytree(micro_upstream, tmp_path / "fresh", ignore=shutil.ignore_patterns(".locks"))  # no fine-tune in it
     fresh = micro("finetune.optim.epochs=20", f"store_dir={tmp_path / 'fresh'}", f"runs_dir={tmp_path / 'fresh_runs'}")
     metrics = run(fresh)
     rec = json.loads(next((tmp_path / "runs" / "default").glob("*-sft-*.json")).read_text())
