@@ -15,20 +15,18 @@ import sys
 import time
 from contextlib import nullcontext, redirect_stderr
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from pact import dist
+from pact import pipeline as P
 from pact.cli import run_cli, user_errors
 from pact.config import compose_config, toy_settings_warning, validate
 from pact.data import read_jsonl
 from pact.records import variant_of, write_record
 from pact.store import Artifact
-
-if TYPE_CHECKING:
-    from pact import pipeline as P
 
 log = logging.getLogger("experiments.run")
 
@@ -37,8 +35,6 @@ def run(cfg: DictConfig, variant: str = "") -> dict[str, Any]:
     """Run all stages for one config; returns the fine-tuned model's metrics. ``variant`` names the overrides
     that set this run apart beyond the summary's identity columns (part of its record's name)."""
     cfg = validate(cfg)
-    from pact import pipeline as P  # here, not at the top: a bad value or --help answers before torch's stack loads
-
     start = time.time()
     up = P.start(cfg)  # torchrun: every rank trains, rank 0 alone generates, judges and writes (pact/store.py)
     store, data, base, aligned = up.store, up.data, up.base, up.aligned
@@ -78,8 +74,6 @@ def run(cfg: DictConfig, variant: str = "") -> dict[str, Any]:
 def reference_records(cfg: DictConfig, up: P.Upstream) -> None:
     """The records of the models before fine-tuning (base and aligned: the study's reference rows), from their
     evaluations (built here when the store lacks them)."""
-    from pact import pipeline as P
-
     data_path = {f"{next(iter(up.data.upstream))}_path": str(up.data.path)}
     for name, ref in (("base", up.base), ("aligned", up.aligned)):
         if ref is None:
@@ -129,8 +123,6 @@ def start_logger(cfg: DictConfig, variant: str = ""):
         return None
     os.environ.setdefault("WANDB_MODE", cfg.logger.mode)
     import wandb
-
-    from pact import pipeline as P
 
     return wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, mode=cfg.logger.mode,
                       group=cfg.experiment_name, name=P.run_name(cfg) + (f"-{variant}" if variant else ""),

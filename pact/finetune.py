@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from transformers import set_seed
 
 from pact import data as D
 from pact.adapters import apply_lora
@@ -20,7 +19,6 @@ from pact.methods import FinetuneContext, build_method, method_class
 from pact.models import ModelRef, load_model, load_tokenizer, untie_embeddings
 from pact.rundata import RunData, data_sizes, finetune_counts, plain
 from pact.store import Store, code_hash, module_sources
-from pact.training import train, training_arguments
 
 # A fine-tune runs this shared code plus its own method's module (and what that imports), never the modules
 # of other methods: editing one baseline changes the keys of its own fine-tunes only.
@@ -75,6 +73,11 @@ def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, data: RunDa
     upstream = {"aligned": aligned.key, **data.upstream, **({"base": base.key} if base else {})}
 
     def build(tmp: Path) -> dict[str, Any]:
+        # the Trainer's stack is imported where it trains: a run that stops at a check never loads it
+        from transformers import set_seed
+
+        from pact.training import train, training_arguments
+
         tok = load_tokenizer(aligned.tokenizer_path, cfg.model.trust_remote_code)
         model = load_model(aligned.path, cfg.model.dtype, cfg.model.trust_remote_code)
         method = build_method(cfg.method)

@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from transformers import set_seed
 
 from pact import data as D
 from pact import dist
@@ -43,7 +42,6 @@ from pact.rundata import (
 )
 from pact.sources import check_sources
 from pact.store import Artifact, Store, code_hash, module_sources, stable_key
-from pact.training import train, training_arguments
 from pact.world.generator import WorldGenerator, WorldSpec
 
 log = logging.getLogger("pact.pipeline")
@@ -84,6 +82,8 @@ def _sft_and_save(model, tok, rows: list[dict[str, Any]], fmt: str, optim: DictC
                   run: str, report_to: str, method: Method) -> dict[str, float]:
     """Train ``model`` on (prompt, answer) ``rows`` in prompt format ``fmt`` with the ``optim`` slice, save it under
     ``tmp/model`` (a peft model merged); returns the Trainer's metrics. The base and align stages use it."""
+    from pact.training import train, training_arguments  # here: a run that stops at a check never loads the Trainer
+
     examples = D.encode_sft(rows, tok, fmt, int(mcfg.max_len))
     args = training_arguments(optim, tmp / "trainer", int(mcfg.seed), report_to, run, int(optim.logging_steps))
     metrics = train(model, tok, examples, args, method)
@@ -166,6 +166,8 @@ def _align_from(init: ModelRef, rows: list[dict[str, Any]], optim: DictConfig, l
     tok = load_tokenizer(init.tokenizer_path, mcfg.trust_remote_code)
     method.prepare(_alignment_context(data, tok, init.prompt_format, mcfg))
     model = load_model(init.path, mcfg.dtype, mcfg.trust_remote_code)
+    from transformers import set_seed
+
     set_seed(int(mcfg.seed))  # LoRA's initialisation draws from torch's global RNG
     if lora is not None:
         model = apply_lora(model, lora)

@@ -74,9 +74,13 @@ def imported_modules(path: Path, module: str) -> set[str]:
 def _local_origin(name: str, roots: tuple[Path, ...]) -> Path | None:
     """The source file of module ``name`` if it lives under one of ``roots`` (and not in an installed
     environment), else None."""
-    top = name.partition(".")[0]
-    if top != name and _local_origin(top, roots) is None:  # an installed library: never import its parents
-        return None
+    parent = name.rpartition(".")[0]
+    if parent:
+        origin = _local_origin(parent, roots)
+        # an installed library's parents are never imported; nor is a module asked for "module.name", which is an
+        # attribute, not a submodule: finding its spec would import the module (the Trainer stack, for pact.training)
+        if origin is None or origin.name != "__init__.py":
+            return None
     try:
         spec = importlib.util.find_spec(name)
     except (ImportError, ValueError):

@@ -177,11 +177,13 @@ def test_hydra_entry_point_prints_one_line_and_exits_2(tmp_path, args, message):
 
 @pytest.mark.slow  # a subprocess: this pytest process has the whole stack loaded already
 def test_checking_a_config_loads_no_model_or_trainer_code():
-    """``experiments.run``'s one-line errors and ``--help`` come before the model and Trainer code loads (several
-    seconds of imports): composing and validating a config, every method's class included, imports torch but not
-    transformers' models, its Trainer or peft."""
+    """The entry points' one-line errors and ``--help`` come before the model and Trainer code loads (several
+    seconds of imports): importing them and the pipeline, the stages' code keys, composing and validating a config,
+    every method's class included, import torch but not transformers' models, its Trainer or peft."""
     heavy = ("peft", "transformers.modeling_utils", "transformers.trainer", "transformers.trainer_callback")
-    code = ("import sys\nfrom pathlib import Path\nfrom omegaconf import OmegaConf\nimport experiments.run\n"
+    code = ("import sys\nfrom pathlib import Path\nfrom omegaconf import OmegaConf\n"
+            "import experiments.run, experiments.prepare, experiments.pact_step0, experiments.safety_tokens\n"
+            "import experiments.bench, experiments.judge, pact.utility\n"
             "from pact.config import compose_config, validate\nfrom pact.methods import method_class\n"
             "validate(compose_config(['method=pact']))\n"
             "for path in Path('conf/method').glob('*.yaml'):  # each class (the others inherit one)\n"
