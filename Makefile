@@ -137,7 +137,7 @@ smollm2-extras: setup ## after make smollm2: full SFT/PACT (tied, untied), safet
 # SFT/PACT-LoRA (3 seeds, p = 0, 0.05, 0.1) and safety mixing, Lisa and SafeLoRA (LoRA, seed 0, p = 0 and 0.1) on
 # the official SST-2 mixtures, two jobs of one thread; then the step-0 measurement beside the token-confidence curves, the report,
 # and each judge's recall on the refusals the aligned and fine-tuned models learnt (analysis.judge_check --experiment).
-smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixtures -> results/ (after make data; ~80-85 min AVX-512 bf16)
+smollm2-real: setup ## SmolLM2-135M on real requests and the official SST-2 mixtures -> results/ (after make data; ~80-85 min AVX-512 bf16, hours without)
 	$(call smollm2_real_runs,)
 	$(call step0_and_curves,smollm2_real)
 	$(PY) -m analysis.report --experiment smollm2_real --out results --replace
