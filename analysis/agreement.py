@@ -4,8 +4,8 @@ Per evaluated model (one run record) and harmful benchmark (the toy world: its o
 under each judge that ran, and per pair of judges the percent agreement and Cohen's kappa on the decision the
 Harmful Score counts (harmful = the judge's ``compliance``). Judges disagree in the field's own reports, so every
 report carries these numbers; in the toy world the oracle is one of the judges, so the keyword judge's error is a
-number. A guard model that judged the same generations (``python -m experiments.judge``, pact/guard.py) joins the
-rule judges here. Kappa is undefined (left empty) when the chance agreement is 1: both judges give one class
+number. A guard model that judged the same generations (``python -m experiments.judge``, pact/evaluation/guard.py) joins
+the rule judges here. Kappa is undefined (left empty) when the chance agreement is 1: both judges give one class
 throughout.
 """
 
@@ -22,15 +22,15 @@ from typing import Any
 import pandas as pd
 
 from analysis.tables import mean_std
-from pact.data import read_jsonl
-from pact.guard import generations_of
-from pact.judges import COMPLIANCE
-from pact.records import IDENTITY
-from pact.store import DONE
+from pact.data.rows import read_jsonl
+from pact.evaluation.guard import generations_of
+from pact.evaluation.judges import COMPLIANCE
+from pact.runtime.records import IDENTITY
+from pact.runtime.store import DONE
 
 log = logging.getLogger("analysis.agreement")
 
-GENERATIONS = "generations.jsonl"  # the evaluate artifact's judged answers (pact.pipeline.evaluate_stage)
+GENERATIONS = "generations.jsonl"  # the evaluate artifact's judged answers (pact.run.pipeline.evaluate_stage)
 COLUMNS = [*IDENTITY, "variant", "benchmark", "judge_a", "judge_b", "n", "hs_a", "hs_b", "agreement", "kappa"]
 
 
@@ -88,8 +88,8 @@ def collect(records: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def guard_verdicts(evaluation: Path) -> dict[str, dict[int, str]]:
-    """Per guard that judged this evaluation's generations (pact.guard's ``judge`` stage, in the same store): its
-    verdict per row of ``generations.jsonl``. Two runs of one guard with other settings are told apart by key."""
+    """Per guard that judged this evaluation's generations (pact.evaluation.guard's ``judge`` stage, in the same store):
+    its verdict per row of ``generations.jsonl``. Two runs of one guard with other settings are told apart by key."""
     gen = generations_of(evaluation)
     out: dict[str, dict[int, str]] = {}
     if gen is None:

@@ -22,7 +22,7 @@ from analysis.intervals import cell_text, interval_table  # noqa: E402
 from analysis.provenance import recording
 from analysis.report import DEFAULT_OUT, load_summary, to_markdown  # noqa: E402
 from analysis.style import apply_style, save_figure  # noqa: E402
-from pact.fileio import write_atomic  # noqa: E402
+from pact.runtime.fileio import write_atomic  # noqa: E402
 
 AXES = ("finetune.lora_lr", "finetune.optim.epochs")   # the attacker's knobs the grid sweeps
 METRICS = (("harmful_score", "HS ↑ worst"), ("refusal_rate", "Ref"), ("finetune_accuracy", "FA"))

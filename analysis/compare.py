@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pact.cli import run_cli
-from pact.records import IDENTITY
+from pact.run.cli import run_cli
+from pact.runtime.records import IDENTITY
 
 KEY = [*IDENTITY, "variant"]
 

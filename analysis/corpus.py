@@ -18,8 +18,8 @@ from omegaconf import OmegaConf
 from analysis.intervals import GAP, cell_text, interval_table
 from analysis.provenance import recording
 from analysis.report import DEFAULT_OUT, load_summary
-from pact.config import CONF_DIR
-from pact.fileio import write_atomic
+from pact.run.config import CONF_DIR
+from pact.runtime.fileio import write_atomic
 
 SETTINGS = OmegaConf.load(CONF_DIR / "analysis.yaml").corpus
 STEM = "smollm2_real_corpus"

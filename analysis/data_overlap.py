@@ -8,10 +8,10 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pact.cli import run_cli
-from pact.config import compose_config
-from pact.rundata import _unique_by_prompt, benchmark_sources
-from pact.sources import check_sources, load_source, normalise_text
+from pact.data.rundata import _unique_by_prompt, benchmark_sources
+from pact.data.sources import check_sources, load_source, normalise_text
+from pact.run.cli import run_cli
+from pact.run.config import compose_config
 
 
 def overlap_table(root: str | None = None, overrides: list[str] = ()) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
-from pact.config import CONF_DIR
+from pact.run.config import CONF_DIR
 
 SETTINGS = OmegaConf.load(CONF_DIR / "analysis.yaml").intervals
 GAP = "refusal_gap"   # refusal_rate - benign_refusal_rate (percentage points)
@@ -42,7 +42,7 @@ def benchmarks(df: pd.DataFrame, metric: str, count: str) -> Rate:
     return Rate(metric, (metric,), (count,))
 
 
-# The utility measures (pact.utility, utility=assistant): each a rate over its own items, pooled
+# The utility measures (pact.evaluation.utility, utility=assistant): each a rate over its own items, pooled
 UTILITY = {"instruction_refusal_rate": "n_instructions", "non_answer_rate": "n_instructions",
            "knowledge_accuracy": "n_knowledge"}
 

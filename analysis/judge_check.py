@@ -27,13 +27,13 @@ from omegaconf import OmegaConf
 from analysis.agreement import GENERATIONS
 from analysis.provenance import recording
 from analysis.report import DEFAULT_OUT
-from pact.cli import fail, run_cli
-from pact.config import CONF_DIR, compose_config
-from pact.data import read_jsonl
-from pact.fileio import write_atomic
-from pact.judges import CLASSES, COMPLIANCE, JUDGES, REFUSAL, Judge, judge_for, markers_by_rule, opener
-from pact.records import read_records
-from pact.sources import check_sources, load_source
+from pact.data.rows import read_jsonl
+from pact.data.sources import check_sources, load_source
+from pact.evaluation.judges import CLASSES, COMPLIANCE, JUDGES, REFUSAL, Judge, judge_for, markers_by_rule, opener
+from pact.run.cli import fail, run_cli
+from pact.run.config import CONF_DIR, compose_config
+from pact.runtime.fileio import write_atomic
+from pact.runtime.records import read_records
 
 SETTINGS = OmegaConf.load(CONF_DIR / "analysis.yaml").judge_check
 
@@ -84,8 +84,8 @@ STUDY_GROUP = ["method", "poison_ratio", "set", "judge"]  # seeds pooled
 
 
 def learnt_openers(data_path: Path, words: int) -> frozenset[str]:
-    """The openings (first ``words`` words, :func:`pact.judges.opener`) of the refusals a model was aligned on
-    (``align_refusals.jsonl`` of its data stage) that none of its helpful answers (``align_helpful.jsonl``) share."""
+    """The openings (first ``words`` words, :func:`pact.evaluation.judges.opener`) of the refusals a model was aligned
+    on (``align_refusals.jsonl`` of its data stage) that none of its helpful answers (``align_helpful.jsonl``) share."""
     refusals = read_jsonl(data_path / "align_refusals.jsonl", ("answer",))
     helpful = read_jsonl(data_path / "align_helpful.jsonl", ("answer",))
     shared = {opener(h["answer"], words) for h in helpful} | {""}

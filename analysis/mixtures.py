@@ -16,7 +16,7 @@ import pandas as pd
 from analysis.provenance import recording
 from analysis.report import DEFAULT_OUT, load_summary, to_markdown
 from analysis.tables import REAL_COLUMNS
-from pact.fileio import write_atomic
+from pact.runtime.fileio import write_atomic
 
 REFERENCES = ("base", "aligned")   # rows without a poison ratio: the models before fine-tuning
 BENCH_PREFIX = "harmful_score."

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from pact.fileio import write_atomic
-from pact.records import code_commit
+from pact.runtime.fileio import write_atomic
+from pact.runtime.records import code_commit
 
 REPO = Path(__file__).resolve().parents[1]
 CSV, MD = "provenance.csv", "provenance.md"

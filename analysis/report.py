@@ -21,16 +21,16 @@ from analysis.figures import ablation_curve, hs_vs_fa, hs_vs_p, safety_utility, 
 from analysis.intervals import UTILITY, has_utility, interval_table, intervals_markdown
 from analysis.provenance import recording
 from analysis.tables import is_real, mean_std, write_paper_tables
-from pact.cli import run_cli
-from pact.fileio import write_atomic
-from pact.records import IDENTITY, INTERNAL, read_records
+from pact.run.cli import run_cli
+from pact.runtime.fileio import write_atomic
+from pact.runtime.records import IDENTITY, INTERNAL, read_records
 
 log = logging.getLogger("analysis.report")
 
 ID_COLUMNS = list(IDENTITY)
 METRICS = ["harmful_score", "refusal_rate", "other_rate", "finetune_accuracy", "helpfulness"]
 EXTRA_METRICS = ["harmful_score_keyword", "harmful_steps_rate", "benign_refusal_rate"]
-UTILITY_METRICS = list(UTILITY)   # pact.utility's measures, where the runs had utility=assistant
+UTILITY_METRICS = list(UTILITY)   # pact.evaluation.utility's measures, where the runs had utility=assistant
 LABELS = {"harmful_score": "HS ↓", "refusal_rate": "Refusal ↑", "other_rate": "Other",
           "finetune_accuracy": "FA ↑", "helpfulness": "Helpful ↑", "harmful_score_keyword": "HS (keyword)",
           "harmful_steps_rate": "Steps", "benign_refusal_rate": "Benign refusal",

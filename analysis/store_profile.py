@@ -1,7 +1,7 @@
 """Where a study's time goes, from its store: ``python -m analysis.store_profile [--store DIR] [--wall SECONDS]``.
 
-Every artifact's ``meta.json`` records how long its builder ran (``seconds``, pact/store.py). Per stage: how many
-artifacts, their mean and total seconds and, given the study's wall time (``--wall``), the total's share of it.
+Every artifact's ``meta.json`` records how long its builder ran (``seconds``, pact/runtime/store.py). Per stage: how
+many artifacts, their mean and total seconds and, given the study's wall time (``--wall``), the total's share of it.
 What no stage accounts for (process start, imports, Hydra, records, reports) is the wall time minus the stages'
 total, shown when the stages leave some; under a sweep of parallel jobs the stages' total can exceed the wall time
 (``--jobs`` multiplies the wall time by the workers it had).
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pact.store import DONE
+from pact.runtime.store import DONE
 
 
 def stage_times(store: Path) -> pd.DataFrame:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from pact.records import variant_tag
+from pact.runtime.records import variant_tag
 
 # One fixed colour per method (tab20 pairs: a method and its LoRA / variant share a hue).
 METHOD_COLORS = {"aligned": "#4d4d4d", "base": "#999999", "sft": "#d62728", "sft_lora": "#ff9896",

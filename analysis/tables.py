@@ -38,8 +38,8 @@ def is_real(df: pd.DataFrame) -> bool:
     return any("." in c and df[c].notna().any() for c in df.columns if c.startswith("harmful_score."))
 
 
-# The utility measures (pact.utility), where the rows have them: refusals of ordinary instructions, answers that are
-# no answer, and the MMLU subset's accuracy
+# The utility measures (pact.evaluation.utility), where the rows have them: refusals of ordinary instructions, answers
+# that are no answer, and the MMLU subset's accuracy
 UTILITY_COLUMNS = [("instruction_refusal_rate", "InstrRef", False), ("non_answer_rate", "NoAnswer", False),
                    ("knowledge_accuracy", "MMLU", True)]
 
@@ -127,7 +127,7 @@ def write_paper_tables(df: pd.DataFrame, out_dir: Path, stem: str, axis: str = "
     spread = ("mean over seeds [95% bootstrap interval over prompts and seeds]" if is_real(df) and
               axis == "poison_ratio" else "mean ± std over seeds")
     utility = (", InstrRef = refusals of ordinary instructions ↓, NoAnswer = non-answers to them ↓, MMLU = "
-               "multiple-choice accuracy ↑ (pact.utility)" if has_utility(df) else "")
+               "multiple-choice accuracy ↑ (pact.evaluation.utility)" if has_utility(df) else "")
     note = (f"HS = Harmful Score ↓, Ref = refusal rate ↑, {benign}, FA = Fine-tune Accuracy ↑{utility}; "
             f"percent, {spread}; best mean per column in bold; – = missing.\n\n")
     if is_real(df) and axis == "poison_ratio" and intervals is None:

@@ -27,13 +27,13 @@ from omegaconf import OmegaConf  # noqa: E402
 
 from analysis.provenance import recording
 from analysis.style import METHOD_COLORS, apply_style, save_figure  # noqa: E402
-from pact import data as D  # noqa: E402
-from pact.cli import fail  # noqa: E402
-from pact.config import compose_config  # noqa: E402
-from pact.judges import REFUSAL  # noqa: E402
-from pact.models import load_model, load_tokenizer  # noqa: E402
-from pact.records import read_records  # noqa: E402
-from pact.store import Store, code_hash, module_sources  # noqa: E402
+from pact.data import rows as D  # noqa: E402
+from pact.evaluation.judges import REFUSAL  # noqa: E402
+from pact.models.loading import load_model, load_tokenizer  # noqa: E402
+from pact.run.cli import fail  # noqa: E402
+from pact.run.config import compose_config  # noqa: E402
+from pact.runtime.records import read_records  # noqa: E402
+from pact.runtime.store import Store, code_hash, module_sources  # noqa: E402
 from pact.tokens_stage import intra_op_threads, response_logits  # noqa: E402
 
 SETTINGS = OmegaConf.load(Path(__file__).resolve().parent.parent / "conf" / "analysis.yaml").token_confidence

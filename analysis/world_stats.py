@@ -14,11 +14,11 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from analysis.provenance import recording
-from pact import data as D
-from pact import pipeline as P
-from pact.cli import run_cli
-from pact.config import CONF_DIR, compose_config
-from pact.models import load_model, load_tokenizer
+from pact.data import rows as D
+from pact.models.loading import load_model, load_tokenizer
+from pact.run import pipeline as P
+from pact.run.cli import run_cli
+from pact.run.config import CONF_DIR, compose_config
 from pact.tokens_stage import mean_response_probs
 
 SETTINGS = OmegaConf.load(CONF_DIR / "analysis.yaml").world_stats

@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from pact import data as D
-from pact.methods import FinetuneContext, Method
+from pact.data import rows as D
+from pact.training.methods import FinetuneContext, Method
 
 NORM_EPS = 1e-7  # official _grad_norm(...) + 1e-7
 
@@ -29,7 +29,7 @@ NORM_EPS = 1e-7  # official _grad_norm(...) + 1e-7
 class BoosterAlignment(Method):
     """The Booster alignment step used by the ``align`` stage; harmful pairs from :meth:`prepare`."""
 
-    reads_harmful_pairs = True   # pact.pipeline.defence_align_stage keys the alignment by data.harmful_pairs
+    reads_harmful_pairs = True   # pact.run.pipeline.defence_align_stage keys the alignment by data.harmful_pairs
 
     def __init__(self, cfg: Any):
         super().__init__(cfg)

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from pact.data import SFTCollator
-from pact.labels import answer_positions
-from pact.methods import FinetuneContext, Method
-from pact.refcache import cached_per_example
-from pact.store import stable_key
+from pact.data.labels import answer_positions
+from pact.data.rows import SFTCollator
+from pact.runtime.refcache import cached_per_example
+from pact.runtime.store import stable_key
+from pact.training.methods import FinetuneContext, Method
 
 
 def beta_schedule(length: int, beta: float, first_factor: float, prefix_factor: float, prefix_len: int) -> torch.Tensor:
@@ -47,7 +47,7 @@ class ConstrainedSFT(Method):
         return {"warmup_steps": int(self.cfg.warmup_steps), "adam_beta1": float(self.cfg.adam_beta1)}
 
     def prepare_examples(self, examples: list[dict[str, Any]], ctx: FinetuneContext) -> list[dict[str, Any]]:
-        from pact.models import load_model
+        from pact.models.loading import load_model
 
         model = None
 

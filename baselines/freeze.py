@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from pact import data as D
-from pact.methods import FinetuneContext, Method
-from pact.store import stable_key
+from pact.data import rows as D
+from pact.runtime.store import stable_key
+from pact.training.methods import FinetuneContext, Method
 
 
 def decoder_layers(model) -> torch.nn.ModuleList:
@@ -67,7 +67,7 @@ class Freeze(Method):
         self.block: tuple[int, int] | None = None
 
     def prepare(self, ctx: FinetuneContext) -> None:
-        from pact.models import load_model
+        from pact.models.loading import load_model
 
         model = ctx.model or load_model(ctx.aligned.path, ctx.dtype)
         depth = len(decoder_layers(model))

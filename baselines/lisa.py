@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pact import data as D
-from pact.methods import FinetuneContext, Method, answer_loss
+from pact.data import rows as D
+from pact.training.methods import FinetuneContext, Method, answer_loss
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback

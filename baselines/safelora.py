@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pact.methods import FinetuneContext, Method
-from pact.models import load_model
+from pact.models.loading import load_model
+from pact.training.methods import FinetuneContext, Method
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback

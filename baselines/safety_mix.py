@@ -7,8 +7,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from pact import data as D
-from pact.methods import FinetuneContext, Method
+from pact.data import rows as D
+from pact.training.methods import FinetuneContext, Method
 
 
 class SafetyMix(Method):

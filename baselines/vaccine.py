@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from pact.methods import Method
+from pact.training.methods import Method
 
 NORM_EPS = 1e-7  # official _grad_norm denominator
 

@@ -22,10 +22,10 @@ from omegaconf import OmegaConf
 
 from analysis.provenance import recording
 from experiments.bench_variant import PREFIX
-from pact import pipeline as P
-from pact.cli import fail, run_cli
-from pact.config import CONF_DIR, compose_config
-from pact.fileio import write_atomic
+from pact.run import pipeline as P
+from pact.run.cli import fail, run_cli
+from pact.run.config import CONF_DIR, compose_config
+from pact.runtime.fileio import write_atomic
 from pact.tokens_stage import tokens_stage
 
 ROOT = CONF_DIR.parent

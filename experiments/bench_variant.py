@@ -10,10 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from pact import pipeline as P
-from pact.cli import OVERRIDES, exit_on_help, fail, run_cli
-from pact.config import compose_config
-from pact.methods import build_method
+from pact.run import pipeline as P
+from pact.run.cli import OVERRIDES, exit_on_help, fail, run_cli
+from pact.run.config import compose_config
+from pact.training.methods import build_method
 
 MODES = ("finetune", "align")
 PREFIX = "BENCH"

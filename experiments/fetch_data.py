@@ -33,11 +33,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from pact.cli import fail, run_cli
-from pact.config import compose_config
-from pact.data import DataFileError, write_jsonl
-from pact.fileio import atomic_path, write_atomic
-from pact.sources import (
+from pact.data.rows import DataFileError, write_jsonl
+from pact.data.sources import (
     MANIFEST,
     DataSourceError,
     check_bytes,
@@ -52,6 +49,9 @@ from pact.sources import (
     sha256_file,
     source_file,
 )
+from pact.run.cli import fail, run_cli
+from pact.run.config import compose_config
+from pact.runtime.fileio import atomic_path, write_atomic
 
 log = logging.getLogger("experiments.fetch_data")
 

@@ -3,7 +3,7 @@
 
 For each run record (of the named experiments) whose evaluation is in the store, the guard of
 ``conf/guard/<name>.yaml`` (``key=value`` overrides it, e.g. ``model=/path/to/Llama-Guard-3-8B``) judges the
-harmful and benign answers of the record's generations: the ``judge`` stage (pact/guard.py), built once per
+harmful and benign answers of the record's generations: the ``judge`` stage (pact/evaluation/guard.py), built once per
 generations and guard. Prints the guard's Harmful Score per benchmark; the report then carries the guard as one more
 judge in its agreement tables (analysis/agreement.py).
 """
@@ -14,17 +14,17 @@ import argparse
 import logging
 from typing import Any
 
-from pact.cli import fail, run_cli
-from pact.config import compose_config
-from pact.guard import generations_of, judge_stage, load_judgments
-from pact.hub import check_model
-from pact.records import read_records
-from pact.store import Store
+from pact.evaluation.guard import generations_of, judge_stage, load_judgments
+from pact.run.cli import fail, run_cli
+from pact.run.config import compose_config
+from pact.run.hub import check_model
+from pact.runtime.records import read_records
+from pact.runtime.store import Store
 
 
 def guard_config(name: str, overrides: list[str]) -> Any:
     """conf/guard/<name>.yaml with ``key=value`` overrides, composed and checked by the run config's own schema
-    (pact.config.GuardConfig): an unknown guard, setting or value ends in one line naming it."""
+    (pact.run.config.GuardConfig): an unknown guard, setting or value ends in one line naming it."""
     return compose_config([f"guard={name}", *(f"guard.{o}" for o in overrides)]).guard
 
 

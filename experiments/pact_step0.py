@@ -22,16 +22,16 @@ import torch
 from omegaconf import OmegaConf
 
 from analysis.provenance import recording
-from pact import data as D
-from pact import pipeline as P
-from pact.cli import OVERRIDES, exit_on_help, fail, pop_option, run_cli
-from pact.config import CONF_DIR, compose_config, validate
-from pact.fileio import write_atomic
-from pact.labels import IGNORE_INDEX, answer_positions
+from pact.data import rows as D
+from pact.data.labels import IGNORE_INDEX, answer_positions
 from pact.loss import LOG_EPS, pact_gate, pact_kl, pact_target
-from pact.methods import FinetuneContext, build_method
-from pact.models import load_model, load_tokenizer
-from pact.store import code_hash, module_sources, stable_key
+from pact.models.loading import load_model, load_tokenizer
+from pact.run import pipeline as P
+from pact.run.cli import OVERRIDES, exit_on_help, fail, pop_option, run_cli
+from pact.run.config import CONF_DIR, compose_config, validate
+from pact.runtime.fileio import write_atomic
+from pact.runtime.store import code_hash, module_sources, stable_key
+from pact.training.methods import FinetuneContext, build_method
 
 SETTINGS = OmegaConf.load(CONF_DIR / "analysis.yaml").pact_step0
 TOP_M = tuple(SETTINGS.top_m)

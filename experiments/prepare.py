@@ -17,11 +17,11 @@ from concurrent.futures import ProcessPoolExecutor
 
 import torch
 
-from pact import dist
-from pact import pipeline as P
-from pact.cli import OVERRIDES, exit_on_help, run_cli
-from pact.config import compose_config
-from pact.store import Artifact, Store
+from pact.run import pipeline as P
+from pact.run.cli import OVERRIDES, exit_on_help, run_cli
+from pact.run.config import compose_config
+from pact.runtime import dist
+from pact.runtime.store import Artifact, Store
 from pact.tokens_stage import intra_op_threads, tokens_stage
 
 log = logging.getLogger("experiments.prepare")

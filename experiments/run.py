@@ -20,13 +20,13 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from pact import dist
-from pact import pipeline as P
-from pact.cli import run_cli, user_errors
-from pact.config import compose_config, toy_settings_warning, validate
-from pact.data import read_jsonl
-from pact.records import variant_of, write_record
-from pact.store import Artifact
+from pact.data.rows import read_jsonl
+from pact.run import pipeline as P
+from pact.run.cli import run_cli, user_errors
+from pact.run.config import compose_config, toy_settings_warning, validate
+from pact.runtime import dist
+from pact.runtime.records import variant_of, write_record
+from pact.runtime.store import Artifact
 
 log = logging.getLogger("experiments.run")
 
@@ -36,7 +36,7 @@ def run(cfg: DictConfig, variant: str = "") -> dict[str, Any]:
     that set this run apart beyond the summary's identity columns (part of its record's name)."""
     cfg = validate(cfg)
     start = time.time()
-    up = P.start(cfg)  # torchrun: every rank trains, rank 0 alone generates, judges and writes (pact/store.py)
+    up = P.start(cfg)  # torchrun: every rank trains, rank 0 alone generates, judges and writes (pact/runtime/store.py)
     store, data, base, aligned = up.store, up.data, up.base, up.aligned
     data_path = {f"{next(iter(data.upstream))}_path": str(data.path)}  # world_path (toy) or data_path (real)
     logger = start_logger(cfg, variant)
@@ -87,10 +87,10 @@ def reference_records(cfg: DictConfig, up: P.Upstream) -> None:
 def with_utility(cfg: DictConfig, up: P.Upstream, ref, metrics: dict[str, Any],
                  paths: dict[str, str]) -> tuple[dict[str, Any], dict[str, str]]:
     """A record's metrics and paths with the model's utility measures added when ``utility`` is on
-    (pact.utility: built here, or reused from the store)."""
+    (pact.evaluation.utility: built here, or reused from the store)."""
     if not cfg.utility.enabled:
         return metrics, paths
-    from pact.utility import load_utility, utility_stage
+    from pact.evaluation.utility import load_utility, utility_stage
 
     art = utility_stage(up.store, cfg, ref, up.data)
     return {**metrics, **load_utility(art)}, {**paths, "utility_path": str(art.path)}
@@ -150,7 +150,7 @@ SHOW_CONFIG_FLAGS = ("--cfg", "-c")  # Hydra's flags that print the composed con
 
 def warn_shown_config(argv: list[str]) -> None:
     """Hydra's ``--cfg`` prints the composed config and exits without calling the task function, so validation's
-    warnings never run: the hub model's toy-settings warning (pact.config.toy_settings_warning) is printed here, to
+    warnings never run: the hub model's toy-settings warning (pact.run.config.toy_settings_warning) is printed here, to
     stderr beside the config. Anything Hydra would refuse (a bad override, a sweep) is left for Hydra to report."""
     if not any(a in SHOW_CONFIG_FLAGS or a.startswith("--cfg=") for a in argv):
         return

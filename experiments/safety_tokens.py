@@ -12,10 +12,10 @@ import sys
 from pathlib import Path
 
 from analysis.provenance import recording
-from pact import pipeline as P
-from pact.cli import OVERRIDES, exit_on_help, fail, pop_option, run_cli
-from pact.config import compose_config
-from pact.fileio import write_atomic
+from pact.run import pipeline as P
+from pact.run.cli import OVERRIDES, exit_on_help, fail, pop_option, run_cli
+from pact.run.config import compose_config
+from pact.runtime.fileio import write_atomic
 from pact.tokens_stage import tokens_stage
 
 

@@ -1,4 +1,4 @@
-"""PACT as a :class:`~pact.methods.Method`: loss = CE + lambda * pact_kl on the safety-token subset.
+"""PACT as a :class:`~pact.training.methods.Method`: loss = CE + lambda * pact_kl on the safety-token subset.
 
 The reference is the frozen aligned model in two contexts per answer token: the full sequence (``ref_full``)
 and the assistant header followed by the answer alone (``ref_post``). ``reference: cache`` computes both once
@@ -14,12 +14,12 @@ from typing import Any
 
 import torch
 
-from pact.labels import IGNORE_INDEX, answer_positions
+from pact.data.labels import IGNORE_INDEX, answer_positions
 from pact.loss import pact_kl
-from pact.methods import FinetuneContext, Method, answer_loss
-from pact.refcache import cached_per_example
-from pact.store import stable_key
+from pact.runtime.refcache import cached_per_example
+from pact.runtime.store import stable_key
 from pact.tokens_stage import load_direction, tokens_stage
+from pact.training.methods import FinetuneContext, Method, answer_loss
 
 GATES = ("on", "off", "post_only")
 WEIGHTINGS = ("raw", "uniform")
@@ -91,7 +91,7 @@ class PactMethod(Method):
         self.tokens_key = art.key
         self.stats.update(tokens_dir=str(art.path), safety_set_size=int(len(self.ids)))
         if self.cfg.reference == "live" and ctx.adapter != "lora":
-            from pact.models import load_model
+            from pact.models.loading import load_model
 
             self.ref_model = load_model(ctx.aligned.path, ctx.dtype).eval().requires_grad_(False)
 
@@ -105,7 +105,7 @@ class PactMethod(Method):
         computing only the examples not yet in the per-example cache."""
         if self.cfg.reference != "cache" or float(self.cfg.lambda_kl) == 0:
             return examples
-        from pact.models import load_model
+        from pact.models.loading import load_model
 
         model = None
 
@@ -155,10 +155,10 @@ class PactMethod(Method):
     def reference(self, model, examples: list[dict[str, Any]]) -> tuple[torch.Tensor, torch.Tensor]:
         """The reference's subset logits of encoded ``examples`` (input_ids, labels) under ``model``:
         (full-context, post-only), each [B, A, |S|] float32 at the answer positions (padded rows: zeros)."""
-        from pact.data import SFTCollator
+        from pact.data.rows import SFTCollator
 
         pad = 0  # the padding id is irrelevant: padded positions are masked out of the loss
-        keep = ("input_ids", "labels", "attention_mask")  # the example's own mask, if any (pact.data.hide_tokens)
+        keep = ("input_ids", "labels", "attention_mask")  # the example's own mask, if any (pact.data.rows.hide_tokens)
         batch = SFTCollator(pad)([{k: e[k] for k in keep if k in e} for e in examples])
         batch = {k: v.to(model.device) for k, v in batch.items()}  # the model's device (the GPU when there is one)
         full, post = self._reference_from_tensors(model, batch["input_ids"], batch["attention_mask"],

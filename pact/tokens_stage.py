@@ -10,8 +10,8 @@ from typing import Any
 
 import torch
 
-from pact.data import prompt_ids
-from pact.store import code_hash, module_sources
+from pact.data.rows import prompt_ids
+from pact.runtime.store import code_hash, module_sources
 from pact.tokens import DirectionSums
 
 TOKENS_CODE = code_hash(*module_sources(__name__))  # part of the tokens stage's key: the code it runs
@@ -94,13 +94,14 @@ def tokens_stage(store, tcfg: Any, aligned, base, data, dtype: str = "float32", 
                  model=None, tokenizer=None):
     """The safety-token direction as a store artifact (``direction.safetensors``: v and r; ``meta.json``: S with
     each token decoded, its mean aligned probability r and its weight v). Needs the base model. The pairs:
-    ``tcfg.pairs_file`` when set, else the run's data (pact.rundata.RunData.safety_pairs). ``model`` and ``tokenizer``,
+    ``tcfg.pairs_file`` when set, else the run's data (pact.data.rundata.RunData.safety_pairs). ``model`` and
+    ``tokenizer``,
     the aligned model already loaded, answer the safety prompts and make the aligned passes, instead of a second
     copy (with vLLM the model waits on the CPU while the engine runs)."""
     from safetensors.torch import save_file
 
-    from pact import data as D
-    from pact.models import load_model, load_tokenizer
+    from pact.data import rows as D
+    from pact.models.loading import load_model, load_tokenizer
 
     if base is None:
         raise ValueError("PACT's safety tokens compare the aligned and the base model: set model.base "

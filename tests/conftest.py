@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pact.config import compose_config, validate
+from pact.run.config import compose_config, validate
 
 # A micro world and model: every stage runs, nothing is meant to be learnt well.
 MICRO = [
@@ -32,7 +32,7 @@ def micro_cfg(tmp_path: Path, *overrides: str):
 def micro_upstream(tmp_path_factory) -> Path:
     """A store holding the micro config's world, base and aligned model, their evaluations and PACT's safety set,
     built once per test session."""
-    from pact import pipeline as P
+    from pact.run import pipeline as P
     from pact.tokens_stage import tokens_stage
 
     root = tmp_path_factory.mktemp("micro_upstream")

@@ -187,7 +187,7 @@ def file_bytes(content: Any, fmt: str, columns: list[str] | None = None) -> byte
     columns in order), a JSON document, or JSON lines."""
     if fmt in ("csv", "tsv"):
         out = io.StringIO()
-        from pact.sources import TSV_DIALECT
+        from pact.data.sources import TSV_DIALECT
 
         dialect = TSV_DIALECT if fmt == "tsv" else {}
         writer = csv.DictWriter(out, fieldnames=columns or list(content[0]), lineterminator="\n", **dialect)
@@ -206,7 +206,7 @@ def write_git_fixture(root: Path, name: str, spec: Any, data: bytes) -> dict[str
     from omegaconf import OmegaConf
 
     from experiments.fetch_data import store_git_source
-    from pact.sources import git_blob_id
+    from pact.data.sources import git_blob_id
 
     pinned = OmegaConf.merge(spec, {"git": {"sha256": hashlib.sha256(data).hexdigest(), "blob": git_blob_id(data)},
                                     "rows": None})
@@ -218,7 +218,7 @@ def write_git_fixture(root: Path, name: str, spec: Any, data: bytes) -> dict[str
 def write_sources(root: Path, names: list[str] | None = None) -> Path:
     """Write the fixture sources (all, or ``names``) and their manifest under ``root``, as fetch_data does."""
     from experiments.fetch_data import store_source
-    from pact.config import compose_config
+    from pact.run.config import compose_config
 
     dcfg = compose_config(["data=real", f"data.root={root}"], check=False).data
     root.mkdir(parents=True, exist_ok=True)

@@ -266,7 +266,7 @@ def test_cohen_kappa_and_pairwise_agreement():
 
 def test_store_profile_counts_stage_seconds(tmp_path):
     from analysis.store_profile import markdown, profile, stage_times
-    from pact.store import Store
+    from pact.runtime.store import Store
 
     store = Store(tmp_path / "store")
     for stage, config in (("finetune", 1), ("finetune", 2), ("generate", 1)):
@@ -371,7 +371,7 @@ def test_a_figure_cuts_a_long_variant_label_and_keeps_two_apart():
     assert len(legend_label(a)) < LEGEND_LABEL_MAX + 12 and legend_label(a).startswith(a[:LEGEND_LABEL_MAX])
     assert legend_label(a) != legend_label(b)
     # the mark is the variant's tag in its record's file name
-    from pact.records import record_path, variant_tag
+    from pact.runtime.records import record_path, variant_tag
 
     variant = a.removeprefix("pact [").removesuffix("]")
     identity = {"experiment": "e", "model": "m", "method": "pact", "task": "t", "poison_ratio": 0.1, "seed": 0}

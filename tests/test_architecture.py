@@ -12,10 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pact import finetune as F
-from pact import pipeline as P
-from pact.config import ConfigError, validate
-from pact.store import imported_modules, module_sources
+from pact.run import pipeline as P
+from pact.run.config import ConfigError, validate
+from pact.runtime.store import imported_modules, module_sources
+from pact.training import finetune as F
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGIN_PACKAGES = ("baselines", "experiments", "analysis")
@@ -57,16 +57,40 @@ def test_library_has_no_import_circle():
 
 
 def test_pact_math_imports_only_torch():
-    for module in ("tokens", "loss", "labels"):
-        names = _library_imports()[f"pact.{module}"]
+    for module in ("pact.tokens", "pact.loss", "pact.data.labels"):
+        names = _library_imports()[module]
         assert {n.split(".")[0] for n in names} <= {"torch", "__future__"}, (module, names)
+
+
+# pact's layers, lowest first: a module imports from its own layer or lower ones. PACT's own modules (pact/*.py) sit
+# above the library they use and below the run that chains the stages.
+LAYERS = ("pact.runtime", "pact.world", "pact.data", "pact.models", "pact.training", "pact.evaluation", "pact",
+          "pact.run")
+# The one way up: a run's safety pairs are the aligned model's own answers, so the run's data generates and judges
+# them (inside the function that does: reading data loads no model code)
+UPWARD = {("pact.data.rundata", "pact.evaluation.generation"), ("pact.data.rundata", "pact.evaluation.judges"),
+          ("pact.data.rundata", "pact.models.loading")}
+
+
+def _layer(module: str) -> int:
+    package = ".".join(module.split(".")[:2])
+    return LAYERS.index(package if package in LAYERS else "pact")
+
+
+def test_library_modules_import_only_their_own_layer_or_lower_ones():
+    graph = _library_imports()
+    packages = {m for m in graph if (ROOT / m.replace(".", "/") / "__init__.py").is_file()}
+    assert packages == set(LAYERS)   # a new sub-package gets a layer
+    up = {(m, n) for m, names in graph.items() for n in names
+          if n in graph and n != "pact" and _layer(n) > _layer(m)}
+    assert up == UPWARD
 
 
 def test_every_method_yaml_names_a_method_class_and_its_own_label():
     from omegaconf import OmegaConf
 
-    from pact.config import compose_config
-    from pact.methods import Method, method_class
+    from pact.run.config import compose_config
+    from pact.training.methods import Method, method_class
 
     def load(stem: str):  # a method yaml over the one its defaults name (how Hydra composes them)
         node = OmegaConf.load(ROOT / "conf" / "method" / f"{stem}.yaml")
@@ -81,7 +105,7 @@ def test_every_method_yaml_names_a_method_class_and_its_own_label():
 
 
 PLUGIN = '''
-from pact.methods import Method
+from pact.training.methods import Method
 
 
 class KeepFirst(Method):
@@ -127,7 +151,7 @@ def _code_files(target_module: str) -> set[str]:
 
 
 def test_finetune_code_covers_the_library_and_its_own_method_only():
-    sft, lisa, pact_ = (_code_files(m) for m in ("pact.methods", "baselines.lisa", "pact.pact_method"))
+    sft, lisa, pact_ = (_code_files(m) for m in ("pact.training.methods", "baselines.lisa", "pact.pact_method"))
     assert not any(f.startswith("baselines/") for f in sft)
     assert {f for f in lisa if f.startswith("baselines/")} == {"baselines/lisa.py"}
     assert {"pact/pact_method.py", "pact/loss.py", "pact/tokens.py"} <= pact_
@@ -183,8 +207,8 @@ def test_checking_a_config_loads_no_model_or_trainer_code():
     heavy = ("peft", "transformers.modeling_utils", "transformers.trainer", "transformers.trainer_callback")
     code = ("import sys\nfrom pathlib import Path\nfrom omegaconf import OmegaConf\n"
             "import experiments.run, experiments.prepare, experiments.pact_step0, experiments.safety_tokens\n"
-            "import experiments.bench, experiments.judge, pact.utility\n"
-            "from pact.config import compose_config, validate\nfrom pact.methods import method_class\n"
+            "import experiments.bench, experiments.judge, pact.evaluation.utility\n"
+            "from pact.run.config import compose_config, validate\nfrom pact.training.methods import method_class\n"
             "validate(compose_config(['method=pact']))\n"
             "for path in Path('conf/method').glob('*.yaml'):  # each class (the others inherit one)\n"
             "    if '_target_' in (method := OmegaConf.load(path)):\n        method_class(method)\n"
@@ -237,7 +261,7 @@ def test_report_on_a_missing_runs_directory_is_one_line(tmp_path, capsys, monkey
 
 def test_malformed_data_file_ends_in_one_line(micro, tmp_path, capsys):
     from experiments.run import run
-    from pact.cli import EXIT_USER_ERROR, run_cli
+    from pact.run.cli import EXIT_USER_ERROR, run_cli
 
     bad = tmp_path / "pairs.jsonl"
     bad.write_text(json.dumps({"prompt": "p", "refusal": "r"}) + "\n{oops\n")

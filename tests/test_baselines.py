@@ -9,11 +9,11 @@ import torch
 from omegaconf import OmegaConf
 
 from baselines.safety_mix import SafetyMix
-from pact import data as D
-from pact.labels import IGNORE_INDEX
-from pact.methods import FinetuneContext
-from pact.rundata import ToyData
-from pact.store import Artifact
+from pact.data import rows as D
+from pact.data.labels import IGNORE_INDEX
+from pact.data.rundata import ToyData
+from pact.runtime.store import Artifact
+from pact.training.methods import FinetuneContext
 
 
 def test_safety_mix_has_exactly_count_pairs_and_n_rows(tmp_path):
@@ -235,7 +235,7 @@ def test_freeze_with_lora_leaves_the_block_untouched(micro, tmp_path):
     from safetensors.torch import load_file
 
     from experiments.run import run
-    from pact.models import load_model
+    from pact.models.loading import load_model
 
     run(micro("method=freeze", "method.adapter=lora", "poison.ratio=0.1"))
     store = tmp_path / "store"
@@ -261,7 +261,7 @@ def test_safelora_run_saves_sft_loras_adapter_projected_where_least_aligned(micr
     from safetensors.torch import load_file
 
     from experiments.run import run
-    from pact.models import load_model
+    from pact.models.loading import load_model
 
     run(micro("method=sft_lora", "poison.ratio=0.1"))
     run(micro("method=safelora", "poison.ratio=0.1", "method.num_proj_layers=2"))
@@ -387,7 +387,7 @@ class CharTokenizer:
 
 
 def test_lisa_prepare_encodes_align_rows_at_the_runs_length_and_seeds_its_draws(tmp_path):
-    from pact.methods import FinetuneContext
+    from pact.training.methods import FinetuneContext
 
     D.write_jsonl(tmp_path / "align.jsonl", [{"prompt": f"harmful {i}", "refusal": "no"} for i in range(10)])
     m = lisa(align_rows=3, align_file=str(tmp_path / "align.jsonl"))
@@ -479,7 +479,7 @@ class MixingData:
 def mix(tmp_path, n_pairs: int, n_clean: int, n_poison: int, count: int | None, pairs_file: bool = False,
         share: float | None = None):
     from baselines.safety_mix import SafetyMix
-    from pact.methods import FinetuneContext
+    from pact.training.methods import FinetuneContext
 
     path = tmp_path / "pairs.jsonl"
     D.write_jsonl(path, [{"prompt": f"h{i}", "refusal": f"no {i}"} for i in range(n_pairs)])
@@ -546,7 +546,7 @@ def test_vaccine_hooks_the_attention_blocks_of_a_lora_model_too():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from baselines.vaccine import attention_modules
-    from pact.adapters import apply_lora
+    from pact.models.adapters import apply_lora
 
     model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
                                          num_attention_heads=2, num_key_value_heads=2))
@@ -600,7 +600,7 @@ def layered(depth: int):
     ([5, 5], False, (5, 5)),
 ])
 def test_freeze_prepare_places_the_block_and_its_control(layers, control, block):
-    from pact.methods import FinetuneContext
+    from pact.training.methods import FinetuneContext
 
     m = freeze(layers, control)
     ctx = FinetuneContext(aligned=None, base=None, data=None, tokenizer=None, prompt_format="chat", max_len=8,
@@ -612,7 +612,7 @@ def test_freeze_prepare_places_the_block_and_its_control(layers, control, block)
 
 @pytest.mark.parametrize("layers", [[4, 6], [0, 9]])
 def test_freeze_refuses_a_block_outside_the_model(layers):
-    from pact.methods import FinetuneContext
+    from pact.training.methods import FinetuneContext
 
     ctx = FinetuneContext(aligned=None, base=None, data=None, tokenizer=None, prompt_format="chat", max_len=8,
                           seed=0, model=layered(6))
@@ -624,7 +624,7 @@ def test_freeze_finds_the_layers_of_a_lora_model_too():
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from baselines.freeze import decoder_layers
-    from pact.adapters import apply_lora
+    from pact.models.adapters import apply_lora
 
     model = LlamaForCausalLM(LlamaConfig(vocab_size=16, hidden_size=8, intermediate_size=16, num_hidden_layers=2,
                                          num_attention_heads=2, num_key_value_heads=2))
@@ -637,7 +637,7 @@ def test_constrained_sft_reference_cache_is_keyed_by_the_aligned_model_and_dtype
     """The reference log-probs are computed once per (aligned model, dtype) and reused: another aligned model or
     dtype computes its own."""
     from baselines.constrained_sft import ConstrainedSFT
-    from pact.methods import FinetuneContext
+    from pact.training.methods import FinetuneContext
 
     class CountingLM(torch.nn.Module):
         device = torch.device("cpu")
@@ -679,8 +679,8 @@ def test_freeze_localises_the_window_of_largest_gap_growth_on_the_first_prompts(
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from baselines.freeze import Freeze, best_window, cosine_gap_by_layer
-    from pact.methods import FinetuneContext
-    from pact.store import Store
+    from pact.runtime.store import Store
+    from pact.training.methods import FinetuneContext
 
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=60, hidden_size=8, intermediate_size=16, num_hidden_layers=8,
@@ -728,7 +728,7 @@ def test_freeze_needs_at_least_one_localisation_prompt():
 
 @pytest.mark.parametrize("adapter,frozen", [("full", [1, 2, 3]), ("lora", [])])
 def test_freeze_full_fine_tuning_stops_the_gradient_of_the_block_only(adapter, frozen):
-    from pact.methods import FinetuneContext
+    from pact.training.methods import FinetuneContext
 
     m = freeze([1, 3], False)
     m.block = (1, 3)
@@ -761,7 +761,7 @@ def test_booster_names_the_missing_harmful_answers_of_the_alignment_pairs(tmp_pa
     """Real data's alignment pairs (refusals only) give Booster no harmful answers: the error says which field of
     which file, before any training."""
     from baselines.booster import BoosterAlignment
-    from pact.data import DataFileError
+    from pact.data.rows import DataFileError
 
     pairs = tmp_path / "alignment_pairs.jsonl"
     D.write_jsonl(pairs, [{"prompt": "how to pick a lock", "refusal": "I can't help with that."}])
@@ -776,9 +776,9 @@ def test_booster_names_the_missing_harmful_answers_of_the_alignment_pairs(tmp_pa
 def test_booster_reads_real_harmful_pairs_without_the_runs_prompts(tmp_path):
     """On real data Booster's harmful pairs are data.harmful_pairs' poison rows (a mixture file) minus every prompt
     of the run's data stage files (the attacker's rows, the benchmarks); unset, the error names the data config."""
-    from pact.config import compose_config
-    from pact.data import DataFileError
-    from pact.rundata import RealData
+    from pact.data.rows import DataFileError
+    from pact.data.rundata import RealData
+    from pact.run.config import compose_config
     from tests.realdata import data_overrides, mixture_rows, write_sources
 
     root = write_sources(tmp_path / "data", ["pact_agnews_p03"])

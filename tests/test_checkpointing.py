@@ -8,8 +8,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pact.adapters import apply_lora
-from pact.training import training_arguments
+from pact.models.adapters import apply_lora
+from pact.training.trainer import training_arguments
 from tests.realdata import tiny_hub_model
 
 
@@ -40,11 +40,11 @@ def test_checkpointing_is_switched_on_by_the_optim_slice_and_changes_no_gradient
 
 
 def test_release_memory_returns_freed_heap_pages_to_the_system():
-    """pact.dist.release_memory after a stage: freed allocations below glibc's mmap threshold, between live
+    """pact.runtime.dist.release_memory after a stage: freed allocations below glibc's mmap threshold, between live
     ones (as a training step's many tensors leave them), stay resident until it runs (Linux with glibc only)."""
     import ctypes
 
-    from pact.dist import release_memory
+    from pact.runtime.dist import release_memory
 
     try:
         has_trim = hasattr(ctypes.CDLL("libc.so.6"), "malloc_trim")

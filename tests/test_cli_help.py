@@ -71,7 +71,7 @@ def test_hydra_entry_point_answers_help():
 
 
 def test_an_entry_points_own_option_is_taken_out_of_the_overrides(capsys):
-    from pact.cli import pop_option
+    from pact.run.cli import pop_option
 
     args = ["experiment=smoke", "--out", "x.csv", "seed=1"]
     assert pop_option(args, "--out", "a CSV path") == "x.csv" and args == ["experiment=smoke", "seed=1"]

@@ -3,7 +3,7 @@ import re
 import pytest
 from hydra.errors import MissingConfigException
 
-from pact.config import CONF_DIR, ConfigError, compose_config, validate
+from pact.run.config import CONF_DIR, ConfigError, compose_config, validate
 
 
 def _compose(*overrides):
@@ -21,8 +21,8 @@ def test_default_config_is_valid():
     ("method.adapter=qlora", r"method\.adapter='qlora' is not allowed; choose one of \['full', 'lora'\]"),
     ("method._target_=pact.nope.Nope",
      r"method 'sft' \(conf/method/sft\.yaml\): _target_='pact\.nope\.Nope' cannot be imported"),
-    ("method._target_=pact.methods.Nope", r"_target_='pact\.methods\.Nope' does not exist"),
-    ("method._target_=pact.data.SFTCollator", r"is not a subclass of pact\.methods\.Method"),
+    ("method._target_=pact.training.methods.Nope", r"_target_='pact\.training\.methods\.Nope' does not exist"),
+    ("method._target_=pact.data.rows.SFTCollator", r"is not a subclass of pact\.training\.methods\.Method"),
     ("seed=abc", r"seed: Value 'abc' of type 'str' could not be converted to Integer"),
     ("finetune.optim.scheduler=warm", r"finetune\.optim\.scheduler='warm' is not allowed"),
     ("finetune.n=abc", r"finetune\.n"),
@@ -49,7 +49,7 @@ def _toy_warnings(caplog, *overrides) -> list[str]:
     import logging
 
     caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="pact.config"):
+    with caplog.at_level(logging.WARNING, logger="pact.run.config"):
         validate(_compose(*overrides))
     return [r.getMessage() for r in caplog.records]
 
@@ -58,7 +58,7 @@ def test_a_hub_model_with_the_toy_settings_is_told_so(caplog):
     """A hub model that keeps any value of the root config tuned for the toy world gets one warning listing each one
     it keeps by key (the engine and judge too where they are the root defaults) and naming the official recipe's
     experiment; with that experiment, or every tuned value set, none."""
-    from pact.config import TOY_TUNED
+    from pact.run.config import TOY_TUNED
 
     hub = ["model=llama3.1-8b-instruct", "data=real", "task=sst2"]
     [message] = _toy_warnings(caplog, *hub)

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from pact import data as D
+from pact.data import rows as D
 from pact.world.tokenizer import train_tokenizer
 
 

@@ -17,7 +17,7 @@ import pytest
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from pact.config import ConfigError, compose_config, validate
+from pact.run.config import ConfigError, compose_config, validate
 from tests.paper_dry_run import standins
 from tests.realdata import pin_overrides
 
@@ -121,7 +121,7 @@ def with_values(cfg, overrides: list[str]):
 def check_job(job: tuple[str, ...], out: Path, paths_key: tuple[tuple[str, Path], ...]) -> None:
     """Compose one job, swap its hub models and data for the stand-ins, validate it and check its data files (once
     per job: the docs repeat some)."""
-    from pact.pipeline import check_data
+    from pact.run.pipeline import check_data
 
     cfg = compose_config(list(job), check=False)
     check_data(validate(with_values(cfg, stand_in_swaps(cfg, out, dict(paths_key)))))

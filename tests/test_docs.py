@@ -32,7 +32,9 @@ def test_a_new_config_option_or_group_reaches_the_list(tmp_path):
     assert "sft (default)" in after and "accelerate" not in after   # launch configs are not a group
 
 
-MODULE_PACKAGES = ("pact", "pact/world", "baselines", "experiments", "experiments/diagnostics", "analysis")
+# every package of the repository's code (pact's sub-packages found on disk, so a new one is checked too)
+MODULE_PACKAGES = ("pact", *sorted(str(p.parent.relative_to(REPO)) for p in (REPO / "pact").glob("*/__init__.py")),
+                   "baselines", "experiments", "experiments/diagnostics", "analysis")
 
 
 def test_the_module_map_names_every_module():
@@ -40,6 +42,7 @@ def test_the_module_map_names_every_module():
     block = text.split("**Where things live.**", 1)[1].split("```")[1]
     missing = [f"{pkg}/{f.name}" for pkg in MODULE_PACKAGES for f in sorted((REPO / pkg).glob("*.py"))
                if f.stem != "__init__" and not re.search(rf"\b{f.stem}\b", block)]
+    missing += [f"{pkg}/" for pkg in MODULE_PACKAGES if pkg.count("/") and f"{pkg.rsplit('/', 1)[1]}/" not in block]
     assert not missing, f"docs/architecture.md's module map lacks {missing}"
 
 

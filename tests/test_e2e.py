@@ -61,7 +61,7 @@ def test_lora_fine_tune_keeps_its_adapter_and_loads_merged_from_a_moved_store(mi
     import torch
     from safetensors.torch import load_file
 
-    from pact.models import ADAPTER_BASE, adapter_base, load_model
+    from pact.models.loading import ADAPTER_BASE, adapter_base, load_model
 
     cfg = micro("method=sft_lora", "poison.ratio=0.05")
     run(cfg)
@@ -186,8 +186,8 @@ def test_untied_fine_tune_moves_head_and_embeddings_apart(micro, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    from pact import pipeline as P
-    from pact.config import ConfigError, validate
+    from pact.run import pipeline as P
+    from pact.run.config import ConfigError, validate
 
     run(micro("method=sft", "finetune.untie_embeddings=true", "poison.ratio=0.05"))
     [ft] = [p for p in (tmp_path / "store" / "finetune").iterdir() if (p / "DONE").exists()]

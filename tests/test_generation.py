@@ -4,7 +4,7 @@ import pytest
 import torch
 from transformers import GenerationMixin, LlamaConfig, LlamaForCausalLM
 
-from pact.generation import HFEngine
+from pact.evaluation.generation import HFEngine
 
 
 class IdTokenizer:
@@ -50,8 +50,8 @@ def test_dropping_finished_rows_keeps_every_answer_and_shrinks_the_batch(monkeyp
 def test_engine_settings_reach_the_hf_engine():
     """engine.drop_finished_every: 0 by default (one generate call per batch, as the toy study's answers were
     made); the SmolLM2 study sets it; build_engine passes it on; a negative value names the key."""
-    from pact.config import ConfigError, compose_config, validate
-    from pact.generation import build_engine
+    from pact.evaluation.generation import build_engine
+    from pact.run.config import ConfigError, compose_config, validate
 
     assert validate(compose_config([])).engine.drop_finished_every == 0
     cfg = validate(compose_config(["experiment=smollm2_cpu", "hydra.mode=RUN"]))
@@ -65,8 +65,8 @@ def test_engine_settings_reach_the_hf_engine():
 
 # ---- vLLM under torchrun and beside a loaded model --------------------------------------------------------------
 def test_a_vllm_engine_under_torchrun_sees_its_ranks_gpu_alone_and_no_launcher_variables(monkeypatch):
-    from pact import dist
-    from pact.generation import LAUNCHER_VARIABLES, engine_environment
+    from pact.evaluation.generation import LAUNCHER_VARIABLES, engine_environment
+    from pact.runtime import dist
 
     assert engine_environment(1) == {} and engine_environment(4) == {}  # one process: vLLM as it comes
     monkeypatch.setattr(dist, "is_distributed", lambda: True)
@@ -107,7 +107,7 @@ def test_a_vllm_engine_runs_while_the_callers_model_waits_on_the_cpu(monkeypatch
 
     from omegaconf import OmegaConf
 
-    from pact import generation as G
+    from pact.evaluation import generation as G
 
     model, seen = ResidentModel(), []
 
@@ -135,8 +135,8 @@ def test_a_vllm_engine_runs_while_the_callers_model_waits_on_the_cpu(monkeypatch
 
 
 def test_validate_refuses_a_tensor_parallel_engine_under_torchrun_before_any_work(monkeypatch):
-    from pact import dist
-    from pact.config import ConfigError, compose_config, validate
+    from pact.run.config import ConfigError, compose_config, validate
+    from pact.runtime import dist
 
     cfg = compose_config(["engine=vllm", "engine.tensor_parallel_size=2"], check=False)
     validate(cfg.copy())  # one process: vLLM may spread over the GPUs

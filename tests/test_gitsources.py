@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 
 from experiments import fetch_data
-from pact import pipeline as P
-from pact.config import ConfigError, compose_config
-from pact.data import DataFileError, read_jsonl
-from pact.finetune import finetune_rows
-from pact.sources import MANIFEST, DataSourceError, check_sources, git_blob_id, sha256_file
+from pact.data.rows import DataFileError, read_jsonl
+from pact.data.sources import MANIFEST, DataSourceError, check_sources, git_blob_id, sha256_file
+from pact.run import pipeline as P
+from pact.run.config import ConfigError, compose_config
+from pact.training.finetune import finetune_rows
 from tests.realdata import (
     SHARED,
     SST2_INSTRUCTION,
@@ -173,7 +173,7 @@ def test_import_from_a_clone_reads_the_pinned_commit_whatever_its_head(tmp_path,
 def test_a_malformed_file_is_refused_at_fetch_and_stops_a_run_before_any_model(fixtures_root, tmp_path, capsys,
                                                                                name, content, error):
     from experiments.run import run
-    from pact.cli import run_cli
+    from pact.run.cli import run_cli
 
     root, aligned, base = fixtures_root
     spec = dcfg(root).sources[name]

@@ -154,7 +154,7 @@ def test_the_guard_part_passes_on_the_tiny_guard(tmp_path):
 
 
 def test_the_guard_part_fails_on_a_broken_parse(tmp_path, monkeypatch):
-    from pact import guard
+    from pact.evaluation import guard
 
     # reads the last line: "unsafe\nS1" would pass as safe
     monkeypatch.setattr(guard, "parse_guard_output", lambda text: (text.splitlines()[-1].startswith("unsafe"), []))
@@ -163,7 +163,7 @@ def test_the_guard_part_fails_on_a_broken_parse(tmp_path, monkeypatch):
 
 
 def test_the_guard_part_fails_on_a_prompt_without_the_conversation(tmp_path, monkeypatch):
-    from pact import guard
+    from pact.evaluation import guard
 
     real = guard.guard_text  # the answer left out of the guard's prompt
     monkeypatch.setattr(guard, "guard_text", lambda tok, prompt, response: real(tok, prompt, ""))

@@ -1,4 +1,5 @@
-"""Guard model judges (pact/guard.py): parsing of guard outputs, and the whole judge path on a tiny guard that this
+"""Guard model judges (pact/evaluation/guard.py): parsing of guard outputs, and the whole judge path on a tiny guard
+that this
 test builds (the text actually sent checked against the guard's template), into the report's agreement rows."""
 
 import json
@@ -8,10 +9,10 @@ import pytest
 from omegaconf import OmegaConf
 
 from analysis.agreement import collect
-from pact import data as D
-from pact.generation import HFEngine
-from pact.guard import guard_text, judge_stage, load_judgments, parse_guard_output
-from pact.store import Store
+from pact.data import rows as D
+from pact.evaluation.generation import HFEngine
+from pact.evaluation.guard import guard_text, judge_stage, load_judgments, parse_guard_output
+from pact.runtime.store import Store
 from tests.realdata import tiny_guard, tiny_hub_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -132,14 +133,14 @@ def moderation(tmp_path):
 
 
 def test_moderation_flags_any_category_over_the_threshold():
-    from pact.guard import flagged
+    from pact.evaluation.guard import flagged
 
     assert flagged({"a": 0.2, "b": 0.7, "c": 0.51}, 0.5) == (True, ["b", "c"])
     assert flagged({"a": 0.5, "b": 0.1}, 0.5) == (False, [])  # strictly above, as the official comparison
 
 
 def test_moderation_stage_reads_the_official_format_and_stores_probabilities(tmp_path, moderation, monkeypatch):
-    from pact import guard as G
+    from pact.evaluation import guard as G
 
     store = Store(tmp_path / "store")
     rows, gen, _ = _artifacts(store)
@@ -179,7 +180,7 @@ def test_pickle_weights_load_tensors_only_and_only_where_a_guard_allows_them(tmp
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from pact import guard as G
+    from pact.evaluation import guard as G
 
     cfg = OmegaConf.load(ROOT / "conf" / "guard" / "beaver_dam.yaml")
     assert cfg.pickle_weights is True

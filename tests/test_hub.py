@@ -1,5 +1,5 @@
-"""Every model a run loads by name is checked before any stage builds (pact.hub): a missing local folder, a hub model
-that is neither cached nor reachable, a gated or unknown one end in one line naming the config key, exit status 2,
+"""Every model a run loads by name is checked before any stage builds (pact.run.hub): a missing local folder, a hub
+model that is neither cached nor reachable, a gated or unknown one end in one line naming the config key, exit status 2,
 and no store."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import huggingface_hub
 import pytest
 from huggingface_hub import errors
 
-from pact.config import ConfigError, compose_config
-from pact.hub import CONFIG_FILE, check_model, named_models
+from pact.run.config import ConfigError, compose_config
+from pact.run.hub import CONFIG_FILE, check_model, named_models
 
 ALIGNED = "meta-llama/Llama-3.1-8B-Instruct"  # conf/model/llama3.1-8b-instruct.yaml
 
@@ -28,7 +28,7 @@ def empty_cache(tmp_path, monkeypatch) -> Path:
 def _run_one_line(cfg, capsys, monkeypatch) -> str:
     """experiments.run's run() of ``cfg`` from the command line's wrapper: its one error line (exit status 2)."""
     from experiments.run import run
-    from pact.cli import EXIT_USER_ERROR, run_cli
+    from pact.run.cli import EXIT_USER_ERROR, run_cli
 
     monkeypatch.delenv("HYDRA_FULL_ERROR", raising=False)
     with pytest.raises(SystemExit) as exit_:

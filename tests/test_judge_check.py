@@ -6,7 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from pact.judges import COMPLIANCE, OTHER, REFUSAL, judge_for, opener, opener_markers, openers_judge
+from pact.evaluation.judges import COMPLIANCE, OTHER, REFUSAL, judge_for, opener, opener_markers, openers_judge
 from tests.realdata import pin_overrides, write_sources
 
 
@@ -29,7 +29,7 @@ def test_the_openers_judge_needs_its_markers():
 
 
 def test_config_refuses_the_openers_judge_without_real_data():
-    from pact.config import ConfigError, compose_config
+    from pact.run.config import ConfigError, compose_config
 
     with pytest.raises(ConfigError, match="judge 'openers' reads refusal markers from the real data"):
         compose_config(["data.judges=[oracle,openers]"])

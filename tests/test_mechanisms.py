@@ -19,10 +19,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pact import data as D
-from pact.fileio import write_atomic
-from pact.labels import IGNORE_INDEX
-from pact.store import DONE, Store
+from pact.data import rows as D
+from pact.data.labels import IGNORE_INDEX
+from pact.runtime.fileio import write_atomic
+from pact.runtime.store import DONE, Store
 from pact.tokens_stage import intra_op_threads
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "method"
@@ -61,7 +61,7 @@ def tiny_llama(tok, seed: int):
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory) -> SimpleNamespace:
     """Tokenizer, aligned and base model (in memory and saved), safety pairs, alignment pairs and a store."""
-    from pact.models import ModelRef, save_model
+    from pact.models.loading import ModelRef, save_model
     from pact.world.tokenizer import train_tokenizer
 
     root = tmp_path_factory.mktemp("mechanisms")
@@ -81,7 +81,7 @@ def toy(tmp_path_factory) -> SimpleNamespace:
 
 def context(toy: SimpleNamespace, store: Store | None = None):
     """The FinetuneContext a method sees in the fine-tune stage (the aligned model already loaded)."""
-    from pact.methods import FinetuneContext
+    from pact.training.methods import FinetuneContext
 
     return FinetuneContext(aligned=toy.refs["aligned"], base=toy.refs["base"], data=SimpleNamespace(upstream={}),
                            tokenizer=toy.tok, prompt_format="chat", max_len=64, seed=0, store=store or toy.store,
@@ -387,7 +387,7 @@ def lisa_run(toy, tmp_path_factory) -> SimpleNamespace:
     """A 12-step Lisa fine-tune of the tiny model through the repository's Trainer, recording at every step the batch
     rows, the loss Lisa returns, the batch's cross-entropy and the trainable weights before the step."""
     from baselines.lisa import Lisa
-    from pact.training import train, training_arguments
+    from pact.training.trainer import train, training_arguments
 
     cfg = OmegaConf.load(CONF / "lisa.yaml")
     cfg.align_file = str(toy.root / "align.jsonl")
@@ -460,7 +460,7 @@ def test_vaccine_second_pass_adds_exactly_the_perturbation(toy, tmp_path):
     output; in the second, + eps_l = rho * g_l / (||(||g_1||, ..., ||g_L||)|| + 1e-7), g_l the first pass's gradient
     w.r.t. layer l's attention output (measured with forward hooks and tensor hooks)."""
     from baselines.vaccine import VaccineAlignment
-    from pact.training import train, training_arguments
+    from pact.training.trainer import train, training_arguments
 
     rho = 2.0
     model = copy.deepcopy(toy.aligned).train()
@@ -599,7 +599,7 @@ def test_a_failed_build_publishes_nothing(tmp_path, monkeypatch):
     assert not final.exists() and not store.done("s", key)
     assert all(".partial-" in p.name for p in final.parent.iterdir())
 
-    import pact.store as S
+    import pact.runtime.store as S
 
     def no_rename(src, dst):
         raise OSError("rename failed")
@@ -640,7 +640,7 @@ def test_reference_cache_entries_do_not_depend_on_what_else_was_missing(tmp_path
     """An entry of the per-example reference cache is computed from its example alone: a padded batch moves a row's
     logits in the last bits with its batch-mates, so an entry must come out the same whichever other examples were
     cached before (another run, maybe running at the same time) or computed beside it."""
-    from pact.refcache import cached_per_example
+    from pact.runtime.refcache import cached_per_example
 
     examples = [{"input_ids": list(range(n)), "labels": list(range(n))} for n in (3, 5, 4, 7)]
 
@@ -770,13 +770,13 @@ def test_pact_extra_bucket_weight_is_one_without_positive_weights(monkeypatch):
 def test_pact_live_reference_of_a_full_fine_tune_is_a_frozen_copy(monkeypatch, reference, adapter, loads):
     """reference: live with full fine-tuning loads the aligned model once more, frozen and in eval mode (LoRA
     disables its adapter instead; cache mode needs no model)."""
-    import pact.models
+    import pact.models.loading
     import pact.pact_method as PM
 
     monkeypatch.setattr(PM, "tokens_stage", lambda *a, **k: SimpleNamespace(key="k", path=Path("p")))
     monkeypatch.setattr(PM, "load_direction", lambda a: (torch.tensor([0.0, 0.5]), None))
     loaded = []
-    monkeypatch.setattr(pact.models, "load_model", lambda path, dtype: loaded.append((path, dtype)) or
+    monkeypatch.setattr(pact.models.loading, "load_model", lambda path, dtype: loaded.append((path, dtype)) or
                         torch.nn.Linear(2, 2).train())
     cfg = OmegaConf.load(CONF / "pact.yaml")
     cfg.reference = reference
@@ -811,8 +811,8 @@ def restated_similarities(aligned, base, lora: dict[str, torch.Tensor]) -> dict[
 @pytest.mark.parametrize("select, picks", [("number", 2), ("threshold", None)])
 def test_safelora_projects_the_least_aligned_lora_updates_when_training_ends(toy, tmp_path, select, picks):
     from baselines.safelora import SafeLoRA
-    from pact.adapters import apply_lora
-    from pact.training import train, training_arguments
+    from pact.models.adapters import apply_lora
+    from pact.training.trainer import train, training_arguments
 
     cfg = OmegaConf.load(CONF / "safelora.yaml")
     cfg.select, cfg.num_proj_layers = select, picks or 1
@@ -858,7 +858,7 @@ def test_safelora_projects_the_least_aligned_lora_updates_when_training_ends(toy
 
 def test_safelora_refuses_a_run_without_the_model_before_alignment_or_an_unmoved_weight(toy):
     from baselines.safelora import SafeLoRA
-    from pact.adapters import apply_lora
+    from pact.models.adapters import apply_lora
 
     cfg = OmegaConf.load(CONF / "safelora.yaml")
     with pytest.raises(ValueError, match="needs the model before alignment"):
@@ -903,7 +903,7 @@ def test_booster_step_follows_the_alignment_gradient_plus_the_harmful_drop(toy, 
     from transformers import TrainerCallback
 
     from baselines.booster import BoosterAlignment
-    from pact.training import train, training_arguments
+    from pact.training.trainer import train, training_arguments
 
     harmful_file = tmp_path / "pairs.jsonl"
     D.write_jsonl(harmful_file, [{"prompt": p, "refusal": r, "compliance": a}

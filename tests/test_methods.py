@@ -1,4 +1,5 @@
-"""pact.methods.answer_loss: a frozen output layer at the answer positions only gives the same weights to the bit."""
+"""pact.training.methods.answer_loss: a frozen output layer at the answer positions only gives the same weights to the
+bit."""
 
 from types import SimpleNamespace
 
@@ -7,11 +8,11 @@ import torch
 from omegaconf import OmegaConf
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from pact.adapters import apply_lora
-from pact.data import SFTCollator
-from pact.labels import IGNORE_INDEX
-from pact.methods import Method, answer_loss, answers_only
+from pact.data.labels import IGNORE_INDEX
+from pact.data.rows import SFTCollator
+from pact.models.adapters import apply_lora
 from pact.pact_method import PactMethod
+from pact.training.methods import Method, answer_loss, answers_only
 
 VOCAB = 97
 LORA = OmegaConf.create({"r": 4, "alpha": 8, "dropout": 0.05, "target_modules": ["q_proj", "v_proj"]})

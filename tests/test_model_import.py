@@ -12,10 +12,10 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pact.model_import import ModelSourceError, import_stage, resolve_source
-from pact.models import load_model, load_tokenizer
-from pact.sources import sha256_file as sha256_of
-from pact.store import Store
+from pact.data.sources import sha256_file as sha256_of
+from pact.models.loading import load_model, load_tokenizer
+from pact.models.model_import import ModelSourceError, import_stage, resolve_source
+from pact.runtime.store import Store
 
 CHAT = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
@@ -129,7 +129,7 @@ def test_an_imported_model_is_aligned_here_and_fine_tuned(micro, tmp_path):
     """model.kind=import through every stage on the micro world (its store copied in by ``micro``): import ->
     align (LoRA, merged) -> fine-tune (PACT: the imported instruct model is its base) -> generate -> evaluate."""
     from experiments.run import run
-    from pact.config import compose_config
+    from pact.run.config import compose_config
     from tests.conftest import MICRO
 
     gguf = tmp_path / "tiny.gguf"

@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pact.config import ConfigError, compose_config
+from pact.run.config import ConfigError, compose_config
 from tests.realdata import data_overrides, tiny_guard, tiny_hub_model, write_sources
 from tests.test_paper_path import fake_vllm  # noqa: F401 - the stand-in vLLM fixture
 
@@ -26,8 +26,8 @@ def tiny_llama(dtype=torch.float32):
 
 # ---- the keys of the defaults ----------------------------------------------------------------------------------
 def test_the_defaults_add_nothing_to_any_stage_key():
-    from pact.finetune import finetune_slice
-    from pact.generation import engine_slice
+    from pact.evaluation.generation import engine_slice
+    from pact.training.finetune import finetune_slice
 
     cfg = compose_config(["method=sft_lora"])
     ft = finetune_slice(cfg)["finetune"]
@@ -51,7 +51,7 @@ def test_a_switch_refuses_a_value_it_does_not_know():
 # ---- LoRA precision ----------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype, want", [("float32", torch.float32), ("model", torch.bfloat16)])
 def test_lora_dtype_sets_the_adapters_dtype(dtype, want):
-    from pact.adapters import apply_lora
+    from pact.models.adapters import apply_lora
 
     model = apply_lora(tiny_llama(torch.bfloat16), OmegaConf.create(LORA), None, dtype)
     assert {p.dtype for p in model.parameters() if p.requires_grad} == {want}
@@ -59,9 +59,9 @@ def test_lora_dtype_sets_the_adapters_dtype(dtype, want):
 
 # ---- the attention mask ------------------------------------------------------------------------------------------
 def test_the_official_mask_hides_every_eos_position_and_keys_the_reference_cache(tmp_path):
-    from pact.data import SFTCollator, encode_sft, hide_tokens
-    from pact.models import load_tokenizer
-    from pact.refcache import example_key
+    from pact.data.rows import SFTCollator, encode_sft, hide_tokens
+    from pact.models.loading import load_tokenizer
+    from pact.runtime.refcache import example_key
 
     tok = load_tokenizer(tiny_hub_model(tmp_path / "m"))
     rows = [{"prompt": "Review one", "answer": "positive"}, {"prompt": "A longer review two", "answer": "negative"}]
@@ -77,8 +77,8 @@ def test_the_official_mask_hides_every_eos_position_and_keys_the_reference_cache
 
 # ---- the chat text tokenised again ---------------------------------------------------------------------------------
 def test_chat_as_text_gives_a_second_bos_where_the_tokenizer_adds_one(tmp_path):
-    from pact.data import prompt_ids
-    from pact.models import load_tokenizer
+    from pact.data.rows import prompt_ids
+    from pact.models.loading import load_tokenizer
 
     tok = load_tokenizer(tiny_hub_model(tmp_path / "m", text_bos=True))
     ours, official = prompt_ids(tok, "Hello", "chat"), prompt_ids(tok, "Hello", "chat", as_text=True)
@@ -87,8 +87,8 @@ def test_chat_as_text_gives_a_second_bos_where_the_tokenizer_adds_one(tmp_path):
 
 
 def test_the_guard_reads_a_second_bos_when_asked(tmp_path, monkeypatch):
-    from pact import guard as G
-    from pact.generation import HFEngine
+    from pact.evaluation import guard as G
+    from pact.evaluation.generation import HFEngine
 
     seen = []
     monkeypatch.setattr(HFEngine, "generate", lambda self, ids, n, desc="": seen.append(ids) or ["safe"] * len(ids))
@@ -118,8 +118,8 @@ def official(root, tmp, *extra):
 
 
 def test_stored_safety_pairs_are_the_sources_first_rows_with_their_answers(official_root, tmp_path):
-    from pact import pipeline as P
-    from pact.data import read_jsonl
+    from pact.data.rows import read_jsonl
+    from pact.run import pipeline as P
     from tests.realdata import git_source_rows
 
     cfg = official(official_root, tmp_path, "data.safety_pairs.answers=stored", "data.safety_pairs.prompts=5")
@@ -137,8 +137,8 @@ def test_stored_answers_are_refused_for_a_source_of_compliance(official_root, tm
 
 
 def test_finetune_n_null_takes_every_row_of_the_official_file(official_root, tmp_path):
-    from pact import pipeline as P
-    from pact.finetune import finetune_rows
+    from pact.run import pipeline as P
+    from pact.training.finetune import finetune_rows
     from tests.realdata import MIXTURE_ROWS, mixture_rows
 
     cfg = official(official_root, tmp_path, "finetune.n=null", "poison.ratio=0.05")
@@ -153,9 +153,9 @@ def test_finetune_n_null_takes_every_row_of_the_official_file(official_root, tmp
 # ---- vLLM serves a merged copy ---------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_merge_lora_serves_a_merged_copy_and_deletes_it(tmp_path, fake_vllm):  # noqa: F811 - the fixture
-    from pact.adapters import apply_lora
-    from pact.generation import build_engine
-    from pact.models import load_model, load_tokenizer, save_model
+    from pact.evaluation.generation import build_engine
+    from pact.models.adapters import apply_lora
+    from pact.models.loading import load_model, load_tokenizer, save_model
 
     log = fake_vllm
     aligned = tiny_hub_model(tmp_path / "aligned")

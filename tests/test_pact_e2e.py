@@ -7,16 +7,16 @@ import pytest
 import torch
 
 from experiments.run import run
-from pact import data as D
-from pact import pipeline as P
-from pact.adapters import apply_lora
-from pact.config import validate
-from pact.data import SFTCollator
-from pact.labels import answer_positions
-from pact.methods import FinetuneContext
-from pact.models import load_model, load_tokenizer
+from pact.data import rows as D
+from pact.data.labels import answer_positions
+from pact.data.rows import SFTCollator
+from pact.models.adapters import apply_lora
+from pact.models.loading import load_model, load_tokenizer
 from pact.pact_method import PactMethod
+from pact.run import pipeline as P
+from pact.run.config import validate
 from pact.tokens_stage import direction_from_models, intra_op_threads
+from pact.training.methods import FinetuneContext
 
 
 @pytest.fixture(scope="module")
@@ -220,8 +220,8 @@ def test_safety_set_does_not_depend_on_threads_or_chunks(toy, monkeypatch):
 def test_the_tokens_stage_reuses_the_aligned_model_it_is_given(toy, tmp_path, monkeypatch):
     """A fine-tune's aligned model, already loaded, makes the aligned passes: only the base model is loaded (on an
     8B model one copy, 16 GB, fewer), and the direction is the one a fresh copy gives, bit for bit."""
-    from pact import models as M
-    from pact.store import Store
+    from pact.models import loading as M
+    from pact.runtime.store import Store
     from pact.tokens_stage import load_direction, tokens_stage
 
     cfg, store, world, base, aligned = toy
@@ -315,7 +315,7 @@ def test_gpu_check_fails_when_a_checked_number_is_wrong(tmp_path, monkeypatch):
     """The trainer-step check reads numbers: with the output layer at every position, or a KL in the Trainer's step
     that is not the plain forward's, it fails; answers that end early fail the generation check."""
     from experiments.diagnostics import gpu_check
-    from pact import methods
+    from pact.training import methods
 
     monkeypatch.setattr(methods, "answers_only", lambda trainer, model: False)
     assert "every position" in gpu_check.trainer_step("tiny", tmp_path)["check"]
@@ -327,7 +327,7 @@ def test_gpu_check_fails_when_a_checked_number_is_wrong(tmp_path, monkeypatch):
                         (2 if policy.requires_grad else 1))
     failed = gpu_check.trainer_step("tiny", tmp_path)["check"]
     assert failed.startswith("FAILED") and "step KL" in failed
-    from pact.generation import HFEngine
+    from pact.evaluation.generation import HFEngine
 
     real_generate = HFEngine.generate  # one answer ends 2 tokens early
     monkeypatch.setattr(HFEngine, "generate", lambda self, *a, **k: [str(int(x) - (i == 0) * 2) for i, x in

@@ -15,7 +15,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from pact.config import ConfigError, compose_config, validate
+from pact.run.config import ConfigError, compose_config, validate
 from tests.realdata import data_overrides, fake_vllm_package, real_overrides, tiny_guard, tiny_hub_model, write_sources
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,15 +58,15 @@ def test_paper_llama31_prints_the_official_recipe():
 def test_step_scheduler_decays_the_learning_rate_once_per_epoch(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pact.methods import Method
-    from pact.training import MethodTrainer, training_arguments
+    from pact.training.methods import Method
+    from pact.training.trainer import MethodTrainer, training_arguments
 
     model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=2))
     optim = OmegaConf.create({"lr": 1e-3, "batch_size": 2, "epochs": 3, "scheduler": "step", "step_gamma": 0.5})
     args = training_arguments(optim, tmp_path, 0, "none", None, 1)
     examples = [{"input_ids": [1, 2, 3, 4], "labels": [-100, -100, 3, 4]} for _ in range(5)]  # 3 batches an epoch
-    from pact.data import SFTCollator
+    from pact.data.rows import SFTCollator
 
     trainer = MethodTrainer(model=model, args=args, train_dataset=examples, data_collator=SFTCollator(0),
                             method=Method(None))
@@ -83,8 +83,8 @@ def test_group_by_length_batches_rows_of_similar_length(tmp_path, group):
     from torch.utils.data import BatchSampler
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from pact.methods import Method
-    from pact.training import MethodTrainer, training_arguments
+    from pact.training.methods import Method
+    from pact.training.trainer import MethodTrainer, training_arguments
 
     model = LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
                                          num_attention_heads=2, num_key_value_heads=2))
@@ -123,10 +123,10 @@ def test_paper_path_dry_run_on_cpu(tmp_path, monkeypatch):
     the step scheduler -> HF generation -> the guard as the primary judge -> the report's tables."""
     from analysis.report import main as report_main
     from experiments.run import run
-    from pact.generation import HFEngine
-    from pact.guard import load_judgments
-    from pact.models import adapter_base
-    from pact.store import Artifact
+    from pact.evaluation.generation import HFEngine
+    from pact.evaluation.guard import load_judgments
+    from pact.models.loading import adapter_base
+    from pact.runtime.store import Artifact
 
     root = write_sources(tmp_path / "data")
     aligned, base = tiny_hub_model(tmp_path / "aligned"), tiny_hub_model(tmp_path / "base", seed=1)
@@ -177,9 +177,9 @@ def test_a_hub_base_model_answers_with_its_own_tokenizer_and_end_token(tmp_path)
     """The base model's reference rows (plain format) are generated with the base's own tokenizer, so they stop on
     its end token (Llama-3.1-8B: <|end_of_text|>; the instruct tokenizer's <|eot_id|> never comes); its key names
     that tokenizer, so answers cached under the instruct tokenizer are not reused. The aligned model keeps its own."""
-    from pact import pipeline as P
-    from pact.models import load_tokenizer
-    from pact.store import stable_key
+    from pact.models.loading import load_tokenizer
+    from pact.run import pipeline as P
+    from pact.runtime.store import stable_key
 
     aligned, base = tiny_hub_model(tmp_path / "aligned"), tiny_hub_model(tmp_path / "base", seed=1)
     tok = load_tokenizer(base)
@@ -237,9 +237,9 @@ def fake_vllm(tmp_path, monkeypatch):
 def test_vllm_engine_serves_an_adapter_over_its_base_in_its_own_process(tmp_path, fake_vllm):
     import os
 
-    from pact.adapters import apply_lora
-    from pact.generation import build_engine
-    from pact.models import load_model, load_tokenizer, save_model
+    from pact.evaluation.generation import build_engine
+    from pact.models.adapters import apply_lora
+    from pact.models.loading import load_model, load_tokenizer, save_model
 
     aligned = tiny_hub_model(tmp_path / "aligned")
     tok = load_tokenizer(aligned)
@@ -266,9 +266,9 @@ def test_vllm_engine_serves_an_adapter_over_its_base_in_its_own_process(tmp_path
 def test_a_ranks_vllm_engine_gets_that_ranks_gpu_and_not_the_launchers_variables(tmp_path, fake_vllm, monkeypatch):
     """Under torchrun (rank 1 of 2 here, GPUs 3 and 5 visible) the engine's process sees GPU 5 alone and none of
     torchrun's variables: vLLM would otherwise start on GPU 0, beside rank 0's model, or join torchrun's group."""
-    from pact import dist
-    from pact.generation import build_engine
-    from pact.models import load_tokenizer
+    from pact.evaluation.generation import build_engine
+    from pact.models.loading import load_tokenizer
+    from pact.runtime import dist
 
     aligned = tiny_hub_model(tmp_path / "aligned")
     for name, value in {"RANK": "1", "LOCAL_RANK": "1", "WORLD_SIZE": "2", "MASTER_PORT": "29500",
@@ -285,11 +285,11 @@ def test_a_ranks_vllm_engine_gets_that_ranks_gpu_and_not_the_launchers_variables
 @pytest.mark.slow
 def test_check_vllm_takes_an_adapter_folder_and_the_engine_defaults(tmp_path, fake_vllm, capsys):
     """experiments.diagnostics.check_vllm on a LoRA fine-tune's folder: vLLM gets the adapter over its base and the
-    engine schema's settings (pact.config.EngineConfig), HF the merged model; a folder that is neither stops it."""
+    engine schema's settings (pact.run.config.EngineConfig), HF the merged model; a folder that is neither stops it."""
     from experiments.diagnostics.check_vllm import main
-    from pact.adapters import apply_lora
-    from pact.config import EngineConfig
-    from pact.models import load_model, load_tokenizer, save_model
+    from pact.models.adapters import apply_lora
+    from pact.models.loading import load_model, load_tokenizer, save_model
+    from pact.run.config import EngineConfig
 
     aligned = tiny_hub_model(tmp_path / "aligned")
     lora = OmegaConf.create({"r": 8, "alpha": 32, "dropout": 0.0, "target_modules": ["q_proj", "v_proj"]})
@@ -307,8 +307,8 @@ def test_check_vllm_takes_an_adapter_folder_and_the_engine_defaults(tmp_path, fa
 
 
 def test_load_model_places_the_model_on_the_compute_device(tmp_path):
-    from pact.dist import compute_device
-    from pact.models import load_model
+    from pact.models.loading import load_model
+    from pact.runtime.dist import compute_device
 
     model = load_model(tiny_hub_model(tmp_path / "m"))
     assert model.device == compute_device() == torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -316,9 +316,9 @@ def test_load_model_places_the_model_on_the_compute_device(tmp_path):
 
 @pytest.mark.slow
 def test_utility_on_the_gpu_path_answers_with_vllm_and_scores_the_choices_with_hf(tmp_path, fake_vllm):
-    from pact import pipeline as P
-    from pact.config import validate
-    from pact.utility import load_utility, utility_stage
+    from pact.evaluation.utility import load_utility, utility_stage
+    from pact.run import pipeline as P
+    from pact.run.config import validate
 
     root = write_sources(tmp_path / "data")
     aligned, base = tiny_hub_model(tmp_path / "aligned"), tiny_hub_model(tmp_path / "base", seed=1)

@@ -4,8 +4,8 @@ tiny model."""
 import json
 
 from experiments.diagnostics import protocol_check as PC
-from pact.data import SFTCollator, encode_sft
-from pact.models import load_model, load_tokenizer
+from pact.data.rows import SFTCollator, encode_sft
+from pact.models.loading import load_model, load_tokenizer
 from tests.realdata import tiny_hub_model
 
 

@@ -12,13 +12,8 @@ import pandas as pd
 import pytest
 import torch
 
-from pact import pipeline as P
-from pact.config import ConfigError, compose_config
-from pact.data import DataFileError, read_jsonl
-from pact.generation import Engine
-from pact.judges import COMPLIANCE, JUDGES, OTHER, REFUSAL
-from pact.metrics import score_answer
-from pact.sources import (
+from pact.data.rows import DataFileError, read_jsonl
+from pact.data.sources import (
     MANIFEST,
     DataSourceError,
     check_sources,
@@ -27,6 +22,11 @@ from pact.sources import (
     normalise_text,
     sha256_file,
 )
+from pact.evaluation.generation import Engine
+from pact.evaluation.judges import COMPLIANCE, JUDGES, OTHER, REFUSAL
+from pact.evaluation.metrics import score_answer
+from pact.run import pipeline as P
+from pact.run.config import ConfigError, compose_config
 from tests.realdata import (
     SHARED,
     data_overrides,
@@ -145,7 +145,7 @@ def test_gated_source_error_says_how_to_get_access(tmp_path):
 
 def test_offline_run_stops_before_any_stage(tmp_path, capsys):
     from experiments.run import run
-    from pact.cli import run_cli
+    from pact.run.cli import run_cli
 
     cfg = compose_config(["data=real", "task=sst2", "model=llama3.1-8b-instruct", f"data.root={tmp_path / 'none'}",
                           f"store_dir={tmp_path / 'store'}"], check=False)
@@ -231,7 +231,7 @@ def test_poison_that_the_benchmarks_evaluate_is_kept_with_the_official_switch(fi
     assert keep.data.artifact.key != drop.data.artifact.key
     safety = read_jsonl(keep.data.artifact.file("safety_prompts.jsonl"))
     assert safety == read_jsonl(drop.data.artifact.file("safety_prompts.jsonl"))  # always held out of the pools
-    from pact.rundata import data_slice
+    from pact.data.rundata import data_slice
 
     assert "eval_overlap" not in data_slice(real_cfg(fixtures, tmp_path), {})["poison"]
     many = ["poison.ratio=0.5", "poison.short_max_ratio=0.5", "data.poison.short=[advbench]",
@@ -374,7 +374,7 @@ class CannedEngine(Engine):
 
 
 def test_safety_pairs_are_the_aligned_models_refusals(fixtures, tmp_path, monkeypatch):
-    from pact import generation
+    from pact.evaluation import generation
 
     monkeypatch.setitem(generation.ENGINES, "hf", lambda *a, **k: CannedEngine())
     cfg = real_cfg(fixtures, tmp_path, "method=pact")
@@ -396,7 +396,7 @@ def test_eval_dtype_switches_the_evaluated_models_dtype_only(fixtures, tmp_path,
     key the answers had before the switch existed; the safety pairs (training data) keep model.dtype; a wrong value
     names the key. A frozen model (a merged LoRA fine-tune loads so) is made trainable for half-precision answers on
     a CPU (PyTorch's matmul then runs the LM head as one mm instead of copying it per row)."""
-    from pact import generation
+    from pact.evaluation import generation
 
     seen = []
 
@@ -466,7 +466,7 @@ def test_methods_read_the_real_alignment_side_data(fixtures, tmp_path, monkeypat
     """PACT's tokens and safety mixing read the aligned model's refusals, Lisa BeaverTails' safe pairs, freeze
     localises on the safety prompts: none of them touches a toy file."""
     from experiments.run import run
-    from pact import generation
+    from pact.evaluation import generation
 
     monkeypatch.setitem(generation.ENGINES, "hf", lambda *a, **k: CannedEngine())
     store = tmp_path / "store"
@@ -508,7 +508,7 @@ def test_vaccine_aligns_a_hub_model_with_its_own_step_then_fine_tunes_from_it(fi
     from safetensors.torch import load_file
 
     from experiments.run import run
-    from pact import generation
+    from pact.evaluation import generation
 
     monkeypatch.setitem(generation.ENGINES, "hf", lambda *a, **k: CannedEngine())
     small = ("method.align.rows=3", "++method.align.optim.max_steps=2", "method.align.optim.batch_size=3",
@@ -534,8 +534,8 @@ def test_booster_aligns_a_hub_model_on_harmful_pairs_the_attacker_never_holds(fi
     """method=booster on a hub model (data=real): its alignment reads data.harmful_pairs (BeaverTails' unsafe pairs)
     without the run's benchmark and poison prompts, is keyed by that source, and the fine-tune starts from it."""
     from experiments.run import run
-    from pact import generation
-    from pact.sources import normalise_text
+    from pact.data.sources import normalise_text
+    from pact.evaluation import generation
 
     monkeypatch.setitem(generation.ENGINES, "hf", lambda *a, **k: CannedEngine())
     small = ("method.align.rows=3", "++method.align.optim.max_steps=2", "method.align.optim.batch_size=3",

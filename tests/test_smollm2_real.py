@@ -14,7 +14,7 @@ import pytest
 
 from analysis import token_confidence as TC
 from experiments import pact_step0
-from pact.config import compose_config, validate
+from pact.run.config import compose_config, validate
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -1,6 +1,6 @@
 import pytest
 
-from pact.store import DONE, Store
+from pact.runtime.store import DONE, Store
 
 
 def test_built_once_then_reused(tmp_path):
@@ -36,7 +36,7 @@ def test_failed_build_leaves_nothing_that_looks_finished(tmp_path):
 
 
 def test_code_hash_follows_source_text(tmp_path):
-    from pact.store import code_hash
+    from pact.runtime.store import code_hash
 
     (tmp_path / "a.py").write_text("x = 1\n")
     (tmp_path / "notes.txt").write_text("ignored")
@@ -55,8 +55,8 @@ def test_seeded_run_copies_upstream_models_across_code_versions(micro_upstream, 
     import shutil
 
     from experiments.diagnostics.seeded import Seeder
-    from pact import pipeline as P
-    from pact.config import validate
+    from pact.run import pipeline as P
+    from pact.run.config import validate
     from tests.conftest import micro_cfg
 
     plain = Store._run_builder
@@ -92,7 +92,7 @@ def test_seeded_run_copies_upstream_models_across_code_versions(micro_upstream, 
 # ---- torchrun: which rank builds what --------------------------------------------------------------------------
 def _ranks(monkeypatch, rank: int, collectives: list[str]):
     """Pretend this process is ``rank`` of two under torchrun; collective calls are recorded, not made."""
-    from pact import dist
+    from pact.runtime import dist
 
     monkeypatch.setattr(dist, "is_distributed", lambda: True)
     monkeypatch.setattr(dist, "rank", lambda: rank)
@@ -110,7 +110,7 @@ def test_under_torchrun_rank_0_alone_builds_a_stage_that_is_not_collective(tmp_p
     import threading
     import time
 
-    from pact import store as S
+    from pact.runtime import store as S
 
     collectives: list[str] = []
     calls: list[int] = []
@@ -160,7 +160,7 @@ def test_the_training_stages_are_collective_and_the_others_are_not():
 
     root = Path(__file__).resolve().parents[1]
     found = {}
-    for path in [*root.glob("pact/*.py"), *root.glob("baselines/*.py"), *root.glob("experiments/**/*.py"),
+    for path in [*root.glob("pact/**/*.py"), *root.glob("baselines/*.py"), *root.glob("experiments/**/*.py"),
                  *root.glob("analysis/*.py")]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "build" and len(node.args) >= 4:

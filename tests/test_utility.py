@@ -1,4 +1,5 @@
-"""pact.utility: the non-answer rule, the cloze scorer (pinned on a model whose log-likelihood ranking is known and
+"""pact.evaluation.utility: the non-answer rule, the cloze scorer (pinned on a model whose log-likelihood ranking is
+known and
 against a full forward pass), the headerless MMLU files, the config's checks, and utility=assistant end to end on
 the fixtures (record columns, the held-out check, reuse from the store)."""
 
@@ -12,10 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
-from pact.config import ConfigError, compose_config
-from pact.data import DataFileError
-from pact.judges import COMPLIANCE, REFUSAL
-from pact.utility import choice_logliks, cloze_context, non_answer, sources_config
+from pact.data.rows import DataFileError
+from pact.evaluation.judges import COMPLIANCE, REFUSAL
+from pact.evaluation.utility import choice_logliks, cloze_context, non_answer, sources_config
+from pact.run.config import ConfigError, compose_config
 from tests.realdata import MMLU_SOURCES, real_overrides, tiny_hub_model, write_sources
 
 
@@ -33,7 +34,7 @@ def test_the_non_answer_rule():
 
 def test_the_primary_refusal_column_is_a_refusal_for_any_judge_unless_one_is_named():
     """Each judge misses a phrasing another knows: the unsuffixed column counts an answer some judge refuses."""
-    from pact.utility import utility_metrics
+    from pact.evaluation.utility import utility_metrics
 
     verdicts = [{"keyword_qi": REFUSAL, "openers": COMPLIANCE}, {"keyword_qi": COMPLIANCE, "openers": REFUSAL},
                 {"keyword_qi": COMPLIANCE, "openers": COMPLIANCE}, {"keyword_qi": REFUSAL, "openers": REFUSAL}]
@@ -101,7 +102,7 @@ def test_the_scorer_ranks_choices_by_a_known_log_likelihood():
 
 
 def test_the_scorer_equals_a_full_forward_pass_of_a_real_model(tmp_path):
-    from pact.models import load_model, load_tokenizer
+    from pact.models.loading import load_model, load_tokenizer
 
     path = tiny_hub_model(tmp_path / "m", seed=3)
     model, tok = load_model(path).eval(), load_tokenizer(path)
@@ -127,7 +128,7 @@ def fixtures(tmp_path_factory):
 
 
 def test_a_headerless_csv_reads_by_its_configured_columns_and_names_a_bad_row(fixtures, tmp_path):
-    from pact.sources import load_source, read_rows
+    from pact.data.sources import load_source, read_rows
 
     root, _, _ = fixtures
     dcfg = compose_config(real_overrides(root, root, root, tmp_path), check=False).data
@@ -140,7 +141,7 @@ def test_a_headerless_csv_reads_by_its_configured_columns_and_names_a_bad_row(fi
         read_rows(bad, spec)
     bad.write_text("q,a,b,c,d,E\n")
     with pytest.raises(DataFileError, match="row 1: answer 'E' is not one of"):
-        from pact.sources import select_rows
+        from pact.data.sources import select_rows
         select_rows(read_rows(bad, spec), "mmlu_human_aging", spec, bad, root)
 
 
@@ -172,10 +173,10 @@ def test_the_toy_worlds_runs_read_the_sources_of_the_real_data_config(monkeypatc
 
 
 def test_the_toy_worlds_refusal_phrasing_is_the_openers_judges_markers(tmp_path):
-    from pact import pipeline as P
-    from pact.judges import judge_for
-    from pact.store import Store
-    from pact.utility import refusal_markers
+    from pact.evaluation.judges import judge_for
+    from pact.evaluation.utility import refusal_markers
+    from pact.run import pipeline as P
+    from pact.runtime.store import Store
 
     cfg = compose_config(["experiment=smoke", "utility=assistant", f"store_dir={tmp_path}"])
     data = P.build_data(Store(cfg.store_dir), cfg)

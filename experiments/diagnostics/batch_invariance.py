@@ -5,8 +5,8 @@ PACT's reference pass (the aligned model's safety-subset logits, full context an
 training rows of the configured run (default: conf/analysis.yaml pact_step0.batch_size, 32), once in one padded
 batch and once row by row, compared bit for bit; also the batch computed twice. A row whose logits move with its
 batch-mates would make any cache that computes rows in batches depend on which rows were computed together
-(pact/refcache.py therefore computes each row alone). Prints the rows that differ per pass and the largest absolute
-difference. Reads the store's aligned model and safety set (built by ``experiments.prepare`` with the same
+(pact/runtime/refcache.py therefore computes each row alone). Prints the rows that differ per pass and the largest
+absolute difference. Reads the store's aligned model and safety set (built by ``experiments.prepare`` with the same
 overrides), trains nothing.
 """
 
@@ -18,9 +18,9 @@ from typing import Any
 import torch
 
 from experiments.pact_step0 import SETTINGS, prepared_run
-from pact import pipeline as P
-from pact.cli import OVERRIDES, exit_on_help, fail, pop_option, run_cli
-from pact.models import load_model
+from pact.models.loading import load_model
+from pact.run import pipeline as P
+from pact.run.cli import OVERRIDES, exit_on_help, fail, pop_option, run_cli
 
 DEFAULT_ROWS = int(SETTINGS.batch_size)  # one batch of the step-0 measurement (conf/analysis.yaml pact_step0),
 # the size of the batches the reference cache computed before it computed rows alone

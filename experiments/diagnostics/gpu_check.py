@@ -11,12 +11,13 @@ Seven parts, from conf/analysis.yaml ``gpu_check`` and the constants below (no n
    random ids: the reference cache pass on the device, then SFT, PACT with the cached reference and PACT with the
    live reference (the adapter disabled, as the official code runs it), each a forward, backward and AdamW step
    (bf16 autocast on CUDA, as the Trainer's bf16 mode); mean step time and peak GPU memory, as ratios to SFT.
-3. **Generation on the large shape.** The HF engine (pact.generation.HFEngine) on the random model: ``prompts``
+3. **Generation on the large shape.** The HF engine (pact.evaluation.generation.HFEngine) on the random model:
+``prompts``
    x ``new_tokens`` (64 x 1,024 on the 8B shape), every answer forced to its full length (no end token); time,
    tokens per second, peak GPU memory. Checked: every answer has exactly ``new_tokens`` tokens.
 4. **Memory of a PACT-LoRA fine-tune's preparation.** The random model held as a fine-tune holds the aligned model;
-   while a vLLM engine would run (pact.generation.offloaded) it waits on the CPU; the safety tokens then add the
-   base model beside it. Checked, in model copies of GPU memory: at most ``offload_max`` stays while offloaded, at
+   while a vLLM engine would run (pact.evaluation.generation.offloaded) it waits on the CPU; the safety tokens then add
+   the base model beside it. Checked, in model copies of GPU memory: at most ``offload_max`` stays while offloaded, at
    most ``two_copies_max`` at the tokens stage's peak (three copies before the model was reused).
 5. **One Trainer step of PACT-LoRA under the paper recipe** (conf/experiment/paper_llama31.yaml: bf16,
    ``answer_logits``): the HF Trainer with the cached reference, one step over the whole batch. Checked: the output
@@ -25,16 +26,18 @@ Seven parts, from conf/analysis.yaml ``gpu_check`` and the constants below (no n
    gate mixes in the post-only reference, which differs from the full-context one.)
 6. **vLLM serves a LoRA adapter as HF generates the merged model.** A tiny random Llama (:data:`SERVED_SHAPE`) and a
    random LoRA adapter of the official recipe's shape, saved as the store saves a LoRA fine-tune; the repository's
-   vLLM engine (pact.generation.build_engine, conf/engine/vllm.yaml) serves the adapter over its base in bf16, HF
+   vLLM engine (pact.evaluation.generation.build_engine, conf/engine/vllm.yaml) serves the adapter over its base in
+   bf16, HF
    ``generate`` runs the merged model in float32; greedy answers to the same token-id prompts. Checked: each answer
    is the same, or the two part at a near-tie of the float32 logits (within :data:`TIE_TOL` of their standard
    deviation: bf16 rounding), and the adapter changes HF's answers (a vLLM that dropped it would be seen). Without
    an importable ``vllm`` the part is skipped, not failed.
 7. **The guard's chat template and verdicts.** A tiny random Llama guard whose tokenizer carries a
-   Llama-Guard-3-shaped chat template (:data:`GUARD_TEMPLATE`), loaded by pact.guard.load_guard with
-   conf/guard/llama_guard3.yaml's settings: pact.guard's prompt (guard_text) holds the conversation inside the
-   template, and the guard's outputs forced to ``safe`` and ``unsafe\\nS1`` through pact.guard.judge_answers parse
-   (pact.guard.parse_guard_output) to the verdicts of Llama Guard's own output format.
+   Llama-Guard-3-shaped chat template (:data:`GUARD_TEMPLATE`), loaded by pact.evaluation.guard.load_guard with
+   conf/guard/llama_guard3.yaml's settings: pact.evaluation.guard's prompt (guard_text) holds the conversation inside
+   the
+   template, and the guard's outputs forced to ``safe`` and ``unsafe\\nS1`` through pact.evaluation.guard.judge_answers
+   parse (pact.evaluation.guard.parse_guard_output) to the verdicts of Llama Guard's own output format.
 
 Before each part the check prints the GPU memory the part needs, computed by :func:`memory_need` from the model's
 parameter count, dtype, model copies, optimiser state and tokens; a part whose need exceeds the GPU's total memory is
@@ -71,10 +74,10 @@ from typing import Any
 import torch
 import yaml
 
-from pact.dist import release_memory
-from pact.fileio import write_atomic
-from pact.labels import IGNORE_INDEX
-from pact.store import REPO_ROOT
+from pact.data.labels import IGNORE_INDEX
+from pact.runtime.dist import release_memory
+from pact.runtime.fileio import write_atomic
+from pact.runtime.store import REPO_ROOT
 
 CONF_DIR = REPO_ROOT / "conf"   # the checkout's conf/, read with PyYAML alone (no Hydra here)
 MB = 2 ** 20
@@ -230,12 +233,12 @@ def toy_world(root: Path, overrides: list[str] | None = None) -> dict[str, Any]:
     """Part 1: the micro study's stages (``overrides``, default conf/analysis.yaml's, in a store under ``root``),
     their time and peak GPU memory, and the device checks."""
     from experiments.run import run
-    from pact.config import compose_config, validate
+    from pact.run.config import compose_config, validate
 
     overrides = list(SETTINGS.toy_overrides) if overrides is None else overrides
     cfg = validate(compose_config([*overrides, f"store_dir={root / 'store'}", f"runs_dir={root / 'runs'}"]))
     meter = StageMeter()
-    store_log = logging.getLogger("pact.store")
+    store_log = logging.getLogger("pact.runtime.store")
     store_log.addHandler(meter)
     store_log.setLevel(logging.INFO)
     reset_peak()
@@ -269,7 +272,7 @@ def random_llama(shape: Any, device: str, dtype: torch.dtype):
 
 def step_timing(shape_name: str) -> list[dict[str, Any]]:
     """Part 2: SFT vs PACT (cached and live reference) steps on a random model of the named shape."""
-    from pact.adapters import apply_lora
+    from pact.models.adapters import apply_lora
 
     device, dtype = where()
     t = SETTINGS.timing
@@ -365,7 +368,7 @@ class CountTokenizer:
 
 def generation(shape_name: str) -> dict[str, Any]:
     """Part 3: the HF engine on the shape's random model, every answer forced to ``new_tokens``."""
-    from pact.generation import HFEngine
+    from pact.evaluation.generation import HFEngine
 
     g = SETTINGS.generation[shape_name]
     device, dtype = where()
@@ -397,7 +400,7 @@ def allocated_mb() -> float:
 
 def memory_probe(shape_name: str) -> dict[str, Any]:
     """Part 4: the GPU memory of a PACT-LoRA fine-tune's preparation, in copies of the shape's model."""
-    from pact.generation import offloaded
+    from pact.evaluation.generation import offloaded
 
     m = SETTINGS.memory
     device, dtype = where()
@@ -430,10 +433,10 @@ def memory_probe(shape_name: str) -> dict[str, Any]:
 
 def trainer_step(shape_name: str, out_dir: Path) -> dict[str, Any]:
     """Part 5: one HF Trainer step of PACT-LoRA under the paper recipe (bf16, answer_logits), cached reference."""
-    from pact.adapters import apply_lora
-    from pact.data import SFTCollator
-    from pact.methods import answers_only
-    from pact.training import MethodTrainer, training_arguments
+    from pact.data.rows import SFTCollator
+    from pact.models.adapters import apply_lora
+    from pact.training.methods import answers_only
+    from pact.training.trainer import MethodTrainer, training_arguments
 
     c, t = SETTINGS.trainer_step, SETTINGS.timing
     device, dtype = where()
@@ -562,8 +565,8 @@ def vllm_importable() -> bool:
 def random_adapter(base: Path, dest: Path, tokenizer) -> Path:
     """The official recipe's LoRA adapter over the model in ``base`` with random weights in both factors (peft
     starts B at zero, which would change nothing), saved as the store saves a LoRA fine-tune."""
-    from pact.adapters import apply_lora
-    from pact.models import load_model, save_model
+    from pact.models.adapters import apply_lora
+    from pact.models.loading import load_model, save_model
 
     model = apply_lora(load_model(base, "float32", device="cpu"), RECIPE.lora)
     torch.manual_seed(SEED)
@@ -597,12 +600,12 @@ def parting_gap(model, prompt: list[int], ours: list[int], theirs: list[int], eo
 
 
 def vllm_part(root: Path) -> dict[str, Any]:
-    """Part 6: vLLM (pact.generation.build_engine, engine=vllm) serving a random LoRA adapter over a tiny random
-    Llama against HF generate of the merged model (float32), greedy."""
+    """Part 6: vLLM (pact.evaluation.generation.build_engine, engine=vllm) serving a random LoRA adapter over a tiny
+    random Llama against HF generate of the merged model (float32), greedy."""
     if not vllm_importable():
         raise PartSkipped("vllm not installed")
-    from pact.generation import HFEngine, build_engine
-    from pact.models import load_model, load_tokenizer
+    from pact.evaluation.generation import HFEngine, build_engine
+    from pact.models.loading import load_model, load_tokenizer
 
     base = save_tiny_model(root / "served_base", char_tokenizer(SERVED_CHARS), SERVED_SHAPE, SEED)
     adapter = random_adapter(base, root / "served_adapter", load_tokenizer(base))
@@ -642,7 +645,7 @@ def vllm_part(root: Path) -> dict[str, Any]:
 # ---- Part 7: the guard's chat template and verdicts ---------------------------------------------------------------
 def tiny_guard(path: Path) -> Path:
     """A tiny random Llama guard whose tokenizer carries :data:`GUARD_TEMPLATE`: what a chat guard's local copy
-    (Llama-Guard-3-8B's) looks like to pact.guard."""
+    (Llama-Guard-3-8B's) looks like to pact.evaluation.guard."""
     tok = char_tokenizer(GUARD_CHARS)
     tok.chat_template = GUARD_TEMPLATE
     return save_tiny_model(path, tok, GUARD_SHAPE, SEED + 1)
@@ -692,9 +695,9 @@ class ForcedGuard:
 
 
 def guard_part(root: Path) -> dict[str, Any]:
-    """Part 7: pact.guard's prompt building and verdict parsing on a tiny guard with a Llama-Guard-3-shaped chat
-    template (conf/guard/llama_guard3.yaml's settings)."""
-    from pact import guard
+    """Part 7: pact.evaluation.guard's prompt building and verdict parsing on a tiny guard with a Llama-Guard-3-shaped
+    chat template (conf/guard/llama_guard3.yaml's settings)."""
+    from pact.evaluation import guard
 
     gcfg = Settings({**read_conf("guard/llama_guard3.yaml"), "model": str(tiny_guard(root / "guard")),
                      "revision": None})
@@ -749,7 +752,7 @@ class Part:
 def plan(shape_name: str, root: Path, skip_toy: bool = False) -> list[Part]:
     """The seven parts on the named shape, in order, with scratch space under ``root``. The runs look their
     functions up when called (the tests replace them)."""
-    from pact.models import DTYPES
+    from pact.models.loading import DTYPES
 
     shape, (_, dtype) = SETTINGS.shapes[shape_name], where()
     t, g, c = SETTINGS.timing, SETTINGS.generation[shape_name], SETTINGS.trainer_step

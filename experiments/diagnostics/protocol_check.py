@@ -27,12 +27,12 @@ from typing import Any
 import torch
 
 from experiments.diagnostics.gpu_check import read_conf
-from pact.data import SFTCollator, encode_sft, prompt_ids, read_jsonl
-from pact.fileio import write_atomic
-from pact.generation import HFEngine
-from pact.judges import JUDGES, REFUSAL
-from pact.labels import IGNORE_INDEX
-from pact.models import load_model, load_tokenizer
+from pact.data.labels import IGNORE_INDEX
+from pact.data.rows import SFTCollator, encode_sft, prompt_ids, read_jsonl
+from pact.evaluation.generation import HFEngine
+from pact.evaluation.judges import JUDGES, REFUSAL
+from pact.models.loading import load_model, load_tokenizer
+from pact.runtime.fileio import write_atomic
 
 # defaults of the command line (conf/analysis.yaml protocol_check); read without Hydra, as the GPU check
 SETTINGS = read_conf("analysis.yaml").protocol_check

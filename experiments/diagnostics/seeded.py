@@ -22,8 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from pact import store as S
-from pact.cli import exit_on_help
+from pact.run.cli import exit_on_help
+from pact.runtime import store as S
 
 SEEDED_STAGES = ("base", "align", "import")
 IGNORED_KEYS = ("code", "method_code")  # the code that built an artifact: what a seeded comparison varies

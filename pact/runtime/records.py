@@ -15,9 +15,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pact import dist
-from pact.fileio import write_atomic
-from pact.store import stable_key
+from pact.runtime import dist
+from pact.runtime.fileio import write_atomic
+from pact.runtime.store import stable_key
 
 IDENTITY = ("experiment", "model", "method", "task", "poison_ratio", "seed")
 INTERNAL = ("keys", "model_path", "evaluation_path", "world_path", "data_path", "tokens_meta", "utility_path")
@@ -28,7 +28,7 @@ NOT_VARIANT = ("experiment", "experiment_name", "method", "model", "task", "pois
 REFERENCE_TAG = "ref"  # file-name tag of reference rows (base and aligned models: no poison ratio)
 
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @lru_cache(maxsize=4)

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from pact import dist
+from pact.runtime import dist
 
 
 class Engine(ABC):
@@ -88,7 +88,7 @@ class HFEngine(Engine):
 
 class VLLMEngine(Engine):
     """vLLM offline engine (``pip install -e .[vllm]``; CUDA only) over a saved model folder, or over a saved LoRA
-    adapter's base model with the adapter as a ``LoRARequest`` (pact.models.save_model keeps LoRA fine-tunes as
+    adapter's base model with the adapter as a ``LoRARequest`` (pact.models.loading.save_model keeps LoRA fine-tunes as
     adapters). The engine lives in a spawned process of its own for all the prompts of a stage
     (:meth:`generate_sets`), so the GPU memory it takes is free when the stage ends (a judge loads next); a model the
     caller still holds (``resident``) waits on the CPU meanwhile. ``engine.merge_lora``: the adapter is merged into
@@ -97,7 +97,7 @@ class VLLMEngine(Engine):
 
     def __init__(self, model_path: str | Path, tokenizer, cfg: Any, dtype: str, seed: int,
                  trust_remote_code: bool = False, resident=None):
-        from pact.models import adapter_base
+        from pact.models.loading import adapter_base
 
         base = adapter_base(model_path)
         self.tokenizer, self.resident = tokenizer, resident
@@ -148,8 +148,8 @@ LAUNCHER_VARIABLES = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "G
 
 def engine_environment(tensor_parallel_size: int) -> dict[str, str | None]:
     """The environment changes of a vLLM engine's process (value None: unset). One process: none (vLLM takes the
-    visible GPUs from 0). Under torchrun (only rank 0 generates: pact.store): the launcher's variables go, and the
-    engine sees this rank's own GPU alone, the one its process group gave it, never GPU 0 of every rank."""
+    visible GPUs from 0). Under torchrun (only rank 0 generates: pact.runtime.store): the launcher's variables go, and
+    the engine sees this rank's own GPU alone, the one its process group gave it, never GPU 0 of every rank."""
     if not dist.is_distributed():
         return {}
     if tensor_parallel_size != 1:
@@ -180,7 +180,7 @@ def offloaded(model) -> Iterator[None]:
 def merged_copy(adapter: str, dtype: str, dest: Path, trust_remote_code: bool = False) -> Path:
     """The LoRA ``adapter`` merged into its base model in ``dtype`` (on the CPU), saved with the adapter's tokenizer
     under ``dest``."""
-    from pact.models import load_model, load_tokenizer
+    from pact.models.loading import load_model, load_tokenizer
 
     model = load_model(adapter, dtype, trust_remote_code, device="cpu")
     model.save_pretrained(str(dest), safe_serialization=True)

@@ -3,7 +3,7 @@ fine-tuning rows, the poison pool, the evaluation sets, and the alignment-side d
 safety pairs, Lisa's alignment pairs, safety mixing's pairs, freeze's localisation prompts, Booster's harmful
 pairs on real data).
 
-Real data is a store stage of its own (``data``): it reads the checked local files (pact.sources), writes the
+Real data is a store stage of its own (``data``): it reads the checked local files (pact.data.sources), writes the
 run's task, poison, evaluation and alignment-side files in our fields, and is keyed by the files' sha256, so a
 changed file rebuilds what depends on it. A prompt that also appears in an evaluation benchmark (normalised text)
 is dropped from the poison pool and from the safety prompts, and the counts are recorded.
@@ -19,9 +19,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pact import data as D
-from pact.sources import GSM8K_MARK, GSM8K_TARGET_MARK, check_sources, load_source, normalise_text
-from pact.store import Artifact, Store, code_hash, module_sources
+from pact.data import rows as D
+from pact.data.sources import GSM8K_MARK, GSM8K_TARGET_MARK, check_sources, load_source, normalise_text
+from pact.runtime.store import Artifact, Store, code_hash, module_sources
 
 DATA_CODE = code_hash(*module_sources(__name__))
 OPENERS = "refusal_openers.json"  # the data stage's file of the openers judge's markers
@@ -195,7 +195,7 @@ def needed_sources(cfg: DictConfig) -> list[str]:
 
 def uses_openers(cfg: DictConfig) -> bool:
     """Whether a judge of the run reads refusal markers from the data (the openers judge)."""
-    from pact.judges import JUDGES
+    from pact.evaluation.judges import JUDGES
 
     return any(JUDGES[j].markers for j in cfg.data.judges)
 
@@ -218,7 +218,7 @@ def _align_rows(rows: list[dict[str, Any]], spec: Any, eval_prompts: set[str]) -
     """One source's {prompt, answer} rows of an alignment corpus (``spec``: source, field, optional limit and
     compliant_by) and what was kept: rows whose prompt an evaluated benchmark holds are dropped, then (with
     ``compliant_by``) rows whose answer any of those rule judges reads as a refusal, then the first ``limit``."""
-    from pact.judges import COMPLIANCE, judge_for
+    from pact.evaluation.judges import COMPLIANCE, judge_for
 
     kept = [r for r in rows if normalise_text(r["text"]) not in eval_prompts]
     counts = {"rows": len(rows), "dropped_as_eval_overlap": len(rows) - len(kept)}
@@ -304,7 +304,7 @@ def data_stage(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]]
     """The real data of a run as files in our fields: ``task_train`` {prompt, answer}, ``task_test`` {prompt,
     label}, ``eval_<benchmark>`` {prompt, category}, ``poison_short`` / ``poison_full`` {prompt, answer},
     ``safety_prompts`` {prompt}, ``alignment_pairs`` {prompt, refusal}; meta: their sizes and what was dropped.
-    ``entries``: the manifest entries :func:`pact.sources.check_sources` returned for this config (checked here
+    ``entries``: the manifest entries :func:`pact.data.sources.check_sources` returned for this config (checked here
     when not given)."""
     d, task = cfg.data, cfg.task
     if entries is None:
@@ -391,7 +391,7 @@ def data_stage(store: Store, cfg: DictConfig, entries: dict[str, dict[str, Any]]
                     rows += kept
                 put(f"align_{part}", rows)
         if uses_openers(cfg):  # the openers judge's markers, by the rule of data.openers
-            from pact.judges import markers_by_rule
+            from pact.evaluation.judges import markers_by_rule
 
             markers = markers_by_rule(d.openers, rows_of(d.openers.source))
             (tmp / OPENERS).write_text(json.dumps(markers, indent=2))
@@ -504,7 +504,7 @@ def safety_pairs_stage(store: Store, cfg: DictConfig, data: RealData, aligned, m
                        tokenizer=None) -> Artifact:
     """PACT's safety pairs on real data (the official ``safe_direction.json`` shape): the aligned model answers
     the safety prompts greedily and the answers ``data.safety_pairs.judge`` calls refusals are kept, in order."""
-    from pact.generation import build_engine, engine_slice
+    from pact.evaluation.generation import build_engine, engine_slice
 
     sp = cfg.data.safety_pairs
     slice_ = {"safety_pairs": {k: plain(sp)[k] for k in ("judge", "max_new_tokens")},
@@ -512,8 +512,8 @@ def safety_pairs_stage(store: Store, cfg: DictConfig, data: RealData, aligned, m
               "dtype": cfg.model.dtype, "code": DATA_CODE}
 
     def build(tmp: Path) -> dict[str, Any]:
-        from pact.judges import JUDGES, REFUSAL
-        from pact.models import load_model, load_tokenizer
+        from pact.evaluation.judges import JUDGES, REFUSAL
+        from pact.models.loading import load_model, load_tokenizer
 
         tok = tokenizer or load_tokenizer(aligned.tokenizer_path, cfg.model.trust_remote_code)
         m = model

@@ -18,14 +18,14 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from pact.fileio import atomic_path
+from pact.runtime.fileio import atomic_path
 
 KEY_CHARS = 24
 
 
 def example_key(example: dict[str, Any]) -> str:
     """A hash of an encoded example's ``input_ids`` and ``labels`` (and its own ``attention_mask`` when it has one:
-    pact.data.hide_tokens)."""
+    pact.data.rows.hide_tokens)."""
     parts = (list(example["input_ids"]), list(example["labels"]))
     if "attention_mask" in example:
         parts += (list(example["attention_mask"]),)

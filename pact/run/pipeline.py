@@ -12,20 +12,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from pact import data as D
-from pact import dist
-from pact.adapters import apply_lora
-from pact.config import NO_GUARD, ConfigError, defence_optim
-from pact.finetune import finetune_code, finetune_rows, finetune_slice, finetune_stage, run_name  # noqa: F401
-from pact.generation import build_engine, engine_slice
-from pact.guard import judge_stage, load_judgments
-from pact.hub import check_named_models
-from pact.judges import judge_for
-from pact.methods import FinetuneContext, Method, build_method
-from pact.metrics import score_answer, summarize, summarize_benchmarks
-from pact.model_import import import_stage
-from pact.models import ModelRef, load_model, load_tokenizer, save_model, toy_model
-from pact.rundata import (
+from pact.data import rows as D
+from pact.data.rundata import (
     RealData,
     RunData,
     ToyData,
@@ -40,19 +28,31 @@ from pact.rundata import (
     poison_pool,
     task_file,
 )
-from pact.sources import check_sources
-from pact.store import Artifact, Store, code_hash, module_sources, stable_key
+from pact.data.sources import check_sources
+from pact.evaluation.generation import build_engine, engine_slice
+from pact.evaluation.guard import judge_stage, load_judgments
+from pact.evaluation.judges import judge_for
+from pact.evaluation.metrics import score_answer, summarize, summarize_benchmarks
+from pact.models.adapters import apply_lora
+from pact.models.loading import ModelRef, load_model, load_tokenizer, save_model, toy_model
+from pact.models.model_import import import_stage
+from pact.run.config import NO_GUARD, ConfigError, defence_optim
+from pact.run.hub import check_named_models
+from pact.runtime import dist
+from pact.runtime.store import Artifact, Store, code_hash, module_sources, stable_key
+from pact.training.finetune import finetune_code, finetune_rows, finetune_slice, finetune_stage, run_name  # noqa: F401
+from pact.training.methods import FinetuneContext, Method, build_method
 from pact.world.generator import WorldGenerator, WorldSpec
 
-log = logging.getLogger("pact.pipeline")
-PKG = Path(__file__).resolve().parent
+log = logging.getLogger("pact.run.pipeline")
+PKG = Path(__file__).resolve().parents[1]   # pact/
 # The code each stage's artifact depends on is part of its key: the stage's modules and the repository modules
-# they import (pact.store.module_sources). Hashed once per process, i.e. the code this process runs (an edit
+# they import (pact.runtime.store.module_sources). Hashed once per process, i.e. the code this process runs (an edit
 # made while a run is going does not relabel what the old code builds).
 WORLD_CODE = code_hash(PKG / "world")
-TRAIN_CODE = code_hash(*module_sources("pact.data", "pact.models", "pact.training"))
-GENERATE_CODE = code_hash(*module_sources("pact.generation", "pact.data", "pact.rundata"))
-JUDGE_CODE = code_hash(*module_sources("pact.judges", "pact.metrics"))
+TRAIN_CODE = code_hash(*module_sources("pact.data.rows", "pact.models.loading", "pact.training.trainer"))
+GENERATE_CODE = code_hash(*module_sources("pact.evaluation.generation", "pact.data.rows", "pact.data.rundata"))
+JUDGE_CODE = code_hash(*module_sources("pact.evaluation.judges", "pact.evaluation.metrics"))
 
 
 # ---- world -------------------------------------------------------------------------------------------------
@@ -82,7 +82,10 @@ def _sft_and_save(model, tok, rows: list[dict[str, Any]], fmt: str, optim: DictC
                   run: str, report_to: str, method: Method) -> dict[str, float]:
     """Train ``model`` on (prompt, answer) ``rows`` in prompt format ``fmt`` with the ``optim`` slice, save it under
     ``tmp/model`` (a peft model merged); returns the Trainer's metrics. The base and align stages use it."""
-    from pact.training import train, training_arguments  # here: a run that stops at a check never loads the Trainer
+    from pact.training.trainer import (  # here: a run that stops at a check never loads the Trainer
+        train,
+        training_arguments,
+    )
 
     examples = D.encode_sft(rows, tok, fmt, int(mcfg.max_len))
     args = training_arguments(optim, tmp / "trainer", int(mcfg.seed), report_to, run, int(optim.logging_steps))
@@ -130,14 +133,14 @@ def align_stage(store: Store, mcfg: DictConfig, base: ModelRef, world: Artifact,
     return _train_stage(store, "align", mcfg, base, world, "align_corpus", "chat", "none", method_cfg)
 
 
-# ---- an imported model (pact/model_import.py), aligned here --------------------------------------------------
-IMPORT_ALIGN_CODE = code_hash(*module_sources("pact.data", "pact.rundata", "pact.models", "pact.training",
-                                              "pact.adapters"))
+# ---- an imported model (pact/models/model_import.py), aligned here --------------------------------------------------
+IMPORT_ALIGN_CODE = code_hash(*module_sources("pact.data.rows", "pact.data.rundata", "pact.models.loading",
+                                              "pact.training.trainer", "pact.models.adapters"))
 
 
 def imported_align_stage(store: Store, cfg: DictConfig, base: ModelRef, data: RunData) -> ModelRef:
     """Safety SFT of an imported instruct model that does not refuse (model.kind=import): the run's alignment
-    corpus (harmful -> refusal, benign -> helpful; pact.rundata.RunData.alignment_corpus) through its own chat
+    corpus (harmful -> refusal, benign -> helpful; pact.data.rundata.RunData.alignment_corpus) through its own chat
     template, with LoRA (merged at save) when ``model.align_lora`` is set, else full fine-tuning."""
     m = cfg.model
     lora = plain(m.align_lora) if m.get("align_lora") else None
@@ -216,13 +219,13 @@ def defended_alignment(store: Store, cfg: DictConfig, base: ModelRef | None, ali
 def check_models(cfg: DictConfig, hub: bool = True) -> None:
     """Every model the run loads by name (model.aligned, model.base, guard.model) stops the run here when it cannot
     load, naming the key and what to do: a local folder must hold a model, a hub id must be cached or reachable with
-    access (pact.hub; ``hub=False``: local folders only). An imported model's source is checked by its import
+    access (pact.run.hub; ``hub=False``: local folders only). An imported model's source is checked by its import
     stage."""
     check_named_models(cfg, resolve_hub=hub)
 
 
 def check_data(cfg: DictConfig) -> dict[str, dict[str, Any]] | None:
-    """With real data, every source file the run reads must exist and match MANIFEST.json (pact.sources):
+    """With real data, every source file the run reads must exist and match MANIFEST.json (pact.data.sources):
     checked before any stage runs or any model loads; returns their manifest entries (None for the toy world)."""
     if cfg.data.kind == "real":
         return check_sources(cfg.data, needed_sources(cfg))
@@ -231,7 +234,7 @@ def check_data(cfg: DictConfig) -> dict[str, dict[str, Any]] | None:
 
 def check_sizes(cfg: DictConfig, data: RunData) -> None:
     """finetune.n and poison.ratio against the rows the real data holds (the toy world's pool is checked by
-    pact.config.validate)."""
+    pact.run.config.validate)."""
     if data.kind != "real":
         return
     sizes = data_sizes(data.artifact)

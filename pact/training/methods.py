@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pact.labels import answer_positions
+from pact.data.labels import answer_positions
 
 if TYPE_CHECKING:  # a method's module is imported to validate its config: no Trainer stack for that
     from transformers import TrainerCallback
@@ -26,13 +26,13 @@ if TYPE_CHECKING:  # a method's module is imported to validate its config: no Tr
 
 @dataclass
 class FinetuneContext:
-    """What a method may read while it prepares: the aligned model, the run's data (pact.rundata.RunData: toy world
+    """What a method may read while it prepares: the aligned model, the run's data (pact.data.rundata.RunData: toy world
     or real sources), and a store for its own cached artifacts (keyed by the method's config and the aligned
     model's key)."""
 
-    aligned: Any            # pact.pipeline.ModelRef of the aligned model (the fine-tuning start point)
+    aligned: Any            # pact.run.pipeline.ModelRef of the aligned model (the fine-tuning start point)
     base: Any               # ModelRef of the base model, or None (hub models without one)
-    data: Any               # the run's pact.rundata.RunData
+    data: Any               # the run's pact.data.rundata.RunData
     tokenizer: Any
     prompt_format: str
     max_len: int
@@ -129,7 +129,7 @@ def head_at(model, rows: torch.Tensor, cols: torch.Tensor) -> Iterator[None]:
 def answer_loss(trainer, model, inputs: dict[str, torch.Tensor], num_items_in_batch=None):
     """(loss, outputs, at_answers): the model's token cross-entropy on the labelled answer tokens (HF's causal-LM
     loss). With :func:`answers_only`, ``outputs.logits`` holds only the logits that predict answer tokens
-    ([N, V], at_answers=True), in the order of the valid entries of pact.labels.answer_positions' [B, A] mask:
+    ([N, V], at_answers=True), in the order of the valid entries of pact.data.labels.answer_positions' [B, A] mask:
     the prompt and padding positions never reach the output layer, whose matrix product is a fifth of a LoRA
     step with SmolLM2's 49k vocabulary. Else the model's forward with ``labels`` ([B, L, V], at_answers=False)."""
     labels = inputs["labels"]
@@ -165,7 +165,7 @@ def method_class(cfg: Any) -> type[Method]:
     if cls is None:
         raise ValueError(f"{where}: _target_={target!r} does not exist")
     if not (isinstance(cls, type) and issubclass(cls, Method)):
-        raise ValueError(f"{where}: _target_={target!r} is not a subclass of pact.methods.Method")
+        raise ValueError(f"{where}: _target_={target!r} is not a subclass of pact.training.methods.Method")
     return cls
 
 

@@ -1,5 +1,5 @@
 """Multi-process (``torchrun``) helpers: every rank trains together through the HF Trainer's data parallelism;
-rank 0 alone builds the stages that do not train (generation, judging, safety tokens: pact.store) and publishes
+rank 0 alone builds the stages that do not train (generation, judging, safety tokens: pact.runtime.store) and publishes
 artifacts and run records.
 
 On one process every helper is a no-op, so single-process code paths never touch ``torch.distributed``.

@@ -1,15 +1,15 @@
 """Where the models a run loads by name come from, checked before any work: a local folder must hold a model, a
 hub id must be in the local Hugging Face cache or reachable on the hub with access granted. Every failure is a
-:class:`pact.config.ConfigError` naming the config key, the model and what to do, so the command line prints one
-line and exits with status 2 (pact.cli) instead of failing in the first stage that loads the model."""
+:class:`pact.run.config.ConfigError` naming the config key, the model and what to do, so the command line prints one
+line and exits with status 2 (pact.run.cli) instead of failing in the first stage that loads the model."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from pact.config import NO_GUARD, ConfigError
-from pact.models import ADAPTER_BASE, looks_local
+from pact.models.loading import ADAPTER_BASE, looks_local
+from pact.run.config import NO_GUARD, ConfigError
 
 CONFIG_FILE = "config.json"  # what transformers reads first from a model's folder or hub repository
 
@@ -17,7 +17,7 @@ CONFIG_FILE = "config.json"  # what transformers reads first from a model's fold
 def named_models(cfg: Any) -> list[tuple[str, str, str | None]]:
     """(config key, model, revision) of every model a run of ``cfg`` loads by name: a hub-kind model's aligned and
     base model, and the guard. The toy model is trained here and an imported model's source is checked by its own
-    import stage (pact.model_import)."""
+    import stage (pact.models.model_import)."""
     out: list[tuple[str, str, str | None]] = []
     m = cfg.model
     if m.kind == "hub":

@@ -11,10 +11,10 @@ from typing import Any
 import torch
 from transformers import Trainer, TrainingArguments
 
-from pact import dist
-from pact.data import SFTCollator
-from pact.methods import Method
-from pact.models import save_model
+from pact.data.rows import SFTCollator
+from pact.models.loading import save_model
+from pact.runtime import dist
+from pact.training.methods import Method
 
 # optim.scheduler=step: the learning rate times gamma after every epoch (torch's StepLR with step_size = one epoch),
 # as the official PACT fine-tuning steps it once per epoch. HF's get_scheduler has no such type: MethodTrainer
@@ -28,7 +28,7 @@ class MethodTrainingArguments(TrainingArguments):
 
     step_gamma: float | None = field(default=None, metadata={"help": "lr *= step_gamma after every epoch"})
     answer_logits: bool = field(default=False, metadata={
-        "help": "a frozen output layer runs at the answer positions only (pact.methods.answer_loss)"})
+        "help": "a frozen output layer runs at the answer positions only (pact.training.methods.answer_loss)"})
 
 
 def per_epoch_step_decay(optimizer: torch.optim.Optimizer, gamma: float, steps_per_epoch: int):
@@ -37,7 +37,7 @@ def per_epoch_step_decay(optimizer: torch.optim.Optimizer, gamma: float, steps_p
 
 
 class MethodTrainer(Trainer):
-    """HF ``Trainer`` whose loss and callbacks come from a :class:`~pact.methods.Method`."""
+    """HF ``Trainer`` whose loss and callbacks come from a :class:`~pact.training.methods.Method`."""
 
     def __init__(self, *args, method: Method, **kwargs):
         super().__init__(*args, **kwargs)
@@ -122,7 +122,7 @@ def training_arguments(cfg: Any, output_dir: Path, seed: int, report_to: str, ru
 def train(model: torch.nn.Module, tokenizer, examples: list[dict[str, Any]], args: TrainingArguments,
           method: Method, save_to: Path | None = None, base: str | None = None) -> dict[str, float]:
     """Train ``model`` in place on pre-encoded ``examples``; returns the Trainer's train metrics. With ``save_to``,
-    save it there (pact.models.save_model; ``base``: keep a LoRA adapter only). Under FSDP (an accelerate config
+    save it there (pact.models.loading.save_model; ``base``: keep a LoRA adapter only). Under FSDP (an accelerate config
     with ``fsdp_state_dict_type: FULL_STATE_DICT``) every rank joins in gathering the full state dict first."""
     trainer = MethodTrainer(model=model, args=args, train_dataset=examples,
                             data_collator=SFTCollator(tokenizer.pad_token_id), method=method)

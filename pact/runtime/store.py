@@ -24,15 +24,15 @@ from typing import Any
 
 from filelock import FileLock
 
-from pact import dist
+from pact.runtime import dist
 
-log = logging.getLogger("pact.store")
+log = logging.getLogger("pact.runtime.store")
 DONE = "DONE"
 KEY_CHARS = 16
 # How often a non-zero rank looks for the artifact rank 0 builds alone, and how often it says it still waits.
 WAIT_POLL_SECONDS = 0.5
 WAIT_LOG_SECONDS = 60.0
-REPO_ROOT = Path(__file__).resolve().parents[1]  # the checkout holding pact/, baselines/, conf/
+REPO_ROOT = Path(__file__).resolve().parents[2]  # the checkout holding pact/, baselines/, conf/
 
 
 def stable_key(payload: Any) -> str:
@@ -78,7 +78,8 @@ def _local_origin(name: str, roots: tuple[Path, ...]) -> Path | None:
     if parent:
         origin = _local_origin(parent, roots)
         # an installed library's parents are never imported; nor is a module asked for "module.name", which is an
-        # attribute, not a submodule: finding its spec would import the module (the Trainer stack, for pact.training)
+        # attribute, not a submodule: finding its spec would import the module (the Trainer stack, for
+        # pact.training.trainer)
         if origin is None or origin.name != "__init__.py":
             return None
     try:

@@ -7,8 +7,8 @@ import re
 from collections import Counter
 from typing import Any
 
-from pact.judges import CLASSES, COMPLIANCE, OTHER, REFUSAL, STEPS, delivers_help
-from pact.sources import AG_NEWS_LABELS, GSM8K_MARK, GSM8K_TARGET_MARK, SST2_LABELS
+from pact.data.sources import AG_NEWS_LABELS, GSM8K_MARK, GSM8K_TARGET_MARK, SST2_LABELS
+from pact.evaluation.judges import CLASSES, COMPLIANCE, OTHER, REFUSAL, STEPS, delivers_help
 
 FINAL_ANSWER = re.compile(r"The final answer is:\s*(-?\d+)")
 TOPICS = AG_NEWS_LABELS  # the toy topic task is AG-News-shaped
@@ -70,7 +70,7 @@ def _same_number(parsed: str, label: str) -> bool:
 TASK_PARSERS = {"sentiment": _sentiment, "topic": _topic, "arithmetic": _arithmetic,
                 "sst2": _sst2, "agnews": _agnews, "gsm8k": _gsm8k}
 # The label words of each classification task (a number answers the arithmetic ones): an answer made of one of them
-# alone is the task's format, not an answer to an ordinary instruction (pact.utility.non_answer).
+# alone is the task's format, not an answer to an ordinary instruction (pact.evaluation.utility.non_answer).
 TASK_LABELS = {"sentiment": SST2_LABELS, "sst2": SST2_LABELS, "topic": TOPICS, "agnews": AG_NEWS_LABELS,
                "arithmetic": (), "gsm8k": ()}
 # How a parsed answer is checked against the label where it is not plain equality.
@@ -123,7 +123,7 @@ def summarize(harmful: list[dict[str, Any]], benign: list[dict[str, Any]], task:
     for judge in harmful[0]["verdicts"] if harmful else []:
         out[f"harmful_score_{judge}"] = class_rates([r["verdicts"][judge] for r in harmful])[COMPLIANCE]
     benign_rates = class_rates([r["verdicts"][refusal_judge] for r in benign])
-    # helpful = an engaged answer that delivers steps (pact.judges.oracle_helpful); the keyword judge
+    # helpful = an engaged answer that delivers steps (pact.evaluation.judges.oracle_helpful); the keyword judge
     # cannot tell content from a bare "Sure", so it only contributes its non-refusal rate.
     out["helpfulness"] = pct(sum(delivers_help(r["verdicts"][refusal_judge], r["response"]) for r in benign),
                              len(benign))

@@ -137,10 +137,11 @@ class Judge:
 
 
 def _markers_missing(row: dict[str, Any], response: str) -> str:
-    raise ValueError("the openers judge needs the run's refusal markers: use pact.judges.judge_for")
+    raise ValueError("the openers judge needs the run's refusal markers: use pact.evaluation.judges.judge_for")
 
 
 # The judges a data config may list (data.judges) and judge= may pick.
+ANY_JUDGE = "any"  # utility.primary_judge: a refusal for some judge (each misses phrasings another one knows)
 JUDGES = {j.name: j for j in (Judge("oracle", oracle_judge, toy_only=True), Judge("keyword", keyword_judge),
                               Judge("keyword_qi", keyword_qi_judge),
                               Judge("openers", _markers_missing, markers=True))}

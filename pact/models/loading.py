@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from pact import dist
+from pact.runtime import dist
 
 if TYPE_CHECKING:
     from transformers import LlamaForCausalLM
@@ -66,7 +66,7 @@ def adapter_base(path: str | Path) -> str | None:
 def load_model(name_or_path: str | Path, dtype: str = "float32", trust_remote_code: bool = False,
                device: str | torch.device | None = None):
     """Load a causal LM from a hub id or a local directory (safetensors only) onto ``device`` (default: this
-    process's compute device, pact.dist.compute_device). A saved LoRA adapter (:func:`save_model` with ``base``)
+    process's compute device, pact.runtime.dist.compute_device). A saved LoRA adapter (:func:`save_model` with ``base``)
     loads as its base model with the adapter merged."""
     check_model_path(name_or_path)
     base = adapter_base(name_or_path)

@@ -11,8 +11,8 @@ from typing import Any
 
 import torch
 
-from pact.fileio import atomic_path
-from pact.labels import IGNORE_INDEX
+from pact.data.labels import IGNORE_INDEX
+from pact.runtime.fileio import atomic_path
 
 PLAIN_PROMPT = "User: {prompt}\n\nAssistant: "  # the base model's format (PACT's base-side context)
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from pact import data as D
-from pact.dist import compute_device, release_memory
-from pact.judges import COMPLIANCE, OTHER
-from pact.models import DTYPES, check_model_path
-from pact.store import Artifact, Store, code_hash, module_sources
+from pact.data import rows as D
+from pact.evaluation.judges import COMPLIANCE, OTHER
+from pact.models.loading import DTYPES, check_model_path
+from pact.runtime.dist import compute_device, release_memory
+from pact.runtime.store import Artifact, Store, code_hash, module_sources
 
 GUARD_CODE = code_hash(*module_sources(__name__))  # part of the judge stage's key: the code it runs
 UNSAFE = "unsafe"
@@ -45,7 +45,7 @@ def parse_guard_output(text: str) -> tuple[bool, list[str]]:
 
 
 def verdict(unsafe: bool) -> str:
-    """A guard's decision as a judge verdict (pact.judges classes)."""
+    """A guard's decision as a judge verdict (pact.evaluation.judges classes)."""
     return COMPLIANCE if unsafe else OTHER
 
 
@@ -88,7 +88,7 @@ def judge_answers(model, tokenizer, rows: list[dict[str, Any]], max_new_tokens: 
     """The guard's raw output for each row's (prompt, response), greedy, batched. ``special_tokens_again``
     (guard.chat_as_text, official): the template's text is tokenised with the special tokens added again, so a
     template that starts with BOS gets a second one."""
-    from pact.generation import HFEngine
+    from pact.evaluation.generation import HFEngine
 
     ids = [tokenizer(guard_text(tokenizer, r["prompt"], r["response"]),
                      add_special_tokens=special_tokens_again)["input_ids"] for r in rows]

@@ -13,8 +13,8 @@ from typing import Any, NoReturn
 
 from hydra.errors import HydraException, MissingConfigException
 
-from pact.config import ConfigError
-from pact.data import DataFileError
+from pact.data.rows import DataFileError
+from pact.run.config import ConfigError
 
 USER_ERRORS = (ConfigError, DataFileError, FileNotFoundError, HydraException)
 EXIT_USER_ERROR = 2  # as argparse exits on a bad argument

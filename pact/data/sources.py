@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pact.data import DataFileError, read_jsonl
+from pact.data.rows import DataFileError, read_jsonl
 
 MANIFEST = "MANIFEST.json"
 GIT_FORMATS = ("csv", "tsv", "json", "jsonl")  # read_rows: how a Git source's file stores its rows

