@@ -209,7 +209,7 @@ real-smoke: setup ## the real-data path on fixture files and a tiny Llama (~20 s
 paper-dry-run: setup ## experiment=paper_llama31's whole grid (40 runs + 3 full-parameter + Vaccine's route) on CPU: fixtures, tiny Llama-3 stand-ins, 1 step, two runs at a time (~3 min without AVX-512 bf16) -> outputs/paper_dry_run/
 	$(PY) -m tests.paper_dry_run outputs/paper_dry_run
 
-test: setup ## every test (under 9 min with AVX-512 bf16, ~12-13 without; + ~1 min creating .venv)
+test: setup ## every test (under 9 min with AVX-512 bf16, ~11-12 without; + ~1 min creating .venv)
 	$(PY) -m pytest -q
 
 test-fast: setup ## the tests not marked slow (no subprocess, torchrun, kill/restart, none over ~3 s): ~1-1.5 min
