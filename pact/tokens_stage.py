@@ -92,12 +92,11 @@ def intra_op_threads(n: int) -> Iterator[None]:
 
 def tokens_stage(store, tcfg: Any, aligned, base, data, dtype: str = "float32", trust_remote_code: bool = False,
                  model=None, tokenizer=None):
-    """The safety-token direction as a store artifact (``direction.safetensors``: v and r; ``meta.json``: S with
-    each token decoded, its mean aligned probability r and its weight v). Needs the base model. The pairs:
+    """The safety-token direction as a store artifact (``direction.safetensors``: v and r; ``meta.json``: S with each
+    token decoded, its mean aligned probability r and its weight v). Needs the base model. The pairs:
     ``tcfg.pairs_file`` when set, else the run's data (pact.data.rundata.RunData.safety_pairs). ``model`` and
-    ``tokenizer``,
-    the aligned model already loaded, answer the safety prompts and make the aligned passes, instead of a second
-    copy (with vLLM the model waits on the CPU while the engine runs)."""
+    ``tokenizer``, the aligned model already loaded, answer the safety prompts and make the aligned passes, instead of a
+    second copy (with vLLM the model waits on the CPU while the engine runs)."""
     from safetensors.torch import save_file
 
     from pact.data import rows as D

@@ -1,6 +1,6 @@
 """Guard model judges (pact/evaluation/guard.py): parsing of guard outputs, and the whole judge path on a tiny guard
-that this
-test builds (the text actually sent checked against the guard's template), into the report's agreement rows."""
+that this test builds (the text actually sent checked against the guard's template), into the report's agreement
+rows."""
 
 import json
 from pathlib import Path

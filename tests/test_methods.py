@@ -1,5 +1,5 @@
-"""pact.training.methods.answer_loss: a frozen output layer at the answer positions only gives the same weights to the
-bit."""
+"""pact.training.methods.answer_loss: a frozen output layer at the answer positions only gives the same weights
+to the bit."""
 
 from types import SimpleNamespace
 

@@ -1,7 +1,6 @@
 """pact.evaluation.utility: the non-answer rule, the cloze scorer (pinned on a model whose log-likelihood ranking is
-known and
-against a full forward pass), the headerless MMLU files, the config's checks, and utility=assistant end to end on
-the fixtures (record columns, the held-out check, reuse from the store)."""
+known and against a full forward pass), the headerless MMLU files, the config's checks, and utility=assistant end to end
+on the fixtures (record columns, the held-out check, reuse from the store)."""
 
 from __future__ import annotations
 

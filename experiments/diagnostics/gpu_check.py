@@ -12,9 +12,8 @@ Seven parts, from conf/analysis.yaml ``gpu_check`` and the constants below (no n
    live reference (the adapter disabled, as the official code runs it), each a forward, backward and AdamW step
    (bf16 autocast on CUDA, as the Trainer's bf16 mode); mean step time and peak GPU memory, as ratios to SFT.
 3. **Generation on the large shape.** The HF engine (pact.evaluation.generation.HFEngine) on the random model:
-``prompts``
-   x ``new_tokens`` (64 x 1,024 on the 8B shape), every answer forced to its full length (no end token); time,
-   tokens per second, peak GPU memory. Checked: every answer has exactly ``new_tokens`` tokens.
+   ``prompts`` x ``new_tokens`` (64 x 1,024 on the 8B shape), every answer forced to its full length (no end token);
+   time, tokens per second, peak GPU memory. Checked: every answer has exactly ``new_tokens`` tokens.
 4. **Memory of a PACT-LoRA fine-tune's preparation.** The random model held as a fine-tune holds the aligned model;
    while a vLLM engine would run (pact.evaluation.generation.offloaded) it waits on the CPU; the safety tokens then add
    the base model beside it. Checked, in model copies of GPU memory: at most ``offload_max`` stays while offloaded, at
@@ -25,19 +24,18 @@ Seven parts, from conf/analysis.yaml ``gpu_check`` and the constants below (no n
    forward at every position on the same batch before the step, within ``rtol``. (The KL is not 0 at step 0: the
    gate mixes in the post-only reference, which differs from the full-context one.)
 6. **vLLM serves a LoRA adapter as HF generates the merged model.** A tiny random Llama (:data:`SERVED_SHAPE`) and a
-   random LoRA adapter of the official recipe's shape, saved as the store saves a LoRA fine-tune; the repository's
-   vLLM engine (pact.evaluation.generation.build_engine, conf/engine/vllm.yaml) serves the adapter over its base in
-   bf16, HF
-   ``generate`` runs the merged model in float32; greedy answers to the same token-id prompts. Checked: each answer
-   is the same, or the two part at a near-tie of the float32 logits (within :data:`TIE_TOL` of their standard
-   deviation: bf16 rounding), and the adapter changes HF's answers (a vLLM that dropped it would be seen). Without
-   an importable ``vllm`` the part is skipped, not failed.
-7. **The guard's chat template and verdicts.** A tiny random Llama guard whose tokenizer carries a
-   Llama-Guard-3-shaped chat template (:data:`GUARD_TEMPLATE`), loaded by pact.evaluation.guard.load_guard with
+   random LoRA adapter of the official recipe's shape, saved as the store saves a LoRA fine-tune; the repository's vLLM
+   engine (pact.evaluation.generation.build_engine, conf/engine/vllm.yaml) serves the adapter over its base in bf16, HF
+   ``generate`` runs the merged model in float32; greedy answers to the same token-id prompts. Checked: each answer is
+   the same, or the two part at a near-tie of the float32 logits (within :data:`TIE_TOL` of their standard deviation:
+   bf16 rounding), and the adapter changes HF's answers (a vLLM that dropped it would be seen). Without an importable
+   ``vllm`` the part is skipped, not failed.
+7. **The guard's chat template and verdicts.** A tiny random Llama guard whose tokenizer carries a Llama-Guard-3-shaped
+   chat template (:data:`GUARD_TEMPLATE`), loaded by pact.evaluation.guard.load_guard with
    conf/guard/llama_guard3.yaml's settings: pact.evaluation.guard's prompt (guard_text) holds the conversation inside
-   the
-   template, and the guard's outputs forced to ``safe`` and ``unsafe\\nS1`` through pact.evaluation.guard.judge_answers
-   parse (pact.evaluation.guard.parse_guard_output) to the verdicts of Llama Guard's own output format.
+   the template, and the guard's outputs forced to ``safe`` and ``unsafe\\nS1`` through
+   pact.evaluation.guard.judge_answers parse (pact.evaluation.guard.parse_guard_output) to the verdicts of Llama Guard's
+   own output format.
 
 Before each part the check prints the GPU memory the part needs, computed by :func:`memory_need` from the model's
 parameter count, dtype, model copies, optimiser state and tokens; a part whose need exceeds the GPU's total memory is

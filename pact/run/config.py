@@ -42,8 +42,8 @@ LORA_DTYPES = ("float32", "model")  # pact.models.adapters.apply_lora: fp32 adap
 LOGGERS = ("none", "wandb")        # experiments.run.start_logger
 NO_GUARD = "none"                  # guard.name of runs without a model judge (conf/guard/none.yaml)
 LOGGER_MODES = ("offline", "online", "disabled")  # wandb's modes
-# HF get_scheduler names we allow, and "step" (pact.training.trainer: lr *= step_gamma per epoch, the official PACT
-# StepLR)
+# HF get_scheduler names we allow, and "step" (pact.training.trainer: lr *= step_gamma per epoch, the official
+# PACT StepLR)
 INSTRUCTION_SCHEMAS = ("alpaca_seed",)  # pact.evaluation.utility: an instruction with its reference answer (`response`)
 CHOICE_SCHEMAS = ("mmlu_csv",)           # pact.evaluation.utility: a question, its choices and the right one's letter
 STORED_REFUSALS = "pact_refusals"  # the schema whose answers are refusals (data.safety_pairs.answers=stored)
