@@ -33,11 +33,11 @@ from pact.evaluation.generation import build_engine, engine_slice
 from pact.evaluation.judges import ANY_JUDGE, REFUSAL, judge_for, markers_by_rule
 from pact.evaluation.metrics import task_labels
 from pact.models.loading import ModelRef, load_model, load_tokenizer
-from pact.runtime.store import Artifact, Store, code_hash, module_sources
+from pact.runtime.store import REPO_ROOT, Artifact, Store, code_hash, module_sources
 from pact.training.methods import head_at
 
 UTILITY_CODE = code_hash(*module_sources("pact.evaluation.utility"))
-REAL_DATA = Path(__file__).resolve().parents[2] / "conf" / "data" / "real.yaml"
+REAL_DATA = REPO_ROOT / "conf" / "data" / "real.yaml"
 
 
 def _words(text: str) -> list[str]:

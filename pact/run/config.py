@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -25,11 +24,12 @@ from pact.evaluation.judges import ANY_JUDGE, JUDGES
 from pact.evaluation.metrics import TASK_PARSERS
 from pact.models.loading import DTYPES
 from pact.models.model_import import source_kind
+from pact.runtime.store import REPO_ROOT
 from pact.training.methods import method_class
 from pact.world.generator import WorldSpec
 from pact.world.lexicon import HARMFUL
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = REPO_ROOT / "conf"
 # Choices this module owns; the judges, engines, tasks, dtypes and methods are read from the code that
 # implements them (pact.evaluation.judges.JUDGES, pact.evaluation.generation.ENGINES,
 # pact.evaluation.metrics.TASK_PARSERS, pact.models.loading.DTYPES, each method yaml's _target_).

@@ -17,7 +17,7 @@ from typing import Any
 
 from pact.runtime import dist
 from pact.runtime.fileio import write_atomic
-from pact.runtime.store import stable_key
+from pact.runtime.store import REPO_ROOT, stable_key
 
 IDENTITY = ("experiment", "model", "method", "task", "poison_ratio", "seed")
 INTERNAL = ("keys", "model_path", "evaluation_path", "world_path", "data_path", "tokens_meta", "utility_path")
@@ -28,11 +28,8 @@ NOT_VARIANT = ("experiment", "experiment_name", "method", "model", "task", "pois
 REFERENCE_TAG = "ref"  # file-name tag of reference rows (base and aligned models: no poison ratio)
 
 
-REPO = Path(__file__).resolve().parents[2]
-
-
 @lru_cache(maxsize=4)
-def code_commit(repo: Path = REPO) -> str:
+def code_commit(repo: Path = REPO_ROOT) -> str:
     """The code's commit (7 hex digits), "-dirty" when a tracked file outside results/ differs from it; "unknown"
     outside a git checkout. A record carries it (its stages may come from the store, keyed by their own code)."""
     def git(*args: str) -> str:
